@@ -1,0 +1,5 @@
+import sys
+
+from pracset.cli import main
+
+sys.exit(main())

@@ -1,0 +1,130 @@
+"""The ``pracset`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import NoReturn, Sequence
+
+from pracset import __version__
+from pracset.errors import PracsetError
+
+log = logging.getLogger("pracset")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit code 2, with no abbreviated flags."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    from pracset.data import SOURCES
+
+    width = max(len(n) for n in SOURCES.names())
+    for name, source in SOURCES.items():
+        print(f"{name:<{width}}  {source.description}")
+        if args.verbose:
+            print(f"{'':<{width}}  example_id: {source.id_order}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from pracset.models import MODELS, torchvision_names
+
+    width = max(len(n) for n in MODELS.names())
+    for name, entry in MODELS.items():
+        print(f"{name:<{width}}  {entry.description}")
+    names = torchvision_names()
+    print(f"\nand any of torchvision's {len(names)} classification models as torchvision/NAME, e.g. "
+          f"torchvision/{names[0]}" + ("" if not args.verbose else ":\n  " + ", ".join(names)))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pracset.config import from_args
+    from pracset.data import DataConfig
+    from pracset.device import resolve_device
+    from pracset.train import TrainConfig
+    from pracset.train.run import train_dense
+
+    data = from_args(DataConfig, args)
+    config = from_args(TrainConfig, args)
+    device = resolve_device(args.device)
+    result = train_dense(data, args.arch, config, args.out, device=device, resume=args.resume,
+                         progress=not args.quiet and sys.stderr.isatty())
+    final = result.metrics
+    total = result.ledger.total()
+    what = "already trained" if result.skipped else "trained"
+    accuracy = final.get("test_accuracy")
+    print(f"{what} {args.arch} on {data.name}: test accuracy {accuracy:.4f} after {final['epoch']} epochs, "
+          f"{total.train_iterations} iterations; results in {result.out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pracset.config import add_arguments
+    from pracset.data import DataConfig
+    from pracset.train import TrainConfig
+
+    parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
+    parser.add_argument("--version", action="version", version=f"pracset {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
+    common.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("datasets", parents=[common], help="list the data sets", description="List the data sources.")
+    p.set_defaults(func=_cmd_datasets)
+    p = sub.add_parser("models", parents=[common], help="list the architectures", description="List the architectures.")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", parents=[common], help="train a dense network and evaluate it",
+                       description="Train a dense network on a data set and evaluate it on the test split.")
+    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory of the run")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_arguments(p, DataConfig)
+    add_arguments(p, TrainConfig)
+    for action in p._actions:  # counts are validated by argparse itself
+        if action.dest in ("epochs", "batch_size", "eval_every"):
+            action.type = _positive_int
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.func(args)
+    except PracsetError as exc:
+        print(f"pracset {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pracset {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

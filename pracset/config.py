@@ -1,0 +1,134 @@
+"""Frozen, typed configuration shared by the command line and TOML pipelines.
+
+Each configuration is a frozen dataclass whose fields carry a ``help`` text in
+their metadata. :func:`add_arguments` turns the fields into ``--flags`` and
+:func:`from_dict` builds an instance from a plain mapping (a parsed TOML table
+or the flags that were given), rejecting unknown keys and wrong types with a
+:class:`~pracset.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Mapping, TypeVar
+
+from pracset.errors import ConfigError
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (shown by ``--help``)."""
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    inner, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key} must not be empty")
+    origin = typing.get_origin(inner)
+    if origin is tuple:
+        (elem, *rest) = typing.get_args(inner)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, elem, key) for v in value)
+    if inner is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if inner is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if inner is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if inner is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"unsupported configuration type {tp!r} for {key}")
+
+
+def from_dict(cls: type[C], values: Mapping[str, Any], where: str = "") -> C:
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    types_ = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    prefix = f"{where}." if where else ""
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; valid keys: {', '.join(names)}"
+        )
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/TOML-friendly dict of a configuration (tuples become lists)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per field of ``cls``; unset flags stay ``None``."""
+    types_ = _field_types(cls)
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in exclude:
+            continue
+        inner, _ = _unwrap_optional(types_[f.name])
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        if default is not None:
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            help_text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if inner is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(inner) is tuple:
+            group.add_argument(flag, nargs="*", type=typing.get_args(inner)[0], metavar="X", **kwargs)
+        else:
+            group.add_argument(flag, type=inner, metavar=f.metadata.get("metavar", inner.__name__.upper()), **kwargs)
+
+
+def from_args(cls: type[C], namespace: argparse.Namespace, **overrides: Any) -> C:
+    """Build ``cls`` from the flags that were given on the command line."""
+    values = {
+        f.name: getattr(namespace, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(namespace, f.name, None) is not None
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_dict(cls, values)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ConfigError with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)

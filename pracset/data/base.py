@@ -1,0 +1,160 @@
+"""In-memory image data with stable example ids, content hashes and fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from pracset.errors import DataError
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """One split of a data set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,).
+
+    The example id of an example is its row: position ``i`` in the split's
+    canonical order (each source documents that order).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
+            raise DataError(f"labels must be an int64 (N,) tensor, got {self.labels.dtype} {tuple(self.labels.shape)}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise DataError("the split holds no examples")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> "ImageSplit":
+        """The split on ``device``; no copy when it is already there."""
+        return ImageSplit(self.images.to(device), self.labels.to(device))
+
+
+def content_hashes(images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Per-example content hashes (16 hex characters each).
+
+    blake2b with an 8-byte digest over: the label as 8-byte little-endian
+    integer, C, H and W as 4-byte little-endian integers, then the uint8 pixels
+    in C, H, W order. Two copies of a data set that decode to the same pixels and
+    labels get the same hashes whatever their file format or order.
+    """
+    images_np = images.detach().cpu().contiguous().numpy()
+    labels_np = labels.detach().cpu().numpy()
+    c, h, w = images_np.shape[1:]
+    shape = struct.pack("<III", c, h, w)
+    out = np.empty(len(labels_np), dtype=object)
+    blake = hashlib.blake2b
+    for i in range(len(labels_np)):
+        digest = blake(struct.pack("<q", int(labels_np[i])) + shape, digest_size=8)
+        digest.update(images_np[i].data)
+        out[i] = digest.hexdigest()
+    return out.astype("U16")
+
+
+def fingerprint(hashes: np.ndarray, class_names: tuple[str, ...]) -> str:
+    """A fingerprint of a split: its content hashes in id order and the class names."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update("\x1f".join(class_names).encode())
+    digest.update(struct.pack("<q", len(hashes)))
+    digest.update("".join(hashes.tolist()).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class ImageDataset:
+    """A labelled image data set held in memory.
+
+    ``train`` is the split whose examples PrAC scores and selects; ``test`` is
+    the held-out split used for evaluation only.
+    """
+
+    name: str
+    train: ImageSplit
+    test: ImageSplit
+    class_names: tuple[str, ...]
+    id_order: str
+    default_crop_padding: int = 0
+    default_flip: bool = False
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train.images.shape[1:] != self.test.images.shape[1:]:
+            raise DataError(
+                f"{self.name}: train images are {tuple(self.train.images.shape[1:])} "
+                f"but test images are {tuple(self.test.images.shape[1:])}"
+            )
+        k = len(self.class_names)
+        for split_name, split in (("train", self.train), ("test", self.test)):
+            low, high = int(split.labels.min()), int(split.labels.max())
+            if low < 0 or high >= k:
+                raise DataError(f"{self.name}: {split_name} labels span {low}..{high} but there are {k} classes")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+    @cached_property
+    def train_hashes(self) -> np.ndarray:
+        """Content hash of every training example, indexed by example id."""
+        return content_hashes(self.train.images, self.train.labels)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Fingerprint of the training split (content and canonical order)."""
+        return fingerprint(self.train_hashes, self.class_names)
+
+    @cached_property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and standard deviation of the training pixels in [0, 1]."""
+        pixels = self.train.images.transpose(0, 1).reshape(self.channels, -1)
+        mean = torch.zeros(self.channels, dtype=torch.float64)
+        sq = torch.zeros(self.channels, dtype=torch.float64)
+        for start in range(0, pixels.shape[1], 1 << 24):  # bounded memory on big sets
+            chunk = pixels[:, start : start + (1 << 24)].to(torch.float64) / 255.0
+            mean += chunk.sum(1)
+            sq += (chunk * chunk).sum(1)
+        n = pixels.shape[1]
+        mean /= n
+        std = (sq / n - mean * mean).clamp_min(1e-12).sqrt()
+        return tuple(round(float(m), 6) for m in mean), tuple(round(float(s), 6) for s in std)
+
+    def describe(self) -> dict:
+        """A JSON-friendly summary (no pixels)."""
+        return {
+            "name": self.name,
+            "train_examples": len(self.train),
+            "test_examples": len(self.test),
+            "num_classes": self.num_classes,
+            "channels": self.channels,
+            "image_size": list(self.image_size),
+            "id_order": self.id_order,
+            "source": dict(self.source),
+        }
+
+    def replace(self, **changes) -> "ImageDataset":
+        return dataclasses.replace(self, **changes)

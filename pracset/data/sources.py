@@ -1,0 +1,477 @@
+"""Data sources: each turns files (or a download) into an :class:`ImageDataset`.
+
+A source is a small subclass of :class:`DataSource` that implements
+:meth:`DataSource.load_splits`. They live in the plain ``SOURCES`` registry;
+``pracset datasets`` lists them with the canonical order that defines each
+source's ``example_id``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import logging
+import os
+import pickle
+import struct
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from pracset.config import option, require
+from pracset.data.base import ImageDataset, ImageSplit
+from pracset.errors import DataError
+from pracset.registry import Registry
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "PRACSET_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set to load and where from."""
+
+    name: str = option("digits", "data set (see `pracset datasets`)", metavar="NAME", flag="--data")
+    data_dir: str | None = option(None, f"directory holding the data set's files (default: ${DATA_DIR_ENV})", metavar="DIR")
+    download: bool = option(False, "download through torchvision / datasets when the files are absent (needs internet)")
+    image_size: int | None = option(None, "resize every image to this square size (imagefolder, tiny-imagenet, hf)")
+    hf_dataset: str | None = option(None, "hf: a Hugging Face dataset name, or a directory written by save_to_disk", metavar="NAME_OR_DIR")
+    image_column: str | None = option(None, "hf: the image column (default: the first Image feature)", metavar="COLUMN")
+    label_column: str | None = option(None, "hf: the label column (default: the first ClassLabel feature, else 'label')", metavar="COLUMN")
+    train_split: str = option("train", "hf: the split to train on and select from", metavar="SPLIT")
+    test_split: str = option("test", "hf: the held-out split used for evaluation", metavar="SPLIT")
+
+    def __post_init__(self) -> None:
+        require(self.image_size is None or self.image_size > 0, f"image_size must be a positive integer, got {self.image_size}")
+
+    def resolved_data_dir(self) -> Path | None:
+        value = self.data_dir or os.environ.get(DATA_DIR_ENV)
+        return Path(value).expanduser() if value else None
+
+
+class DataSource:
+    """Base class of the data sources; subclasses override :meth:`load_splits`."""
+
+    name: str = ""
+    description: str = ""
+    id_order: str = ""
+    crop_padding: int = 0
+    flip: bool = False
+
+    def load(self, config: DataConfig) -> ImageDataset:
+        """Load the training and test splits described by ``config``."""
+        (train_x, train_y), (test_x, test_y), class_names, source = self.load_splits(config)
+        dataset = ImageDataset(
+            name=self.name,
+            train=ImageSplit(_as_tensor(train_x), torch.as_tensor(train_y, dtype=torch.int64)),
+            test=ImageSplit(_as_tensor(test_x), torch.as_tensor(test_y, dtype=torch.int64)),
+            class_names=tuple(class_names),
+            id_order=self.id_order,
+            default_crop_padding=self.crop_padding,
+            default_flip=self.flip,
+            source=source,
+        )
+        log.info("loaded %s: %d train / %d test examples, %d classes, %s images",
+                 self.name, len(dataset.train), len(dataset.test), dataset.num_classes,
+                 "x".join(map(str, dataset.train.images.shape[1:])))
+        return dataset
+
+    def load_splits(self, config: DataConfig):
+        """Return ``((train_images, train_labels), (test_images, test_labels), class_names, source_info)``.
+
+        Images are uint8 arrays (N, C, H, W); labels integer arrays (N,).
+        """
+        raise NotImplementedError
+
+    def _data_dir(self, config: DataConfig) -> Path:
+        path = config.resolved_data_dir()
+        if path is None:
+            raise DataError(f"{self.name} needs --data-dir (or ${DATA_DIR_ENV}) naming the directory that holds it")
+        if not path.exists():
+            raise DataError(f"--data-dir {path} does not exist")
+        return path
+
+
+def _as_tensor(images: np.ndarray) -> torch.Tensor:
+    array = np.ascontiguousarray(images)
+    if array.dtype != np.uint8:
+        raise DataError(f"images must be 8-bit, got {array.dtype}")
+    if not array.flags.writeable:  # e.g. np.frombuffer over a bytes object
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
+# --------------------------------------------------------------------------- digits
+class DigitsSource(DataSource):
+    name = "digits"
+    description = "scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside scikit-learn: no download)"
+    id_order = (
+        "sklearn.datasets.load_digits() order; every fifth example (positions 4, 9, 14, ...) is the test "
+        "split, the other 1,438 are the training split, example_id = position among them"
+    )
+
+    def load_splits(self, config: DataConfig):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        # Pixel values are 0..16; map them onto 0..255 so all sources share one scale.
+        images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[:, None, :, :]
+        labels = digits.target.astype(np.int64)
+        is_test = np.arange(len(labels)) % 5 == 4
+        classes = [str(c) for c in range(10)]
+        return (images[~is_test], labels[~is_test]), (images[is_test], labels[is_test]), classes, {"origin": "sklearn.datasets.load_digits"}
+
+
+# --------------------------------------------------------------------------- idx (MNIST family)
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (gzip-compressed or not) into a uint8 array, validating its size."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(2)
+            handle.seek(0)
+            raw = gzip.GzipFile(fileobj=handle).read() if head == b"\x1f\x8b" else handle.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[0:2] != b"\x00\x00":
+        raise DataError(f"{path} is not an idx file (bad magic number)")
+    dtype_code, ndim = raw[2], raw[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: idx data type 0x{dtype_code:02x} is not unsigned byte (0x08)")
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated (header cut short)")
+    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    expected = int(np.prod(dims))
+    payload = memoryview(raw)[4 + 4 * ndim :]
+    if len(payload) != expected:
+        raise DataError(f"{path} is truncated or padded: header says {expected} bytes of data, file holds {len(payload)}")
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+class IdxSource(DataSource):
+    """MNIST-style data sets stored as four idx files."""
+
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+    def __init__(self, name: str, title: str, torchvision_name: str, class_names: tuple[str, ...]):
+        self.name = name
+        self.description = f"{title}: four idx files (.gz or not) in --data-dir, or --download through torchvision"
+        self.id_order = "row order of train-images-idx3-ubyte"
+        self.torchvision_name = torchvision_name
+        self.class_names = class_names
+
+    def _find(self, root: Path) -> list[Path] | None:
+        for folder in (root, root / "raw", root / self.torchvision_name / "raw"):
+            found = []
+            for stem in self.stems:
+                candidates = [folder / stem, folder / f"{stem}.gz"]
+                hit = next((c for c in candidates if c.is_file()), None)
+                if hit is None:
+                    break
+                found.append(hit)
+            else:
+                return found
+        return None
+
+    def load_splits(self, config: DataConfig):
+        root = config.resolved_data_dir()
+        files = self._find(root) if root is not None and root.exists() else None
+        if files is None and config.download:
+            import torchvision
+
+            root = root or Path("data")
+            getattr(torchvision.datasets, self.torchvision_name)(str(root), train=True, download=True)
+            files = self._find(root)
+        if files is None:
+            where = f"in {root}" if root is not None else "(no --data-dir given)"
+            raise DataError(
+                f"no {self.name} files {where}: expected {', '.join(s + '[.gz]' for s in self.stems)}"
+                + ("" if config.download else "; or pass --download")
+            )
+        train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+        for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataError(f"{self.name} {split} files disagree: images {images.shape}, labels {labels.shape}")
+            if labels.max() >= len(self.class_names):
+                raise DataError(f"{self.name} {split} labels go up to {labels.max()}, expected < {len(self.class_names)}")
+        return (
+            (train_x[:, None], train_y.astype(np.int64)),
+            (test_x[:, None], test_y.astype(np.int64)),
+            self.class_names,
+            {"files": [str(f) for f in files]},
+        )
+
+
+# --------------------------------------------------------------------------- CIFAR (python pickles)
+class CifarSource(DataSource):
+    crop_padding = 4
+    flip = True
+
+    def __init__(self, name: str, folder: str, train_files: tuple[str, ...], test_file: str,
+                 meta_file: str, names_key: str, labels_key: str, torchvision_name: str):
+        self.name = name
+        self.description = f"{name.upper()} in torchvision's python-pickle layout ({folder}/) under --data-dir, or --download"
+        self.id_order = f"rows of {', '.join(train_files)} in that order"
+        self.folder, self.train_files, self.test_file = folder, train_files, test_file
+        self.meta_file, self.names_key, self.labels_key = meta_file, names_key, labels_key
+        self.torchvision_name = torchvision_name
+
+    def _locate(self, root: Path) -> Path | None:
+        for folder in (root / self.folder, root):
+            if all((folder / f).is_file() for f in (*self.train_files, self.test_file, self.meta_file)):
+                return folder
+        return None
+
+    @staticmethod
+    def _unpickle(path: Path) -> dict:
+        try:
+            with open(path, "rb") as handle:
+                return pickle.load(handle, encoding="latin1")
+        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc or 'truncated file'}") from None
+
+    def _batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        entry = self._unpickle(path)
+        try:
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            labels = np.asarray(entry[self.labels_key], dtype=np.int64)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"{path} is not a {self.name} batch (missing {exc})") from None
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+            raise DataError(f"{path}: expected (N, 3072) pixels and N labels, got {data.shape} and {labels.shape}")
+        return data.reshape(-1, 3, 32, 32), labels
+
+    def load_splits(self, config: DataConfig):
+        root = config.resolved_data_dir()
+        folder = self._locate(root) if root is not None and root.exists() else None
+        if folder is None and config.download:
+            import torchvision
+
+            root = root or Path("data")
+            getattr(torchvision.datasets, self.torchvision_name)(str(root), train=True, download=True)
+            folder = self._locate(root)
+        if folder is None:
+            expected = ", ".join((*self.train_files, self.test_file, self.meta_file))
+            where = f"in {root}" if root is not None else "(no --data-dir given)"
+            raise DataError(f"no {self.name} files {where}: expected {self.folder}/ holding {expected}"
+                            + ("" if config.download else "; or pass --download"))
+        parts = [self._batch(folder / f) for f in self.train_files]
+        train_x = np.concatenate([p[0] for p in parts])
+        train_y = np.concatenate([p[1] for p in parts])
+        test_x, test_y = self._batch(folder / self.test_file)
+        meta = self._unpickle(folder / self.meta_file)
+        if self.names_key not in meta:
+            raise DataError(f"{folder / self.meta_file} has no {self.names_key!r}")
+        return (train_x, train_y), (test_x, test_y), list(meta[self.names_key]), {"folder": str(folder)}
+
+
+# --------------------------------------------------------------------------- image folders
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def decode_images(blobs: list[bytes], image_size: int | None, what: str) -> np.ndarray:
+    """Decode encoded images (in parallel threads) into one uint8 (N, C, H, W) array.
+
+    All images take the mode of the first one (grayscale or RGB). Without
+    ``image_size`` they must all have the same size.
+    """
+    from PIL import Image
+
+    def mode_of(blob: bytes) -> str:
+        with Image.open(io.BytesIO(blob)) as image:
+            return "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+
+    mode = mode_of(blobs[0])
+
+    def decode(blob: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(blob)) as image:
+            image = image.convert(mode)
+            if image_size is not None and image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(image)
+
+    try:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            arrays = list(pool.map(decode, blobs, chunksize=256))
+    except OSError as exc:
+        raise DataError(f"{what}: cannot decode an image: {exc}") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        sizes = sorted(f"{s[1]}x{s[0]}" for s in shapes)
+        raise DataError(f"{what}: images differ in size ({', '.join(sizes[:4])}); pass --image-size N to resize them")
+    stacked = np.stack(arrays)
+    return stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+
+
+class _Tree:
+    """Files of an image tree, from a directory or a tar archive, as relative POSIX paths."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._blobs: dict[str, bytes] | None = None
+        if root.is_dir():
+            self.paths = sorted(
+                p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
+            )
+        elif tarfile.is_tarfile(root):
+            self._blobs = {}
+            try:
+                with tarfile.open(root, "r:*") as archive:
+                    for member in archive:
+                        if member.isfile():
+                            name = member.name[2:] if member.name.startswith("./") else member.name
+                            self._blobs[name] = archive.extractfile(member).read()
+            except (tarfile.TarError, OSError, EOFError) as exc:
+                raise DataError(f"cannot read archive {root}: {exc}") from None
+            self.paths = sorted(self._blobs)
+            # An archive usually wraps the tree in one top-level folder: strip it.
+            tops = {p.split("/", 1)[0] for p in self.paths}
+            if len(tops) == 1 and not any(p.startswith(t) for t in ("train/", "test/", "val/") for p in self.paths):
+                top = tops.pop() + "/"
+                self._blobs = {k[len(top):]: v for k, v in self._blobs.items()}
+                self.paths = sorted(self._blobs)
+        else:
+            raise DataError(f"{root} is neither a directory nor a tar archive")
+
+    def read(self, rel: str) -> bytes:
+        if self._blobs is not None:
+            return self._blobs[rel]
+        return (self.root / rel).read_bytes()
+
+
+class ImageFolderSource(DataSource):
+    """``train/<class>/**/image`` and ``test/<class>/**`` (or ``val/``) trees."""
+
+    crop_padding = 4
+    flip = True
+
+    def __init__(self, name: str = "imagefolder", description: str | None = None):
+        self.name = name
+        self.description = description or (
+            "any train/<class>/* + test/<class>/* (or val/) tree in --data-dir, a directory or a .tar(.gz) of one"
+        )
+        self.id_order = "classes sorted by folder name, then files sorted by relative path within each class"
+
+    def _split(self, tree: _Tree, split: str, classes: list[str] | None):
+        prefix = split + "/"
+        files = [p for p in tree.paths if p.startswith(prefix) and PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES]
+        annotations = prefix + "val_annotations.txt"
+        if annotations in tree.paths and classes is not None:  # Tiny ImageNet's val layout
+            table = {}
+            for line in tree.read(annotations).decode().splitlines():
+                cells = line.split("\t")
+                if len(cells) >= 2:
+                    table[cells[0]] = cells[1]
+            pairs = [(table.get(PurePosixPath(p).name), p) for p in files]
+        else:
+            pairs = [(p[len(prefix):].split("/", 1)[0], p) for p in files if p.count("/") >= 2]
+        return pairs
+
+    def load_splits(self, config: DataConfig):
+        tree = _Tree(self._data_dir(config))
+        train_pairs = self._split(tree, "train", None)
+        if not train_pairs:
+            raise DataError(f"{tree.root} holds no train/<class>/<image> files")
+        classes = sorted({c for c, _ in train_pairs})
+        index = {c: i for i, c in enumerate(classes)}
+        test_pairs: list = []
+        for split in ("test", "val"):
+            pairs = self._split(tree, split, classes)
+            if pairs and all(c in index for c, _ in pairs):
+                test_pairs, test_name = pairs, split
+                break
+        else:
+            raise DataError(f"{tree.root} holds no labelled test/<class>/ or val/<class>/ images of the training classes")
+
+        def build(pairs, what):
+            pairs = sorted(pairs, key=lambda cp: (index[cp[0]], cp[1]))
+            images = decode_images([tree.read(p) for _, p in pairs], config.image_size, f"{tree.root}/{what}")
+            return images, np.array([index[c] for c, _ in pairs], dtype=np.int64)
+
+        return build(train_pairs, "train"), build(test_pairs, test_name), classes, {"root": str(tree.root), "test_split": test_name}
+
+
+# --------------------------------------------------------------------------- Hugging Face datasets
+def hf_split_arrays(split, image_column: str | None, label_column: str | None, image_size: int | None, what: str):
+    """Images (N, C, H, W) uint8, labels and class names of a ``datasets.Dataset``."""
+    import datasets
+
+    features = split.features
+    if image_column is None:
+        image_column = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
+        image_column = image_column or next((k for k in ("image", "img", "pixel_values") if k in features), None)
+    if label_column is None:
+        label_column = next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
+        label_column = label_column or ("label" if "label" in features else None)
+    missing = [c for c in (image_column, label_column) if c is None or c not in features]
+    if missing or image_column is None or label_column is None:
+        raise DataError(f"{what}: cannot find the image/label columns among {sorted(features)}; "
+                        "pass --image-column and --label-column")
+    labels = np.asarray(split[label_column], dtype=np.int64)
+    feature = features[image_column]
+    if isinstance(feature, datasets.Image):
+        raw = split.cast_column(image_column, datasets.Image(decode=False))[image_column]
+        blobs = [r["bytes"] if r.get("bytes") is not None else Path(r["path"]).read_bytes() for r in raw]
+        images = decode_images(blobs, image_size, what)
+    else:
+        images = np.asarray(split.with_format("numpy")[image_column])
+        if images.dtype != np.uint8:
+            raise DataError(f"{what}: column {image_column!r} holds {images.dtype}, expected uint8 pixels or images")
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+    label_feature = features[label_column]
+    classes = list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else [
+        str(c) for c in range(int(labels.max()) + 1)]
+    return images, labels, classes
+
+
+class HuggingFaceSource(DataSource):
+    name = "hf"
+    description = "any Hugging Face datasets dataset: --hf-dataset NAME (online) or a save_to_disk directory"
+    id_order = "row order of the training split as datasets returns it"
+
+    def load_splits(self, config: DataConfig):
+        import datasets
+
+        target = config.hf_dataset or (str(config.resolved_data_dir()) if config.resolved_data_dir() else None)
+        if target is None:
+            raise DataError("hf needs --hf-dataset NAME or --data-dir pointing at a save_to_disk directory")
+        try:
+            if Path(target).exists():
+                loaded = datasets.load_from_disk(target)
+            else:
+                loaded = datasets.load_dataset(target)
+        except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+            raise DataError(f"cannot load Hugging Face dataset {target!r}: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, datasets.DatasetDict):
+            raise DataError(f"{target} is a single split; save a DatasetDict with {config.train_split!r} and {config.test_split!r} splits")
+        for split in (config.train_split, config.test_split):
+            if split not in loaded:
+                raise DataError(f"{target} has no split {split!r}; it has {', '.join(loaded)}")
+        tx, ty, classes = hf_split_arrays(loaded[config.train_split], config.image_column, config.label_column, config.image_size, target)
+        vx, vy, _ = hf_split_arrays(loaded[config.test_split], config.image_column, config.label_column, config.image_size, target)
+        return (tx, ty), (vx, vy), classes, {"dataset": target, "train_split": config.train_split, "test_split": config.test_split}
+
+
+SOURCES: Registry[DataSource] = Registry("data set", {
+    "digits": DigitsSource(),
+    "mnist": IdxSource("mnist", "MNIST handwritten digits", "MNIST", tuple(str(i) for i in range(10))),
+    "fashion-mnist": IdxSource("fashion-mnist", "Fashion-MNIST (Zalando)", "FashionMNIST", (
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "cifar10": CifarSource("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                           "test_batch", "batches.meta", "label_names", "labels", "CIFAR10"),
+    "cifar100": CifarSource("cifar100", "cifar-100-python", ("train",), "test", "meta",
+                            "fine_label_names", "fine_labels", "CIFAR100"),
+    "imagefolder": ImageFolderSource(),
+    "tiny-imagenet": ImageFolderSource("tiny-imagenet", "Tiny ImageNet's tiny-imagenet-200 folder (train/<wnid>/images, val/ with val_annotations.txt)"),
+    "hf": HuggingFaceSource(),
+})
+
+
+def load_dataset(config: DataConfig) -> ImageDataset:
+    """Load the data set that ``config`` names."""
+    return SOURCES.get(config.name).load(config)

@@ -1,0 +1,25 @@
+"""Errors that the command line turns into one line on stderr and exit code 2.
+
+Everything a user can get wrong (a name, a path, a number, a file) raises a
+:class:`PracsetError` subclass with a message that names the problem; bugs stay
+ordinary exceptions so that their tracebacks are kept.
+"""
+
+
+class PracsetError(Exception):
+    """Base class of the errors caused by user input."""
+
+
+class ConfigError(PracsetError, ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+class DataError(PracsetError):
+    """A data set cannot be found, read or parsed."""
+
+
+class UnknownNameError(PracsetError, KeyError):
+    """A name is not in a registry; the message lists the valid names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -1,0 +1,52 @@
+"""Atomic file writes: a file is either complete or absent, never half-written."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+import torch
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename it.
+
+    The temporary file lives in the same directory (so the rename is atomic on
+    POSIX) and is fsynced before the rename; on any error it is removed and the
+    previous content of ``path``, if any, is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,45 @@
+"""Training hyperparameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pracset.config import option, require
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one network is trained (the defaults are the PrAC / open_lth CIFAR recipe)."""
+
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(128, "examples per mini-batch")
+    optimizer: str = option("sgd", "optimizer (sgd, nesterov, adamw)", metavar="NAME")
+    lr: float = option(0.1, "peak learning rate")
+    momentum: float = option(0.9, "momentum (sgd, nesterov) or beta1 (adamw)")
+    weight_decay: float = option(1e-4, "weight decay")
+    schedule: str = option("step", "learning-rate schedule (step, cosine, constant)", metavar="NAME")
+    milestones: tuple[float, ...] = option((0.5, 0.75), "step schedule: fractions of training at which the rate is multiplied by gamma")
+    gamma: float = option(0.1, "step schedule: factor applied at each milestone")
+    warmup_epochs: float = option(0.0, "linear warm-up from 0 over this many epochs")
+    seed: int = option(0, "seed of the initialisation, data order and augmentation")
+    precision: str = option("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16", choices=PRECISIONS)
+    eval_every: int = option(1, "evaluate on the test split every this many epochs (and after the last)")
+    crop_padding: int | None = option(None, "random-crop padding in pixels (default: the data set's; 0 turns it off)")
+    flip: bool | None = option(None, "random horizontal flips (default: the data set's)")
+    drop_last: bool = option(False, "drop the last incomplete batch of each epoch")
+
+    def __post_init__(self) -> None:
+        require(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
+        require(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")
+        require(self.lr > 0, f"lr must be positive, got {self.lr}")
+        require(0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"weight_decay must not be negative, got {self.weight_decay}")
+        require(all(0 < m < 1 for m in self.milestones), f"milestones must be fractions in (0, 1), got {list(self.milestones)}")
+        require(list(self.milestones) == sorted(self.milestones), f"milestones must increase, got {list(self.milestones)}")
+        require(0 < self.gamma <= 1, f"gamma must lie in (0, 1], got {self.gamma}")
+        require(self.warmup_epochs >= 0, f"warmup_epochs must not be negative, got {self.warmup_epochs}")
+        require(self.eval_every > 0, f"eval_every must be a positive integer, got {self.eval_every}")
+        require(self.crop_padding is None or self.crop_padding >= 0, f"crop_padding must not be negative, got {self.crop_padding}")
+        require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -1,0 +1,226 @@
+"""One training loop; everything else (recorders, pruning, reports) hangs off its callbacks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pracset.data.loader import DeviceLoader
+from pracset.fileio import atomic_torch_save
+from pracset.models import has_convolutions
+from pracset.train.config import TrainConfig
+from pracset.train.ledger import IterationLedger
+from pracset.train.optim import make_optimizer, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepOutput:
+    """What a callback sees of one training step.
+
+    ``logits`` and ``losses`` come from the forward pass *before* this step's
+    update (detached); ``index`` holds the batch's example ids; ``step`` is the
+    0-based global step of this update.
+    """
+
+    index: torch.Tensor
+    labels: torch.Tensor
+    logits: torch.Tensor
+    losses: torch.Tensor
+    step: int
+    epoch: int
+
+
+@dataclass
+class TrainState:
+    """The mutable state of a run, handed to every callback hook."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    config: TrainConfig
+    steps_per_epoch: int
+    total_steps: int
+    epoch: int = 0                    # completed epochs
+    step: int = 0                     # completed optimizer steps
+    stop_requested: bool = False      # set by a callback to end the run after this epoch
+    history: list[dict] = field(default_factory=list)
+
+
+class Callback:
+    """Base class of training callbacks; override the hooks you need.
+
+    Hooks run on the host but must not synchronise with the device per step
+    (no ``.item()``, ``.cpu()`` or ``bool(tensor)`` in the per-step hooks).
+    """
+
+    def on_fit_start(self, state: TrainState) -> None: ...
+    def on_epoch_start(self, state: TrainState) -> None: ...
+    def before_optimizer_step(self, state: TrainState, out: StepOutput) -> None:
+        """Gradients of this step are in ``param.grad``."""
+    def after_optimizer_step(self, state: TrainState, out: StepOutput) -> None:
+        """The update has been applied (e.g. re-apply a mask here)."""
+    def on_batch_end(self, state: TrainState, out: StepOutput) -> None: ...
+    def on_epoch_end(self, state: TrainState, metrics: dict) -> None: ...
+    def on_fit_end(self, state: TrainState) -> None: ...
+
+    def state_dict(self) -> dict:
+        """State saved in checkpoints so that a resumed run continues exactly."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
+             ledger: IterationLedger | None = None, stage: str = "eval", kind: str = "eval") -> dict:
+    """Mean loss and accuracy of ``model`` over ``loader`` (one host sync at the end)."""
+    was_training = model.training
+    model.eval()
+    device = loader.device
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for batch in loader:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch.x)
+        loss_sum += F.cross_entropy(logits.float(), batch.y, reduction="sum")
+        correct += (logits.argmax(1) == batch.y).sum()
+        if ledger is not None:
+            ledger.add(stage, kind, examples=len(batch.index))
+    model.train(was_training)
+    n = loader.num_examples
+    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "examples": n}
+
+
+class Trainer:
+    """Trains a model with :class:`TrainConfig`, calling callbacks at every step.
+
+    Args:
+        config: the hyperparameters.
+        ledger: where the run's iterations and forward passes are counted.
+        stage: the ledger stage this run's work is booked under.
+        checkpoint: a file written (atomically) at the end of every epoch;
+            with ``resume=True`` an existing one is loaded and training
+            continues from it, giving the same result as an uninterrupted run.
+        progress: show a progress bar over epochs.
+    """
+
+    def __init__(self, config: TrainConfig, *, ledger: IterationLedger | None = None, stage: str = "train",
+                 checkpoint: str | Path | None = None, resume: bool = False, progress: bool = False):
+        self.config = config
+        self.ledger = ledger if ledger is not None else IterationLedger()
+        self.stage = stage
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.resume = resume
+        self.progress = progress
+
+    def fit(self, model: nn.Module, train_loader: DeviceLoader, eval_loader: DeviceLoader | None = None,
+            callbacks: Sequence[Callback] = ()) -> TrainState:
+        """Train ``model`` in place for ``config.epochs`` epochs (fewer if a callback stops it)."""
+        config, device = self.config, train_loader.device
+        model.to(device)
+        if device.type == "cuda" and has_convolutions(model):
+            model.to(memory_format=torch.channels_last)
+        optimizer = make_optimizer(model, config)
+        steps_per_epoch = len(train_loader)
+        total_steps = steps_per_epoch * config.epochs
+        scheduler = make_scheduler(optimizer, total_steps, steps_per_epoch, config)
+        state = TrainState(model, optimizer, scheduler, config, steps_per_epoch, total_steps)
+        if self.resume and self.checkpoint is not None and self.checkpoint.exists():
+            self._load_checkpoint(state, callbacks)
+            log.info("resumed %s from %s at epoch %d", self.stage, self.checkpoint, state.epoch)
+        bf16 = use_bf16(config, device)
+        for callback in callbacks:
+            callback.on_fit_start(state)
+        bar = tqdm(total=config.epochs, initial=state.epoch, desc=self.stage, unit="epoch",
+                   disable=not self.progress, leave=False)
+        model.train()
+        while state.epoch < config.epochs and not state.stop_requested:
+            started = time.perf_counter()
+            train_loader.set_epoch(state.epoch)
+            for callback in callbacks:
+                callback.on_epoch_start(state)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.int64)
+            for batch in train_loader:
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                    logits = model(batch.x)
+                losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
+                optimizer.zero_grad(set_to_none=True)
+                losses.mean().backward()
+                out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
+                for callback in callbacks:
+                    callback.before_optimizer_step(state, out)
+                optimizer.step()
+                scheduler.step()
+                for callback in callbacks:
+                    callback.after_optimizer_step(state, out)
+                state.step += 1
+                self.ledger.add(self.stage, "train", examples=len(batch.index))
+                for callback in callbacks:
+                    callback.on_batch_end(state, out)
+                loss_sum += out.losses.sum()
+                correct += (out.logits.argmax(1) == batch.y).sum()
+            state.epoch += 1
+            n = train_loader.num_examples if not train_loader.drop_last else steps_per_epoch * train_loader.batch_size
+            metrics = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+                       "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
+            last = state.epoch == config.epochs
+            if eval_loader is not None and (state.epoch % config.eval_every == 0 or last):
+                result = evaluate(model, eval_loader, precision=config.precision, ledger=self.ledger, stage=self.stage)
+                metrics.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+            metrics["seconds"] = round(time.perf_counter() - started, 4)
+            for callback in callbacks:
+                callback.on_epoch_end(state, metrics)
+            state.history.append(metrics)
+            log.info("%s epoch %d/%d: %s", self.stage, state.epoch, config.epochs,
+                     ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step")))
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if "accuracy" in k})
+            if self.checkpoint is not None:
+                self._save_checkpoint(state, callbacks)
+        bar.close()
+        for callback in callbacks:
+            callback.on_fit_end(state)
+        return state
+
+    def _save_checkpoint(self, state: TrainState, callbacks: Sequence[Callback]) -> None:
+        atomic_torch_save({
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "epoch": state.epoch,
+            "step": state.step,
+            "stop_requested": state.stop_requested,
+            "history": state.history,
+            "callbacks": [cb.state_dict() for cb in callbacks],
+            "ledger": self.ledger.to_dict(),
+        }, self.checkpoint)
+
+    def _load_checkpoint(self, state: TrainState, callbacks: Sequence[Callback]) -> None:
+        saved = torch.load(self.checkpoint, map_location=next(state.model.parameters()).device, weights_only=False)
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+        state.epoch, state.step = saved["epoch"], saved["step"]
+        state.stop_requested = saved.get("stop_requested", False)
+        state.history = list(saved["history"])
+        for callback, cb_state in zip(callbacks, saved["callbacks"]):
+            callback.load_state_dict(cb_state)
+        restored = IterationLedger.from_dict(saved["ledger"])
+        self.ledger.stages.clear()
+        self.ledger.stages.update(restored.stages)

@@ -73,6 +73,16 @@ def _build_torchvision(name: str, spec: InputSpec) -> nn.Module:
     return ChannelAdapter(model) if spec.channels == 1 else model
 
 
+def check_model_name(name: str) -> None:
+    """Fail early on an unknown architecture name (the error lists the valid ones)."""
+    if name.startswith(TORCHVISION_PREFIX):
+        bare = name[len(TORCHVISION_PREFIX):]
+        if bare not in torchvision_names():
+            raise UnknownNameError(f"unknown torchvision model {bare!r}; valid names: {', '.join(torchvision_names())}")
+    else:
+        MODELS.get(name)
+
+
 def build_model(name: str, spec: InputSpec, seed: int | None = None) -> nn.Module:
     """Build architecture ``name`` sized for ``spec``, seeded when ``seed`` is given.
 
@@ -106,4 +116,4 @@ def has_convolutions(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "InputSpec", "ModelEntry", "build_model", "has_convolutions", "torchvision_names"]
+__all__ = ["MODELS", "check_model_name", "InputSpec", "ModelEntry", "build_model", "has_convolutions", "torchvision_names"]

@@ -48,6 +48,12 @@ def lr_factor(step: int, total_steps: int, steps_per_epoch: int, config: TrainCo
     return SCHEDULES.get(config.schedule)(step / max(total_steps, 1), config)
 
 
+def check_names(config: TrainConfig) -> None:
+    """Fail early, before anything is written, on an unknown optimizer or schedule."""
+    OPTIMIZERS.get(config.optimizer)
+    SCHEDULES.get(config.schedule)
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config)
 

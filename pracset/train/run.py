@@ -13,10 +13,11 @@ from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save, atomic_write_json
-from pracset.models import InputSpec, build_model, has_convolutions
+from pracset.models import InputSpec, build_model, check_model_name, has_convolutions
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback, Trainer
+from pracset.train.optim import check_names
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str |
     final test accuracy) and ``ledger.json``. A finished run is not redone.
     """
     out_dir = Path(out_dir)
+    check_names(config)
+    check_model_name(arch)
     identity = {"data": to_dict(data), "arch": arch, "train": to_dict(config)}
     status = _check_out_dir(out_dir, identity, resume)
     if status == "done":

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pracset.cli import main
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse errors and --help
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_datasets_and_models_list_every_name(capsys):
+    from pracset.data import SOURCES
+    from pracset.models import MODELS
+
+    code, out, _ = run_cli(capsys, "datasets")
+    assert code == 0 and all(f"\n{n} " in "\n" + out for n in SOURCES.names())
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and all(f"\n{n} " in "\n" + out for n in MODELS.names()) and "torchvision/" in out
+
+
+def test_train_writes_a_run_and_does_not_redo_it(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    args = ["train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--out", str(out_dir), "-q"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert "trained mlp on digits: test accuracy" in out
+    assert {p.name for p in out_dir.iterdir()} == {"run.json", "checkpoint.pt", "model.pt", "metrics.json", "ledger.json"}
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["ledger"]["total"]["train_iterations"] == 2 * 12
+    before = (out_dir / "model.pt").stat().st_mtime_ns
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and out.startswith("already trained")
+    assert (out_dir / "model.pt").stat().st_mtime_ns == before
+
+
+BAD = [
+    (["train", "--data", "imagenet22k", "--arch", "mlp"], "unknown data set 'imagenet22k'; valid names: cifar10, cifar100, digits"),
+    (["train", "--data", "digits", "--arch", "resnet21"], "unknown model 'resnet21'; valid names:"),
+    (["train", "--data", "digits", "--arch", "mlp", "--optimizer", "adam"], "unknown optimizer 'adam'; valid names: adamw, nesterov, sgd"),
+    (["train", "--data", "digits", "--arch", "mlp", "--epochs", "0"], "argument --epochs: must be a positive integer, got '0'"),
+    (["train", "--data", "digits", "--arch", "mlp", "--batch-size", "abc"], "argument --batch-size: must be a positive integer, got 'abc'"),
+    (["train", "--data", "digits", "--arch", "mlp", "--lr", "-1"], "lr must be positive, got -1.0"),
+    (["train", "--data", "digits", "--arch", "vgg16"], "model vgg16 needs images of at least 16x16, the data has 8x8"),
+    (["train", "--data", "mnist", "--arch", "mlp", "--data-dir", "{tmp}"], "no mnist files in {tmp}: expected train-images-idx3-ubyte[.gz]"),
+    (["train", "--data", "cifar10", "--arch", "mlp", "--data-dir", "{tmp}/nowhere"], "no cifar10 files in {tmp}/nowhere"),
+    (["train", "--data", "digits", "--arch", "mlp", "--device", "cuda:0" if False else "tpu"], "unknown device 'tpu'"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[1:5]) for a, _ in BAD])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "out"), "-q"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message.replace("{tmp}", str(tmp_path)) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_holding_another_run_is_refused_and_kept(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    assert run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--epochs", "2", "--out", str(out_dir), "-q")
+    assert code == 2 and f"{out_dir} holds another run (different train)" in err
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--out", str(tmp_path / "junk"), "-q")
+    assert code == 2 and "is not empty and holds no pracset run" in err
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "nope",
+                           "--out", str(tmp_path / "o"), "--epochs", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown model 'nope'" in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["datasets", "models", "train"])
+def test_every_subcommand_has_help(capsys, command):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and "usage: pracset " + command in out

@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pracset.data import DataConfig, load_dataset
+from pracset.errors import UnknownNameError
+from pracset.models import build_model
+from pracset.train import Callback, IterationLedger, TrainConfig, Trainer, evaluate, lr_factor
+from pracset.train.run import input_spec, make_loaders
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig(name="digits"))
+
+
+def setup(digits, **overrides):
+    config = TrainConfig(**{"epochs": 3, "batch_size": 100, "lr": 0.05, **overrides})
+    model = build_model("mlp", input_spec(digits), seed=config.seed)
+    train, test = make_loaders(digits, config, CPU)
+    return config, model, train, test
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.steps, self.epochs, self.indices, self.loss_ok, self.grads_seen = [], [], [], [], []
+
+    def before_optimizer_step(self, state, out):
+        self.grads_seen.append(all(p.grad is not None for p in state.model.parameters()))
+
+    def on_batch_end(self, state, out):
+        self.steps.append(out.step)
+        self.epochs.append(out.epoch)
+        self.indices.append(out.index.clone())
+        self.loss_ok.append(torch.allclose(out.losses, F.cross_entropy(out.logits, out.labels, reduction="none")))
+
+
+def test_callbacks_see_indices_logits_losses_and_steps(digits):
+    config, model, train, test = setup(digits)
+    rec = Recorder()
+    state = Trainer(config).fit(model, train, test, [rec])
+    per_epoch = math.ceil(1438 / 100)
+    assert rec.steps == list(range(3 * per_epoch)) and state.step == 3 * per_epoch
+    assert rec.epochs == [e for e in range(3) for _ in range(per_epoch)]
+    for epoch in range(3):  # every epoch presents each example exactly once
+        ids = torch.cat(rec.indices[epoch * per_epoch:(epoch + 1) * per_epoch])
+        assert sorted(ids.tolist()) == list(range(1438))
+    assert all(rec.loss_ok) and all(rec.grads_seen)
+
+
+def test_ledger_counts_a_scripted_run(digits):
+    config, model, train, test = setup(digits, eval_every=2)
+    ledger = IterationLedger()
+    Trainer(config, ledger=ledger, stage="dense").fit(model, train, test)
+    evaluate(model, train, ledger=ledger, stage="probe", kind="probe")
+    dense, probe = ledger.stages["dense"], ledger.stages["probe"]
+    assert dense.train_iterations == 3 * 15 and dense.train_examples == 3 * 1438
+    assert dense.eval_examples == 2 * 359 and dense.eval_batches == 2  # epochs 2 and 3 (the last)
+    assert probe.probe_examples == 1438 and probe.probe_batches == 15 and probe.train_iterations == 0
+    total = ledger.to_dict()["total"]
+    assert total["forward_examples"] == 3 * 1438 + 2 * 359 + 1438
+    assert IterationLedger.from_dict(ledger.to_dict()).to_dict() == ledger.to_dict()
+
+
+def test_after_optimizer_step_can_hold_weights_at_zero(digits):
+    config, model, train, test = setup(digits)
+    weight = model.net[1].weight
+    mask = torch.rand_like(weight) > 0.5
+
+    class Masker(Callback):
+        def after_optimizer_step(self, state, out):
+            with torch.no_grad():
+                weight.mul_(mask)
+
+    Trainer(config).fit(model, train, None, [Masker()])
+    assert torch.count_nonzero(weight[~mask]) == 0
+    assert torch.count_nonzero(weight[mask]) == int(mask.sum())
+
+
+def test_a_callback_can_stop_training(digits):
+    config, model, train, test = setup(digits, epochs=10)
+
+    class StopAtTwo(Callback):
+        def on_epoch_end(self, state, metrics):
+            state.stop_requested = state.epoch == 2
+
+    state = Trainer(config).fit(model, train, test, [StopAtTwo()])
+    assert state.epoch == 2 and len(state.history) == 2
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(digits, tmp_path):
+    config, model, train, test = setup(digits, epochs=4, crop_padding=1, flip=True)
+    full = Trainer(config).fit(model, train, test)
+
+    class Crash(Callback):
+        def on_epoch_start(self, state):
+            if state.epoch == 2:
+                raise KeyboardInterrupt
+
+    _, model2, train2, test2 = setup(digits, epochs=4, crop_padding=1, flip=True)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, checkpoint=tmp_path / "ckpt.pt").fit(model2, train2, test2, [Crash()])
+    _, model3, train3, test3 = setup(digits, epochs=4, crop_padding=1, flip=True, seed=0)
+    torch.nn.init.zeros_(model3.net[1].weight)  # the checkpoint must overwrite everything
+    resumed = Trainer(config, checkpoint=tmp_path / "ckpt.pt", resume=True).fit(model3, train3, test3)
+    assert resumed.step == full.step
+    for a, b in zip(model.state_dict().values(), model3.state_dict().values()):
+        assert torch.equal(a, b)
+    strip = lambda h: [{k: v for k, v in m.items() if k != "seconds"} for m in h]
+    assert strip(resumed.history) == strip(full.history)
+
+
+def test_training_learns_digits(digits):
+    config, model, train, test = setup(digits, epochs=10, lr=0.1)
+    state = Trainer(config).fit(model, train, test)
+    assert state.history[-1]["test_accuracy"] > 0.9
+
+
+def test_lr_schedules():
+    step = TrainConfig(epochs=10, milestones=(0.5, 0.75), gamma=0.1)
+    assert [lr_factor(s, 100, 10, step) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    warm = TrainConfig(epochs=10, warmup_epochs=2)
+    assert [lr_factor(s, 100, 10, warm) for s in (0, 9, 19, 20)] == pytest.approx([0.05, 0.5, 1.0, 1.0])
+    cosine = TrainConfig(epochs=10, schedule="cosine")
+    assert [lr_factor(s, 100, 10, cosine) for s in (0, 50, 100)] == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+
+
+def test_unknown_optimizer_lists_valid_names(digits):
+    config, model, train, test = setup(digits, optimizer="adam")
+    with pytest.raises(UnknownNameError, match="valid names: adamw, nesterov, sgd"):
+        Trainer(config).fit(model, train, test)
+
+
+@pytest.mark.parametrize("optimizer", ["nesterov", "adamw"])
+def test_other_optimizers_train(digits, optimizer):
+    config, model, train, test = setup(digits, optimizer=optimizer, lr=0.01 if optimizer == "adamw" else 0.05, epochs=4)
+    state = Trainer(config).fit(model, train, test)
+    assert state.history[-1]["test_accuracy"] > 0.8

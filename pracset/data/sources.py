@@ -136,7 +136,9 @@ def read_idx(path: Path) -> np.ndarray:
             head = handle.read(2)
             handle.seek(0)
             raw = gzip.GzipFile(fileobj=handle).read() if head == b"\x1f\x8b" else handle.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except EOFError:
+        raise DataError(f"cannot read {path}: the compressed file is truncated") from None
+    except (OSError, gzip.BadGzipFile) as exc:
         raise DataError(f"cannot read {path}: {exc}") from None
     if len(raw) < 4 or raw[0:2] != b"\x00\x00":
         raise DataError(f"{path} is not an idx file (bad magic number)")
@@ -232,8 +234,10 @@ class CifarSource(DataSource):
         try:
             with open(path, "rb") as handle:
                 return pickle.load(handle, encoding="latin1")
-        except (OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc or 'truncated file'}") from None
+        except EOFError:
+            raise DataError(f"cannot read {path}: the file is truncated") from None
+        except (OSError, pickle.UnpicklingError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
 
     def _batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         entry = self._unpickle(path)
@@ -277,16 +281,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 def decode_images(blobs: list[bytes], image_size: int | None, what: str) -> np.ndarray:
     """Decode encoded images (in parallel threads) into one uint8 (N, C, H, W) array.
 
-    All images take the mode of the first one (grayscale or RGB). Without
+    The array is grayscale (C=1) only when every image is grayscale; one
+    colour image makes the whole split RGB (grayscale images are replicated
+    into three channels, as PIL's ``convert("RGB")`` does). Without
     ``image_size`` they must all have the same size.
     """
     from PIL import Image
 
-    def mode_of(blob: bytes) -> str:
-        with Image.open(io.BytesIO(blob)) as image:
-            return "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
+    def is_colour(blob: bytes) -> bool:
+        try:
+            with Image.open(io.BytesIO(blob)) as image:  # reads the header only
+                return image.mode not in ("L", "1", "I;16", "I")
+        except OSError:
+            return False  # reported with its cause by decode() below
 
-    mode = mode_of(blobs[0])
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        mode = "RGB" if any(pool.map(is_colour, blobs, chunksize=256)) else "L"
 
     def decode(blob: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(blob)) as image:
@@ -306,6 +316,15 @@ def decode_images(blobs: list[bytes], image_size: int | None, what: str) -> np.n
         raise DataError(f"{what}: images differ in size ({', '.join(sizes[:4])}); pass --image-size N to resize them")
     stacked = np.stack(arrays)
     return stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
+
+
+def match_channels(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make a grayscale split RGB when the other split is colour (decoded per split)."""
+    if train.shape[1] == 1 and test.shape[1] == 3:
+        train = np.repeat(train, 3, axis=1)
+    elif train.shape[1] == 3 and test.shape[1] == 1:
+        test = np.repeat(test, 3, axis=1)
+    return train, test
 
 
 class _Tree:
@@ -393,7 +412,9 @@ class ImageFolderSource(DataSource):
             images = decode_images([tree.read(p) for _, p in pairs], config.image_size, f"{tree.root}/{what}")
             return images, np.array([index[c] for c, _ in pairs], dtype=np.int64)
 
-        return build(train_pairs, "train"), build(test_pairs, test_name), classes, {"root": str(tree.root), "test_split": test_name}
+        (tx, ty), (vx, vy) = build(train_pairs, "train"), build(test_pairs, test_name)
+        tx, vx = match_channels(tx, vx)
+        return (tx, ty), (vx, vy), classes, {"root": str(tree.root), "test_split": test_name}
 
 
 # --------------------------------------------------------------------------- Hugging Face datasets
@@ -420,6 +441,9 @@ def hf_split_arrays(split, image_column: str | None, label_column: str | None, i
         images = decode_images(blobs, image_size, what)
     else:
         images = np.asarray(split.with_format("numpy")[image_column])
+        # datasets hands integer columns back as int64 even when stored as uint8.
+        if images.dtype.kind in "iu" and images.size and images.min() >= 0 and images.max() <= 255:
+            images = images.astype(np.uint8)
         if images.dtype != np.uint8:
             raise DataError(f"{what}: column {image_column!r} holds {images.dtype}, expected uint8 pixels or images")
         images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
@@ -454,6 +478,7 @@ class HuggingFaceSource(DataSource):
                 raise DataError(f"{target} has no split {split!r}; it has {', '.join(loaded)}")
         tx, ty, classes = hf_split_arrays(loaded[config.train_split], config.image_column, config.label_column, config.image_size, target)
         vx, vy, _ = hf_split_arrays(loaded[config.test_split], config.image_column, config.label_column, config.image_size, target)
+        tx, vx = match_channels(tx, vx)
         return (tx, ty), (vx, vy), classes, {"dataset": target, "train_split": config.train_split, "test_split": config.test_split}
 
 

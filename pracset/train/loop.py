@@ -135,6 +135,7 @@ class Trainer:
         model.to(device)
         if device.type == "cuda" and has_convolutions(model):
             model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         optimizer = make_optimizer(model, config)
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * config.epochs

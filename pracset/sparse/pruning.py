@@ -1,0 +1,89 @@
+"""Magnitude pruning: global or layer-wise, with exact counts and per-layer rate overrides."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+
+from pracset.errors import ConfigError
+from pracset.sparse.mask import Mask
+
+
+def _check_fraction(fraction: float, what: str = "prune fraction") -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"{what} must lie in [0, 1), got {fraction}")
+
+
+def _prune_smallest(scores: torch.Tensor, keep: torch.Tensor, count: int) -> torch.Tensor:
+    """Drop the ``count`` lowest-scored kept entries (ties: lowest flat index first)."""
+    new_keep = keep.clone()
+    if count <= 0:
+        return new_keep
+    flat_scores = scores.flatten().float()
+    kept_positions = keep.flatten().nonzero().squeeze(1)
+    order = torch.argsort(flat_scores[kept_positions], stable=True)
+    new_keep.view(-1)[kept_positions[order[:count]]] = False
+    return new_keep
+
+
+@torch.no_grad()
+def magnitude_prune(model: nn.Module, mask: Mask, fraction: float, *, scope: str = "global",
+                    layer_rates: Mapping[str, float] | None = None) -> Mask:
+    """Prune ``fraction`` of the weights ``mask`` still keeps, smallest ``|w|`` first.
+
+    ``scope="global"`` ranks all masked tensors together (the LTH papers' and
+    PrAC's choice); ``"layerwise"`` prunes ``fraction`` of each layer. The
+    number pruned is exactly ``round(fraction * remaining)`` (per layer for
+    layer-wise). ``layer_rates`` overrides the fraction of named layers, which
+    are then pruned on their own (e.g. ``{"fc.weight": 0.1}`` for an output
+    layer at half of a 20% rate); the other layers follow ``scope``.
+    """
+    _check_fraction(fraction)
+    if scope not in ("global", "layerwise"):
+        raise ConfigError(f"unknown pruning scope {scope!r}; valid: global, layerwise")
+    layer_rates = dict(layer_rates or {})
+    unknown = sorted(set(layer_rates) - set(mask))
+    if unknown:
+        raise ConfigError(f"layer rate overrides name layers the mask does not cover: {', '.join(unknown)}; "
+                          f"masked layers: {', '.join(mask)}")
+    for name, rate in layer_rates.items():
+        _check_fraction(rate, f"prune fraction of {name}")
+    mask.check_model(model)
+    params = dict(model.named_parameters())
+    result: dict[str, torch.Tensor] = {}
+    shared = [n for n in mask if n not in layer_rates]
+    for name, rate in layer_rates.items():
+        keep = mask[name].to(params[name].device)
+        result[name] = _prune_smallest(params[name].abs(), keep, round(rate * int(keep.sum())))
+    if scope == "layerwise":
+        for name in shared:
+            keep = mask[name].to(params[name].device)
+            result[name] = _prune_smallest(params[name].abs(), keep, round(fraction * int(keep.sum())))
+    elif shared:
+        scores = torch.cat([params[n].abs().flatten().float() for n in shared])
+        keep = torch.cat([mask[n].to(params[n].device).flatten() for n in shared])
+        pruned = _prune_smallest(scores, keep, round(fraction * int(keep.sum())))
+        offset = 0
+        for name in shared:
+            size = params[name].numel()
+            result[name] = pruned[offset:offset + size].view_as(params[name])
+            offset += size
+    return Mask({n: result[n] for n in mask})
+
+
+def prune_to_sparsity(model: nn.Module, mask: Mask, sparsity: float, *, scope: str = "global") -> Mask:
+    """Magnitude-prune, in one shot, to ``sparsity`` of the masked weights pruned.
+
+    Exact overall for ``scope="global"``; layer-wise prunes every layer by the
+    same fraction of what it keeps, which reaches ``sparsity`` up to rounding.
+    """
+    _check_fraction(sparsity, "sparsity")
+    kept_now = mask.num_kept()
+    target_kept = round((1.0 - sparsity) * mask.num_weights)
+    if target_kept > kept_now:
+        raise ConfigError(f"the mask is already at sparsity {mask.sparsity():.4f} > {sparsity}")
+    # round(fraction * kept_now) == kept_now - target_kept: the exact count for global pruning.
+    fraction = (kept_now - target_kept) / kept_now if kept_now else 0.0
+    return magnitude_prune(model, mask, fraction, scope=scope)

@@ -80,8 +80,13 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def use_bf16_for(precision: str, device: torch.device) -> bool:
+    """Whether ``precision`` means bf16 autocast on ``device`` (``auto``: on CUDA only)."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
-    return config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
+    return use_bf16_for(config.precision, device)
 
 
 @torch.no_grad()
@@ -91,7 +96,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     was_training = model.training
     model.eval()
     device = loader.device
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = use_bf16_for(precision, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for batch in loader:

@@ -1,0 +1,280 @@
+"""Which training examples to keep: PrAC and the baselines it is compared against.
+
+Every rule reads the same inputs (:class:`SelectionInputs`: the recorder's
+statistics, the pruning probe's disagreement counts, the labels) and returns a
+:class:`Selection`: the kept ids, a per-example score (higher = more critical,
+kept first) and a per-example reason. An empty selection is an error that
+says why; it never silently falls back to "everything" (the official PrAC
+code does).
+
+Rules (``SELECTION_RULES``):
+
+``prac``
+    CET union CEP (Zhang et al. 2021). CET = presented examples whose
+    forgetting score exceeds ``forgetting_threshold`` (E_F); CEP = examples
+    on which a pruned model disagreed with the dense one. Reason ``cet``,
+    ``cep`` or ``both``. Score = forgetting score + number of disagreeing
+    probe sparsities.
+``cet``, ``cep``
+    One half of PrAC alone (score: the forgetting score, resp. disagreements).
+``random``
+    A seeded uniform sample of ``size`` examples (default: the size PrAC
+    selects from the same inputs); score = the random draw.
+``topk-forgetting``
+    The ``size`` examples with the highest forgetting score (ties: smaller
+    margin, i.e. harder, first, then lower id).
+
+Never-learned examples (presented, never correct) get the forgetting score
+the ``never_learned`` policy says: ``keep`` = +inf (PrAC's code: always
+critical), ``count-presentations`` = the number of presentations (Toneva et
+al.'s reference code, #epochs), ``drop`` = 0 (DeepCore: removed first).
+
+``class_balance`` makes the per-class counts proportional to the classes'
+frequencies in the training split (largest-remainder rounding) at the same
+total size: within each class the highest-scored examples are kept, classes
+short of critical examples are filled with their next-highest-scored ones
+(reason ``balance``), and classes with a surplus keep only their quota.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from pracset.config import option, require
+from pracset.errors import ConfigError
+from pracset.registry import Registry
+
+NEVER_LEARNED_POLICIES = ("keep", "count-presentations", "drop")
+REASONS = ("", "cet", "cep", "both", "random", "topk", "balance")
+
+
+class EmptySelectionError(ConfigError):
+    """A rule selected no example."""
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How the kept subset is chosen."""
+
+    rule: str = option("prac", "selection rule (prac, cet, cep, random, topk-forgetting)", metavar="RULE")
+    forgetting_threshold: int = option(0, "E_F: CET keeps examples forgotten more than this many times")
+    never_learned: str = option("keep", "forgetting score of never-learned examples: keep (infinite, PrAC), "
+                                        "count-presentations (Toneva et al.), drop (zero, DeepCore)",
+                                choices=NEVER_LEARNED_POLICIES)
+    class_balance: bool = option(False, "make per-class counts proportional to the class frequencies")
+    size: int | None = option(None, "random / topk-forgetting: examples to keep (default: the PrAC set's size)")
+    seed: int = option(0, "seed of the random rule")
+
+    def __post_init__(self) -> None:
+        require(self.forgetting_threshold >= 0, f"forgetting_threshold must not be negative, got {self.forgetting_threshold}")
+        require(self.never_learned in NEVER_LEARNED_POLICIES,
+                f"unknown never_learned policy {self.never_learned!r}; valid: {', '.join(NEVER_LEARNED_POLICIES)}")
+        require(self.size is None or self.size > 0, f"size must be a positive integer, got {self.size}")
+
+
+@dataclass(frozen=True)
+class SelectionInputs:
+    """What the rules read, one entry per example id of the training split."""
+
+    labels: np.ndarray                           # int64
+    forgetting_events: np.ndarray                # int
+    presentations: np.ndarray                    # int
+    never_learned: np.ndarray                    # bool
+    margin: np.ndarray | None = None             # float: lower = harder (tie-break)
+    cep_disagreements: np.ndarray | None = None  # int, None = no probe was run
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        for name in ("forgetting_events", "presentations", "never_learned", "margin", "cep_disagreements"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ConfigError(f"{name} has {len(value)} entries, labels {n}")
+
+    @classmethod
+    def from_statistics(cls, labels: np.ndarray, statistics, cep_disagreements: np.ndarray | None = None) -> "SelectionInputs":
+        """From an :class:`~pracset.stats.ExampleStatistics` (or a manifest's columns)."""
+        return cls(labels=np.asarray(labels), forgetting_events=np.asarray(statistics.forgetting_events),
+                   presentations=np.asarray(statistics.presentations), never_learned=np.asarray(statistics.never_learned),
+                   margin=np.asarray(statistics.margin), cep_disagreements=cep_disagreements)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of a rule."""
+
+    rule: str
+    params: dict
+    selected: np.ndarray   # bool (N,)
+    scores: np.ndarray     # float64 (N,), higher = more critical
+    reasons: np.ndarray    # str (N,), "" where not selected
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Kept example ids, ascending."""
+        return np.flatnonzero(self.selected).astype(np.int64)
+
+    @property
+    def size(self) -> int:
+        return int(self.selected.sum())
+
+    def describe(self) -> dict:
+        reasons, counts = np.unique(self.reasons[self.selected], return_counts=True)
+        return {"rule": self.rule, "params": self.params, "selected": self.size, "total": len(self.selected),
+                "fraction": round(self.size / len(self.selected), 6),
+                "reasons": {str(r): int(c) for r, c in zip(reasons, counts)}, **self.counts}
+
+
+def forgetting_scores(inputs: SelectionInputs, never_learned: str) -> np.ndarray:
+    """Forgetting events as float, never-learned examples scored by the policy."""
+    scores = inputs.forgetting_events.astype(np.float64)
+    nl = inputs.never_learned.astype(bool)
+    if never_learned == "keep":
+        scores[nl] = np.inf
+    elif never_learned == "count-presentations":
+        scores[nl] = inputs.presentations[nl]
+    elif never_learned == "drop":
+        scores[nl] = 0.0
+    else:
+        raise ConfigError(f"unknown never_learned policy {never_learned!r}; valid: {', '.join(NEVER_LEARNED_POLICIES)}")
+    return scores
+
+
+def _cet(inputs: SelectionInputs, config: SelectionConfig) -> tuple[np.ndarray, np.ndarray]:
+    scores = forgetting_scores(inputs, config.never_learned)
+    return (inputs.presentations > 0) & (scores > config.forgetting_threshold), scores
+
+
+def _cep(inputs: SelectionInputs) -> np.ndarray:
+    if inputs.cep_disagreements is None:
+        raise ConfigError("this rule needs the pruning probe's results (CEP); run the probe at one or more sparsities")
+    return np.asarray(inputs.cep_disagreements)
+
+
+def _empty(rule: str, why: str) -> EmptySelectionError:
+    return EmptySelectionError(f"the {rule} rule selected no examples: {why}")
+
+
+def _rank(scores: np.ndarray, inputs: SelectionInputs, candidates: np.ndarray) -> np.ndarray:
+    """Candidate ids ordered most-critical first: score desc, then margin asc, then id."""
+    margin = inputs.margin if inputs.margin is not None else np.zeros(len(inputs))
+    margin = np.where(np.isnan(margin), np.inf, margin)
+    ids = np.flatnonzero(candidates)
+    order = np.lexsort((ids, margin[ids], -scores[ids]))
+    return ids[order]
+
+
+def _quotas(labels: np.ndarray, total: int) -> dict[int, int]:
+    """Per-class counts proportional to the class frequencies, summing to ``total`` (largest remainder)."""
+    classes, freq = np.unique(labels, return_counts=True)
+    exact = freq * total / len(labels)
+    base = np.floor(exact).astype(int)
+    short = total - base.sum()
+    order = np.lexsort((classes, -(exact - base)))  # biggest remainder first, then lower class
+    base[order[:short]] += 1
+    return {int(c): int(q) for c, q in zip(classes, base)}
+
+
+def _balance(selected: np.ndarray, scores: np.ndarray, reasons: np.ndarray, inputs: SelectionInputs) -> tuple[np.ndarray, np.ndarray]:
+    quotas = _quotas(inputs.labels, int(selected.sum()))
+    new_selected = np.zeros_like(selected)
+    new_reasons = np.full(len(selected), "", dtype=object)
+    for cls, quota in quotas.items():
+        in_class = inputs.labels == cls
+        # Selected examples of the class first (in score order), then the rest by score.
+        first = _rank(scores, inputs, in_class & selected)
+        rest = _rank(scores, inputs, in_class & ~selected)
+        keep = np.concatenate([first, rest])[:quota]
+        new_selected[keep] = True
+        new_reasons[keep] = np.where(selected[keep], reasons[keep], "balance")
+    return new_selected, new_reasons
+
+
+def _finish(rule: str, config: SelectionConfig, inputs: SelectionInputs, selected: np.ndarray,
+            scores: np.ndarray, reasons: np.ndarray, counts: dict) -> Selection:
+    if config.class_balance:
+        selected, reasons = _balance(selected, scores, reasons, inputs)
+    reasons = np.where(selected, reasons, "").astype(object)
+    params = {k: v for k, v in vars(config).items() if k != "rule"}
+    return Selection(rule, params, selected, scores.astype(np.float64), reasons.astype(str), counts)
+
+
+def select_prac(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    cet, fscores = _cet(inputs, config)
+    cep = _cep(inputs) > 0 if inputs.cep_disagreements is not None else np.zeros(len(inputs), dtype=bool)
+    selected = cet | cep
+    if not selected.any():
+        raise _empty("prac", f"no example was forgotten more than E_F={config.forgetting_threshold} times "
+                             "(never-learned included per the policy) and the pruned models agreed with the dense "
+                             "model everywhere; train longer, lower the threshold or probe higher sparsities")
+    reasons = np.select([cet & cep, cet, cep], ["both", "cet", "cep"], "").astype(object)
+    disagreements = inputs.cep_disagreements if inputs.cep_disagreements is not None else 0
+    scores = np.where(np.isinf(fscores), np.inf, fscores + disagreements)
+    return _finish("prac", config, inputs, selected, scores, reasons,
+                   {"cet": int(cet.sum()), "cep": int(cep.sum()), "both": int((cet & cep).sum())})
+
+
+def select_cet(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    cet, scores = _cet(inputs, config)
+    if not cet.any():
+        raise _empty("cet", f"no example was forgotten more than E_F={config.forgetting_threshold} times")
+    return _finish("cet", config, inputs, cet, scores, np.where(cet, "cet", "").astype(object), {"cet": int(cet.sum())})
+
+
+def select_cep(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    disagreements = _cep(inputs)
+    cep = disagreements > 0
+    if not cep.any():
+        raise _empty("cep", "the pruned models agreed with the dense model on every example; probe higher sparsities")
+    return _finish("cep", config, inputs, cep, disagreements.astype(np.float64),
+                   np.where(cep, "cep", "").astype(object), {"cep": int(cep.sum())})
+
+
+def _budget(inputs: SelectionInputs, config: SelectionConfig) -> int:
+    if config.size is not None:
+        if config.size > len(inputs):
+            raise ConfigError(f"size {config.size} exceeds the {len(inputs)} training examples")
+        return config.size
+    return select_prac(inputs, SelectionConfig(forgetting_threshold=config.forgetting_threshold,
+                                               never_learned=config.never_learned)).size
+
+
+def select_random(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    k = _budget(inputs, config)
+    draw = np.random.default_rng(config.seed).random(len(inputs))
+    selected = np.zeros(len(inputs), dtype=bool)
+    selected[np.argsort(-draw, kind="stable")[:k]] = True  # with class_balance, _finish re-picks by draw per class
+    return _finish("random", config, inputs, selected, draw, np.where(selected, "random", "").astype(object), {})
+
+
+def select_topk_forgetting(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    k = _budget(inputs, config)
+    scores = forgetting_scores(inputs, config.never_learned)
+    selected = np.zeros(len(inputs), dtype=bool)
+    selected[_rank(scores, inputs, np.ones(len(inputs), dtype=bool))[:k]] = True
+    return _finish("topk-forgetting", config, inputs, selected, scores,
+                   np.where(selected, "topk", "").astype(object), {})
+
+
+SELECTION_RULES: Registry[Callable[[SelectionInputs, SelectionConfig], Selection]] = Registry("selection rule", {
+    "prac": select_prac,
+    "cet": select_cet,
+    "cep": select_cep,
+    "random": select_random,
+    "topk-forgetting": select_topk_forgetting,
+})
+
+
+def select(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """Apply ``config.rule`` to ``inputs``."""
+    return SELECTION_RULES.get(config.rule)(inputs, config)
+
+
+__all__ = ["EmptySelectionError", "NEVER_LEARNED_POLICIES", "REASONS", "SELECTION_RULES", "Selection",
+           "SelectionConfig", "SelectionInputs", "forgetting_scores", "select"]

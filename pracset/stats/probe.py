@@ -1,0 +1,112 @@
+"""The pruning probe: on which training examples does a pruned network disagree with the dense one?
+
+This is CEP (critical examples for pruning) of the PrAC paper, a single-model
+form of Hooker et al.'s pruning-identified exemplars: the dense model and a
+pruned model classify every example of the training split in eval mode,
+without augmentation, and an example is critical when their predicted classes
+differ (the label plays no part). Every forward pass is booked in the ledger
+under kind ``probe`` (the official code does not count them).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from pracset.data.loader import DeviceLoader
+from pracset.errors import ConfigError
+from pracset.sparse.mask import Mask
+from pracset.sparse.pruning import prune_to_sparsity
+from pracset.train.ledger import IterationLedger
+from pracset.train.loop import use_bf16_for
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
+            ledger: IterationLedger | None = None, stage: str = "probe") -> torch.Tensor:
+    """Predicted classes of ``model`` over ``loader`` in loader order, on the device (no host sync)."""
+    if loader.shuffle or loader.crop_padding or loader.flip:
+        raise ConfigError("the probe needs a loader without shuffling or augmentation")
+    was_training = model.training
+    model.eval()
+    bf16 = use_bf16_for(precision, loader.device)
+    out = []
+    for batch in loader:
+        with torch.autocast(device_type=loader.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(batch.x).argmax(1))
+        if ledger is not None:
+            ledger.add(stage, "probe", examples=len(batch.index))
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Per example of the probed split (indexed by example id)."""
+
+    disagreements: np.ndarray            # int32: sparsities at which the pruned model disagreed
+    disagreed_at: dict[float, int]       # sparsity -> number of examples that disagreed there
+    pruned_accuracy: dict[float, float]  # sparsity -> the pruned model's training accuracy (no fine-tuning)
+    dense_accuracy: float
+
+    @property
+    def critical(self) -> np.ndarray:
+        """True where the pruned model disagreed at any probed sparsity."""
+        return self.disagreements > 0
+
+
+def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[float], *,
+                  num_examples: int, pruned_models: Sequence[nn.Module] = (), mask: Mask | None = None,
+                  scope: str = "global", precision: str = "auto", ledger: IterationLedger | None = None,
+                  stage: str = "probe") -> ProbeResult:
+    """Compare ``model`` with pruned copies of itself on every example of ``loader``.
+
+    Each sparsity in ``sparsities`` gives one pruned copy: one-shot magnitude
+    pruning (``scope`` global or layer-wise) of the prunable weights to that
+    sparsity, no fine-tuning. ``pruned_models`` adds models pruned elsewhere
+    (e.g. the sparse network of an IMP round), reported under their own
+    sparsity. ``num_examples`` is the size of the split the ids index.
+    """
+    if not sparsities and not pruned_models:
+        raise ConfigError("the pruning probe needs at least one sparsity or pruned model")
+    for s in sparsities:
+        if not 0 < s < 1:
+            raise ConfigError(f"probe sparsities must lie in (0, 1), got {s}")
+    ids = loader.ids
+    labels = loader.split.labels[ids]
+    dense = predict(model, loader, precision=precision, ledger=ledger, stage=stage)
+    counts = torch.zeros(num_examples, dtype=torch.int32, device=loader.device)
+    disagreed_at, accuracy = {}, {}
+    candidates = []
+    base_mask = mask if mask is not None else Mask.ones(model)
+    for sparsity in sparsities:
+        pruned = copy.deepcopy(model)
+        prune_to_sparsity(pruned, base_mask, sparsity, scope=scope).apply_(pruned)
+        candidates.append((float(sparsity), pruned))
+    for pruned in pruned_models:
+        kept = Mask({n: p != 0 for n, p in pruned.named_parameters() if n in base_mask})
+        candidates.append((round(kept.sparsity(), 4), pruned))
+    for sparsity, pruned in candidates:
+        predicted = predict(pruned, loader, precision=precision, ledger=ledger, stage=stage)
+        differs = predicted != dense
+        counts.index_add_(0, ids, differs.to(torch.int32))
+        disagreed_at[sparsity] = differs.sum()
+        accuracy[sparsity] = (predicted == labels).float().mean()
+    result = ProbeResult(
+        disagreements=counts.cpu().numpy(),
+        disagreed_at={s: int(v) for s, v in disagreed_at.items()},
+        pruned_accuracy={s: round(float(v), 6) for s, v in accuracy.items()},
+        dense_accuracy=round(float((dense == labels).float().mean()), 6),
+    )
+    for s in result.disagreed_at:
+        log.info("probe at sparsity %.3f: %d examples disagree, pruned train accuracy %.4f",
+                 s, result.disagreed_at[s], result.pruned_accuracy[s])
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from typing import NoReturn, Sequence
@@ -78,9 +79,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from pracset.build import BuildConfig, build_manifest
+    from pracset.config import from_args
+    from pracset.data import DataConfig
+    from pracset.device import resolve_device
+    from pracset.selection import SelectionConfig
+    from pracset.train import TrainConfig
+
+    result = build_manifest(
+        from_args(DataConfig, args), args.arch, args.out, train=from_args(TrainConfig, args),
+        build=from_args(BuildConfig, args), selection=from_args(SelectionConfig, args),
+        device=resolve_device(args.device), resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+    s = result.summary
+    what = "already built" if result.skipped else "built"
+    accuracy = s["provenance"].get("dense_test_accuracy")
+    print(f"{what} {result.manifest_path}: {s['selected']} of {s['size']} examples selected "
+          f"({100 * s['fraction']:.1f}%, rule {s['selection']['rule']}); dense {s['provenance']['arch']} "
+          f"test accuracy {accuracy:.4f}; {s['provenance']['iterations']} training iterations")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from pracset.manifest import read_manifest
+
+    summary = read_manifest(args.manifest).summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    """A manifest summary as a few readable lines."""
+    d, sel, prov = s["dataset"], s["selection"], s["provenance"]
+    lines = [
+        f"manifest   {s['path']}",
+        f"data set   {d['name']} ({d['split']} split, {d['size']} examples, fingerprint {d['fingerprint'][:16]})",
+        f"selected   {s['selected']} of {s['size']} ({100 * s['fraction']:.2f}%) by rule {sel.get('rule')} "
+        f"{json.dumps(sel.get('params', {}), sort_keys=True)}",
+        "reasons    " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())),
+        "per class  " + ", ".join(f"{d['class_names'][int(c)] if 'class_names' in d else c}: {v['selected']}/{v['total']}"
+                                  for c, v in sorted(s["per_class"].items(), key=lambda kv: int(kv[0]))),
+    ]
+    if prov:
+        bits = [f"{k} {prov[k]}" for k in ("command", "arch", "seed", "epochs_run", "iterations") if k in prov]
+        if prov.get("dense_test_accuracy") is not None:
+            bits.append(f"dense test accuracy {prov['dense_test_accuracy']:.4f}")
+        bits += [f"pracset {prov.get('pracset_version')}", f"torch {prov.get('torch_version')}", str(prov.get("created"))]
+        lines.append("provenance " + ", ".join(bits))
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from pracset.build import BuildConfig
     from pracset.config import add_arguments
     from pracset.data import DataConfig
+    from pracset.selection import SelectionConfig
     from pracset.train import TrainConfig
 
     parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
@@ -104,11 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
-    for action in p._actions:  # counts are validated by argparse itself
-        if action.dest in ("epochs", "batch_size", "eval_every"):
-            action.type = _positive_int
+    _positive_counts(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("build", parents=[common], help="build a PrAC manifest (dense training, probe, selection)",
+                       description="Train a dense network while recording per-example statistics, probe which examples "
+                                   "pruned copies of it forget, select the PrAC set (or a baseline) and write it as a "
+                                   "Parquet manifest, with the full statistics next to it.")
+    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
+    p.add_argument("--out", required=True, metavar="FILE.parquet", help="the manifest to write")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
+    add_arguments(p, DataConfig)
+    add_arguments(p, TrainConfig)
+    add_arguments(p, BuildConfig)
+    add_arguments(p, SelectionConfig)
+    _positive_counts(p)
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("inspect", parents=[common], help="summarise a manifest",
+                       description="Print a manifest's size, fraction kept, per-class counts, reasons and provenance.")
+    p.add_argument("manifest", metavar="MANIFEST", help="a .parquet manifest")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_inspect)
     return parser
+
+
+def _positive_counts(parser: argparse.ArgumentParser) -> None:
+    """Counts are validated by argparse itself, so a bad one is a usage error."""
+    for action in parser._actions:
+        if action.dest in ("epochs", "batch_size", "eval_every", "size", "early_bird_queue"):
+            action.type = _positive_int
 
 
 def main(argv: Sequence[str] | None = None) -> int:

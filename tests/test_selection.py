@@ -59,9 +59,9 @@ def test_empty_selection_is_an_error_that_says_why():
 
 
 def test_random_has_the_prac_size_and_is_seeded():
-    a = select(inputs(), SelectionConfig(rule="random", seed=1))
-    b = select(inputs(), SelectionConfig(rule="random", seed=1))
-    c = select(inputs(), SelectionConfig(rule="random", seed=2))
+    a = select(inputs(), SelectionConfig(rule="random", random_seed=1))
+    b = select(inputs(), SelectionConfig(rule="random", random_seed=1))
+    c = select(inputs(), SelectionConfig(rule="random", random_seed=2))
     assert a.size == 5 and np.array_equal(a.ids, b.ids) and not np.array_equal(a.ids, c.ids)
     # the kept ones are those with the highest draws
     assert a.scores[a.selected].min() > a.scores[~a.selected].max()

@@ -66,7 +66,7 @@ class SelectionConfig:
                                 choices=NEVER_LEARNED_POLICIES)
     class_balance: bool = option(False, "make per-class counts proportional to the class frequencies")
     size: int | None = option(None, "random / topk-forgetting: examples to keep (default: the PrAC set's size)")
-    seed: int = option(0, "seed of the random rule")
+    random_seed: int = option(0, "seed of the random rule")
 
     def __post_init__(self) -> None:
         require(self.forgetting_threshold >= 0, f"forgetting_threshold must not be negative, got {self.forgetting_threshold}")
@@ -247,7 +247,7 @@ def _budget(inputs: SelectionInputs, config: SelectionConfig) -> int:
 
 def select_random(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
     k = _budget(inputs, config)
-    draw = np.random.default_rng(config.seed).random(len(inputs))
+    draw = np.random.default_rng(config.random_seed).random(len(inputs))
     selected = np.zeros(len(inputs), dtype=bool)
     selected[np.argsort(-draw, kind="stable")[:k]] = True  # with class_balance, _finish re-picks by draw per class
     return _finish("random", config, inputs, selected, draw, np.where(selected, "random", "").astype(object), {})

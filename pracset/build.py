@@ -1,0 +1,215 @@
+"""``pracset build``: dense training with the recorder, a pruning probe, a selection, a manifest.
+
+Outputs, for ``--out NAME.parquet``:
+
+- ``NAME.parquet``: the manifest (one row per training example, see
+  ``manifests/README.md``);
+- ``NAME.stats.npz``: the full statistics (every manifest column, the probe's
+  per-sparsity results, the per-epoch correctness history when kept, the
+  training history) for users who want to study them;
+- while running, ``NAME.parquet.partial/`` holds the training checkpoint so
+  that ``--resume`` continues an interrupted build; it is removed at the end.
+
+A manifest that already exists is never overwritten: if it was built with the
+same settings the build is skipped, otherwise the build refuses.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pracset import __version__
+from pracset.config import option, require, to_dict
+from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.errors import ConfigError
+from pracset.fileio import atomic_write_bytes
+from pracset.models import build_model, check_model_name, has_convolutions
+from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
+from pracset.sparse.mask import PRUNING_SCOPES, Mask
+from pracset.stats import ExampleRecorder, pruning_probe
+from pracset.train.config import TrainConfig
+from pracset.train.ledger import IterationLedger
+from pracset.train.loop import Trainer
+from pracset.train.optim import check_names
+from pracset.train.run import input_spec, make_loaders
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What ``pracset build`` adds to dense training."""
+
+    probe_sparsities: tuple[float, ...] = option(
+        (0.5, 0.8, 0.9), "sparsities of the one-shot magnitude-pruned models (no fine-tuning) the probe compares "
+        "with the dense one; an empty list skips the probe", flag="--probe-sparsity")
+    probe_scope: str = option("global", "probe pruning: global or layerwise magnitude", choices=("global", "layerwise"))
+    prunable: str = option("all", "prunable weights: all conv+linear weights, or conv only (official PrAC code)",
+                           choices=PRUNING_SCOPES)
+    early_bird: bool = option(False, "stop dense training early once the pruning mask settles (Early-Bird)")
+    early_bird_eps: float = option(0.08, "Early-Bird: mask-distance threshold")
+    early_bird_queue: int = option(5, "Early-Bird: settled epochs in a row")
+    early_bird_wait: bool = option(True, "Early-Bird: count only after a distance first exceeds eps (official rule)")
+    keep_history: bool = option(False, "also store the per-epoch correctness history (bit-packed) in the statistics")
+
+    def __post_init__(self) -> None:
+        require(all(0 < s < 1 for s in self.probe_sparsities),
+                f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
+
+    def early_bird_config(self) -> EarlyBirdConfig:
+        return EarlyBirdConfig(eps=self.early_bird_eps, queue_length=self.early_bird_queue,
+                               wait_for_change=self.early_bird_wait)
+
+
+@dataclass
+class BuildResult:
+    manifest_path: Path
+    summary: dict
+    skipped: bool = False
+
+
+def stats_path(manifest_path: Path) -> Path:
+    return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".stats.npz")
+
+
+def _identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig) -> dict:
+    return {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
+            "selection": to_dict(selection)}
+
+
+def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig, build: BuildConfig,
+                   selection: SelectionConfig, device: torch.device, resume: bool = False,
+                   progress: bool = False, dataset: ImageDataset | None = None) -> BuildResult:
+    """Build a PrAC (or baseline) manifest of ``data``'s training split on ``arch``."""
+    from pracset.manifest import ManifestError, read_manifest, write_manifest
+
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise ConfigError(f"the manifest path must end in .parquet, got {out}")
+    check_names(train)
+    check_model_name(arch)
+    identity = _identity(data, arch, train, build, selection)
+    if out.exists():
+        try:
+            existing = read_manifest(out)
+        except ManifestError as exc:
+            raise ConfigError(f"{out} exists and is not a readable manifest ({exc}); choose another --out") from None
+        if existing.provenance.get("build_identity") == identity:
+            log.info("%s already holds this build; not building again", out)
+            return BuildResult(out, existing.summary(), skipped=True)
+        raise ConfigError(f"{out} exists and was built with other settings; choose another --out or remove it")
+    work = out.with_name(out.name + ".partial")
+    if work.exists() and not resume:
+        raise ConfigError(f"{work} holds an unfinished build; pass --resume to continue it or remove it")
+    work.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    dataset = dataset or load_dataset(data)
+    model = build_model(arch, input_spec(dataset), seed=train.seed)
+    mask = Mask.ones(model, scope=build.prunable)
+    train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
+    ledger = IterationLedger()
+    recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
+    callbacks = [recorder]
+    bird = None
+    if build.early_bird:
+        bird = EarlyBirdStop(build.early_bird_config(), mask, warmup_epochs=int(train.warmup_epochs))
+        callbacks.append(bird)
+    trainer = Trainer(train, ledger=ledger, stage="dense", checkpoint=work / "checkpoint.pt", resume=resume,
+                      progress=progress)
+    state = trainer.fit(model, train_loader, test_loader, callbacks)
+    if state.history and "test_accuracy" not in state.history[-1]:  # stopped early between evaluations
+        from pracset.train.loop import evaluate
+
+        result = evaluate(model, test_loader, precision=train.precision, ledger=ledger, stage="dense")
+        state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+    statistics = recorder.statistics()
+
+    probe_result = None
+    if build.probe_sparsities:
+        mean, std = dataset.normalization
+        probe_loader = DeviceLoader(train_loader.split, max(train.batch_size, 512), mean, std,
+                                    channels_last=train_loader.channels_last)
+        probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
+                                     mask=mask, scope=build.probe_scope, precision=train.precision,
+                                     ledger=ledger, stage="probe")
+    labels = dataset.train.labels.cpu().numpy()
+    inputs = SelectionInputs.from_statistics(labels, statistics,
+                                             probe_result.disagreements if probe_result else None)
+    chosen = select(inputs, selection)
+    n = len(labels)
+    columns = {
+        "example_id": np.arange(n, dtype=np.int64),
+        "content_hash": dataset.train_hashes,
+        "label": labels,
+        **statistics.columns(),
+        "cep_disagreements": (probe_result.disagreements if probe_result
+                              else np.zeros(n, dtype=np.int32)),
+        "score": chosen.scores,
+        "selected": chosen.selected,
+        "reason": chosen.reasons,
+    }
+    final = state.history[-1] if state.history else {}
+    metadata = {
+        "dataset": {"name": dataset.name, "split": "train", "size": n, "fingerprint": dataset.fingerprint,
+                    "class_names": list(dataset.class_names), **dataset.describe()},
+        "selection": chosen.describe(),
+        "provenance": {
+            "command": "build",
+            "arch": arch,
+            "seed": train.seed,
+            "train": to_dict(train),
+            "epochs_run": state.epoch,
+            "early_bird": None if bird is None else {**to_dict(bird.config), "stopped_epoch": bird.stopped_epoch,
+                                                      "distances": [round(d, 6) for d in bird.distances]},
+            "probe": None if probe_result is None else {
+                "sparsities": list(build.probe_sparsities), "scope": build.probe_scope, "prunable": build.prunable,
+                "disagreed_at": {str(k): v for k, v in probe_result.disagreed_at.items()},
+                "pruned_train_accuracy": {str(k): v for k, v in probe_result.pruned_accuracy.items()},
+                "dense_train_accuracy": probe_result.dense_accuracy},
+            "dense_test_accuracy": final.get("test_accuracy"),
+            "history": state.history,
+            "ledger": ledger.to_dict(),
+            "iterations": ledger.total().train_iterations,
+            "build_identity": identity,
+            "pracset_version": __version__,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "device": str(device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 2),
+        },
+    }
+    _write_statistics(stats_path(out), columns, statistics, probe_result, state.history)
+    write_manifest(out, columns, metadata)
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = read_manifest(out)
+    log.info("wrote %s: %d of %d examples selected (%s)", out, manifest.num_selected, n, selection.rule)
+    return BuildResult(out, manifest.summary())
+
+
+def _write_statistics(path: Path, columns: dict, statistics, probe_result, history: list[dict]) -> None:
+    arrays = {k: np.asarray(v) for k, v in columns.items() if k not in ("content_hash", "reason")}
+    arrays["content_hash"] = np.asarray(columns["content_hash"]).astype("U16")
+    arrays["reason"] = np.asarray(columns["reason"]).astype("U8")
+    if statistics.history is not None:
+        arrays["history_bits"] = statistics.history
+        arrays["presented_bits"] = statistics.presented_history
+    if probe_result is not None:
+        arrays["probe_sparsities"] = np.array(list(probe_result.disagreed_at), dtype=np.float64)
+        arrays["probe_disagreed"] = np.array(list(probe_result.disagreed_at.values()), dtype=np.int64)
+    arrays["train_accuracy_per_epoch"] = np.array([h.get("train_accuracy", np.nan) for h in history])
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -34,7 +34,7 @@ from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.models import build_model, check_model_name, has_convolutions
-from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.mask import PRUNING_SCOPES, Mask
 from pracset.stats import ExampleRecorder, pruning_probe
@@ -99,6 +99,9 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
         raise ConfigError(f"the manifest path must end in .parquet, got {out}")
     check_names(train)
     check_model_name(arch)
+    SELECTION_RULES.get(selection.rule)
+    if selection.rule == "cep" and not build.probe_sparsities:
+        raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
     identity = _identity(data, arch, train, build, selection)
     if out.exists():
         try:

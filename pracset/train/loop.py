@@ -53,6 +53,7 @@ class TrainState:
     epoch: int = 0                    # completed epochs
     step: int = 0                     # completed optimizer steps
     stop_requested: bool = False      # set by a callback to end the run after this epoch
+    skip_step: bool = False           # set in before_optimizer_step to skip this optimizer step
     history: list[dict] = field(default_factory=list)
 
 
@@ -171,7 +172,9 @@ class Trainer:
                 out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
                 for callback in callbacks:
                     callback.before_optimizer_step(state, out)
-                optimizer.step()
+                if not state.skip_step:
+                    optimizer.step()
+                state.skip_step = False
                 scheduler.step()
                 for callback in callbacks:
                     callback.after_optimizer_step(state, out)

@@ -1,0 +1,440 @@
+"""The manifest file: schema, validated Parquet writer and reader, :class:`Manifest`.
+
+A manifest is a Parquet file with one row per training example (kept and
+removed alike), sorted by ``example_id``, and a JSON document under the
+Parquet key-value metadata key ``pracset`` that says what the file is (schema
+version, data set, selection rule, provenance). ``manifests/README.md``
+documents every column.
+
+The reader and the writer run the same checks; the writer raises
+:class:`~pracset.errors.ConfigError` (the caller handed it bad columns), the
+reader :class:`ManifestError` (the file is bad or belongs to another data set).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pracset.errors import ConfigError, PracsetError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"pracset"
+COMPRESSION = "zstd"
+
+#: The required columns, in file order, with their Parquet/Arrow types.
+COLUMNS: dict[str, pa.DataType] = {
+    "example_id": pa.int64(),
+    "content_hash": pa.string(),
+    "label": pa.int64(),
+    "forgetting_events": pa.int32(),
+    "presentations": pa.int32(),
+    "times_correct": pa.int32(),
+    "first_learned_epoch": pa.int32(),
+    "never_learned": pa.bool_(),
+    "last_correct": pa.bool_(),
+    "last_loss": pa.float32(),
+    "margin": pa.float32(),
+    "cep_disagreements": pa.int32(),
+    "score": pa.float64(),
+    "selected": pa.bool_(),
+    "reason": pa.string(),
+}
+SCHEMA = pa.schema(list(COLUMNS.items()))
+
+#: The values ``reason`` may take on a selected row ("" on every other row).
+REASONS: tuple[str, ...] = ("cet", "cep", "both", "random", "topk", "balance")
+
+#: Keys the ``pracset`` metadata must hold (the writer adds ``schema_version``).
+REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
+    "dataset": ("name", "split", "size", "fingerprint"),
+    "selection": ("rule",),
+    "provenance": (),
+}
+
+_NONNEGATIVE = ("label", "forgetting_events", "presentations", "times_correct", "cep_disagreements")
+_HEX16 = "^[0-9a-f]{16}$"
+
+
+class ManifestError(PracsetError):
+    """A manifest file is missing, unreadable, invalid, or for another data set."""
+
+
+# --------------------------------------------------------------------------- validation
+def _check_metadata(meta: Any, error: type[Exception], where: str) -> None:
+    if not isinstance(meta, dict):
+        raise error(f"{where}: the pracset metadata must be a dict, got {type(meta).__name__}")
+    for key, fields in REQUIRED_METADATA.items():
+        if key not in meta:
+            raise error(f"{where}: the pracset metadata lacks {key!r}")
+        if not isinstance(meta[key], dict):
+            raise error(f"{where}: metadata {key!r} must be a dict, got {type(meta[key]).__name__}")
+        for name in fields:
+            if name not in meta[key]:
+                raise error(f"{where}: the pracset metadata lacks {key}.{name}")
+    size = meta["dataset"]["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise error(f"{where}: metadata dataset.size must be a positive integer, got {size!r}")
+    for name in ("name", "split", "fingerprint"):
+        if not isinstance(meta["dataset"][name], str) or not meta["dataset"][name]:
+            raise error(f"{where}: metadata dataset.{name} must be a non-empty string, got {meta['dataset'][name]!r}")
+
+
+def _check_version(meta: Any, error: type[Exception], where: str) -> None:
+    version = meta.get("schema_version") if isinstance(meta, dict) else None
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise error(f"{where}: the pracset metadata has no valid schema_version (got {version!r})")
+    if version > SCHEMA_VERSION:
+        raise error(f"{where} was written by a newer pracset: schema version {version}, "
+                    f"this one reads up to {SCHEMA_VERSION}; upgrade pracset")
+
+
+def _conform(table: pa.Table, error: type[Exception], where: str) -> pa.Table:
+    """Cast the required columns to their schema types; extra columns are kept after them."""
+    names = table.column_names
+    if len(set(names)) != len(names):
+        dups = sorted({n for n in names if names.count(n) > 1})
+        raise error(f"{where}: duplicate column names {', '.join(dups)}")
+    missing = [n for n in COLUMNS if n not in names]
+    if missing:
+        raise error(f"{where}: missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    arrays, fields = [], []
+    for name, kind in COLUMNS.items():
+        column = table.column(name)
+        if column.type != kind:
+            try:
+                column = column.cast(kind, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                first = str(exc).splitlines()[0]
+                raise error(f"{where}: column {name} has type {table.column(name).type}, expected {kind}, "
+                            f"and cannot be cast ({first})") from None
+        if column.null_count:
+            raise error(f"{where}: column {name} holds {column.null_count} null value(s)")
+        arrays.append(column)
+        fields.append(pa.field(name, kind, nullable=False))
+    for name in names:
+        if name not in COLUMNS:
+            arrays.append(table.column(name))
+            fields.append(table.schema.field(name))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
+
+
+def _first_row(table: pa.Table, mask: np.ndarray) -> int:
+    """The example_id of the first row where ``mask`` holds."""
+    return int(table.column("example_id").to_numpy()[np.flatnonzero(mask)[0]])
+
+
+def _check_rows(table: pa.Table, meta: dict, error: type[Exception], where: str) -> pa.Table:
+    """Check ids, counts, hashes and selection; return the table sorted by example_id."""
+    size = meta["dataset"]["size"]
+    ids = table.column("example_id").to_numpy()
+    ordered = np.sort(ids, kind="stable")
+    repeated = ordered[1:] == ordered[:-1]
+    if repeated.any():
+        raise error(f"{where}: {int(repeated.sum())} duplicate example_id value(s) "
+                    f"(first: {int(ordered[1:][repeated][0])})")
+    outside = (ids < 0) | (ids >= size)
+    if outside.any():
+        raise error(f"{where}: {int(outside.sum())} example_id value(s) outside 0..{size - 1} "
+                    f"(dataset.size is {size}; first: {int(ids[outside][0])})")
+    if len(ids) != size:
+        # No duplicates and all in range, so fewer rows than examples: some ids are absent.
+        absent = np.setdiff1d(np.arange(size), ids)
+        raise error(f"{where}: holds {len(ids)} rows but dataset.size is {size} "
+                    f"({len(absent)} example ids absent, first: {int(absent[0])})")
+    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+        log.debug("%s: rows not sorted by example_id; sorting them", where)
+        table = table.sort_by("example_id")
+
+    good_hash = pc.match_substring_regex(table.column("content_hash"), _HEX16).to_numpy(zero_copy_only=False)
+    if not good_hash.all():
+        first = np.flatnonzero(~good_hash)[0]
+        raise error(f"{where}: content_hash of example_id {_first_row(table, ~good_hash)} is not 16 lowercase "
+                    f"hex characters: {table.column('content_hash')[int(first)].as_py()!r}")
+    for name in _NONNEGATIVE:
+        bad = table.column(name).to_numpy() < 0
+        if bad.any():
+            raise error(f"{where}: column {name} is negative at example_id {_first_row(table, bad)}")
+    bad = table.column("first_learned_epoch").to_numpy() < -1
+    if bad.any():
+        raise error(f"{where}: first_learned_epoch is below -1 at example_id {_first_row(table, bad)}")
+
+    reason = table.column("reason")
+    known = pc.is_in(reason, value_set=pa.array(("",) + REASONS)).to_numpy(zero_copy_only=False)
+    if not known.all():
+        value = reason[int(np.flatnonzero(~known)[0])].as_py()
+        raise error(f"{where}: reason {value!r} at example_id {_first_row(table, ~known)} is not one of "
+                    f"{', '.join(REASONS)} (or '' on unselected rows)")
+    selected = table.column("selected").to_numpy(zero_copy_only=False)
+    empty = pc.equal(reason, "").to_numpy(zero_copy_only=False)
+    if (selected & empty).any():
+        raise error(f"{where}: example_id {_first_row(table, selected & empty)} is selected but has no reason")
+    if (~selected & ~empty).any():
+        row = np.flatnonzero(~selected & ~empty)[0]
+        raise error(f"{where}: example_id {_first_row(table, ~selected & ~empty)} is not selected "
+                    f"but has reason {reason[int(row)].as_py()!r}")
+    if not selected.any():
+        raise error(f"{where}: no rows are selected")
+    return table
+
+
+def _validate(table: pa.Table, meta: Any, error: type[Exception], where: str) -> pa.Table:
+    _check_version(meta, error, where)
+    _check_metadata(meta, error, where)
+    table = _conform(table, error, where)
+    return _check_rows(table, meta, error, where)
+
+
+# --------------------------------------------------------------------------- writer
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (Path, os.PathLike)):
+        return os.fspath(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _json_ready(meta: Mapping) -> dict:
+    """``meta`` as it will read back from JSON (numpy scalars to numbers, tuples to lists)."""
+    try:
+        return json.loads(json.dumps(meta, default=_json_default, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"manifest metadata cannot be stored as JSON: {exc}") from None
+
+
+def build_table(columns: Mapping[str, Any], metadata: Mapping) -> pa.Table:
+    """The validated manifest table (with its ``pracset`` metadata) that :func:`write_manifest` writes."""
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(f"manifest metadata must be a dict, got {type(metadata).__name__}")
+    missing = [n for n in COLUMNS if n not in columns]
+    if missing:
+        raise ConfigError(f"manifest: missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    unsized = [name for name, values in columns.items() if not hasattr(values, "__len__")]
+    if unsized:
+        raise ConfigError(f"manifest column {unsized[0]} must be a 1-D array, got {type(columns[unsized[0]]).__name__}")
+    lengths = {name: len(values) for name, values in columns.items()}
+    if len(set(lengths.values())) > 1:
+        expected = lengths["example_id"]
+        odd = {n: k for n, k in lengths.items() if k != expected}
+        raise ConfigError(f"manifest columns differ in length: example_id has {expected} rows, "
+                          + ", ".join(f"{n} has {k}" for n, k in odd.items()))
+    arrays = []
+    names = list(COLUMNS) + [n for n in columns if n not in COLUMNS]
+    for name in names:
+        values = columns[name]
+        try:
+            array = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(values))
+            if name in COLUMNS and array.type != COLUMNS[name]:
+                array = array.cast(COLUMNS[name], safe=True)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            target = COLUMNS.get(name, "an Arrow column")
+            raise ConfigError(f"manifest column {name} cannot be stored as {target}: {str(exc).splitlines()[0]}") from None
+        arrays.append(array)
+    table = pa.Table.from_arrays(arrays, names=names)
+    meta = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in _json_ready(metadata).items() if k != "schema_version"}}
+    table = _validate(table, meta, ConfigError, "manifest")
+    text = json.dumps(meta, allow_nan=True)
+    return table.replace_schema_metadata({METADATA_KEY: text.encode()})
+
+
+def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata: Mapping) -> Path:
+    """Write a manifest atomically and return its path.
+
+    ``columns`` maps every name of :data:`COLUMNS` (extra names are kept after
+    them) to a 1-D array with one value per training example; values are cast
+    to the schema types (an impossible cast, a missing column or differing
+    lengths raise :class:`~pracset.errors.ConfigError`), rows are sorted by
+    ``example_id`` and checked as :func:`read_manifest` checks them.
+    ``metadata`` must hold ``dataset`` (``name``, ``split``, ``size``,
+    ``fingerprint``), ``selection`` (at least ``rule``) and ``provenance``
+    dicts; it is stored as JSON under the Parquet metadata key ``pracset``
+    with ``schema_version`` added. The file is written to a temporary file and
+    renamed: a failed write leaves an existing ``path`` untouched.
+    """
+    from pracset.fileio import atomic_write  # imports torch: keep `import pracset.manifest` light
+
+    table = build_table(columns, metadata)
+    # Looked up at call time (pq.write_table) so tests can make it fail mid-write.
+    out = atomic_write(path, lambda handle: pq.write_table(table, handle, compression=COMPRESSION))
+    log.info("wrote manifest %s: %d examples, %d selected", out, table.num_rows,
+             int(pc.sum(table.column("selected")).as_py()))
+    return out
+
+
+# --------------------------------------------------------------------------- reader
+def _open(path: Path) -> pa.Table:
+    """Read the Parquet file, turning every failure into a one-line ManifestError."""
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if path.is_dir():
+        raise ManifestError(f"manifest {path} is a directory, not a Parquet file")
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+            handle.seek(max(0, size - 4))
+            tail = handle.read(4)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ManifestError(f"manifest {path} is empty (0 bytes)")
+    if head != b"PAR1":
+        raise ManifestError(f"manifest {path} is not a Parquet file (no PAR1 magic at its start)")
+    if tail != b"PAR1" or size < 12:
+        raise ManifestError(f"manifest {path} is truncated: it has no Parquet footer ({size} bytes)")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ManifestError(f"manifest {path} is corrupt or truncated: {str(exc).splitlines()[0]}") from None
+
+
+def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
+                  dataset_name: str | None = None) -> Manifest:
+    """Read and validate a manifest.
+
+    Raises :class:`ManifestError`, with a one-line message naming the problem,
+    when the file is missing, empty, truncated or not Parquet, lacks the
+    ``pracset`` metadata, was written by a newer schema version, lacks a
+    required column or holds one of a type that cannot be cast, has duplicate,
+    missing or out-of-range example ids, an unknown ``reason``, a
+    ``selected``/``reason`` disagreement, or no selected row; and when
+    ``fingerprint`` or ``dataset_name`` is given and differs from the data set
+    the manifest was built for. Columns are cast to the :data:`COLUMNS` types
+    and rows sorted by ``example_id``; extra columns are kept.
+    """
+    path = Path(path)
+    table = _open(path)
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ManifestError(f"{path} is not a pracset manifest: its Parquet metadata has no 'pracset' key")
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError(f"{path}: the pracset metadata is not valid JSON ({exc})") from None
+    where = f"manifest {path}"
+    table = _validate(table, meta, ManifestError, where)
+    data = meta["dataset"]
+    if (fingerprint is not None and fingerprint != data["fingerprint"]) or (
+            dataset_name is not None and dataset_name != data["name"]):
+        this = " ".join(x for x in (
+            dataset_name if dataset_name not in (None, data["name"]) else None,
+            f"{fingerprint[:12]}..." if fingerprint is not None else None) if x)
+        raise ManifestError(f"{where} was built for data set {data['name']} with fingerprint "
+                            f"{data['fingerprint'][:12]}..., not this one ({this})")
+    return Manifest(path=path, table=table, metadata=meta)
+
+
+# --------------------------------------------------------------------------- Manifest
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A validated manifest: its ``path``, Arrow ``table`` and ``metadata`` dict.
+
+    Rows are sorted by ``example_id`` (row ``i`` is example ``i``) and cover
+    the whole training split; ``selected`` marks the examples kept for
+    ticket finding.
+    """
+
+    path: Path
+    table: pa.Table
+    metadata: dict
+
+    @property
+    def size(self) -> int:
+        """Number of rows: the size of the training split."""
+        return self.table.num_rows
+
+    @cached_property
+    def selected_ids(self) -> np.ndarray:
+        """The example ids of the selected rows, sorted (int64)."""
+        return np.flatnonzero(self.column("selected")).astype(np.int64)
+
+    @property
+    def num_selected(self) -> int:
+        return int(len(self.selected_ids))
+
+    @property
+    def fraction_selected(self) -> float:
+        return self.num_selected / self.size
+
+    @property
+    def dataset(self) -> dict:
+        """The ``dataset`` metadata: name, split, size, fingerprint (and any extras)."""
+        return self.metadata["dataset"]
+
+    @property
+    def selection(self) -> dict:
+        """The ``selection`` metadata: the rule and its parameters."""
+        return self.metadata["selection"]
+
+    @property
+    def provenance(self) -> dict:
+        return self.metadata["provenance"]
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.metadata["schema_version"])
+
+    def column(self, name: str) -> np.ndarray:
+        """One column as a numpy array (string columns as a ``str`` array), in example_id order."""
+        if name not in self.table.column_names:
+            raise ManifestError(f"manifest {self.path} has no column {name!r}; it has {', '.join(self.table.column_names)}")
+        column = self.table.column(name)
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return np.asarray(column.to_numpy(zero_copy_only=False).astype(str))
+        return column.to_numpy()
+
+    def per_class_counts(self) -> dict[int, dict[str, int]]:
+        """``label -> {"total": examples, "selected": kept}``, labels ascending."""
+        labels = self.column("label")  # validated non-negative
+        totals = np.bincount(labels)
+        kept = np.bincount(labels[self.column("selected")], minlength=len(totals))
+        return {int(c): {"total": int(totals[c]), "selected": int(kept[c])} for c in np.flatnonzero(totals)}
+
+    def reason_counts(self) -> dict[str, int]:
+        """How many selected rows carry each reason (only reasons that occur)."""
+        reasons, counts = np.unique(self.column("reason")[self.column("selected")], return_counts=True)
+        return {str(r): int(k) for r, k in zip(reasons, counts)}
+
+    def summary(self) -> dict:
+        """A JSON-ready description: data set, counts per class and reason, selection, provenance."""
+        return {
+            "path": str(self.path),
+            "schema_version": self.schema_version,
+            "dataset": self.dataset,
+            "size": self.size,
+            "selected": self.num_selected,
+            "fraction": self.fraction_selected,
+            "per_class": {str(k): v for k, v in self.per_class_counts().items()},
+            "reasons": self.reason_counts(),
+            "selection": self.selection,
+            "provenance": self.provenance,
+        }
+
+    def to_hf(self):
+        """All rows as a ``datasets.Dataset``; the metadata is JSON in ``info.description``."""
+        import datasets
+
+        # Drop the Parquet metadata: datasets keeps its own under b"huggingface".
+        table = self.table.replace_schema_metadata(None)
+        info = datasets.DatasetInfo(description=json.dumps(self.metadata, allow_nan=True))
+        return datasets.Dataset(table, info=info)
+
+    def __repr__(self) -> str:
+        return (f"Manifest({str(self.path)!r}, dataset={self.dataset['name']!r}, size={self.size}, "
+                f"selected={self.num_selected}, rule={self.selection.get('rule')!r})")

@@ -1,0 +1,113 @@
+"""``pracset build`` and ``pracset inspect`` end to end on digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pracset.build import stats_path
+from pracset.cli import main
+
+BUILD = ["build", "--data", "digits", "--arch", "mlp", "--epochs", "6", "-q", "--probe-sparsity", "0.8", "0.9"]
+
+
+def run_cli(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    path = tmp_path_factory.mktemp("build") / "digits-mlp.parquet"
+    code = main([*BUILD, "--out", str(path), "--keep-history"])
+    assert code == 0
+    return path
+
+
+def test_manifest_reads_back_with_pyarrow_alone(built):
+    table = pq.read_table(built)
+    meta = json.loads(table.schema.metadata[b"pracset"])
+    assert table.num_rows == meta["dataset"]["size"] == 1438
+    ids = table.column("example_id").to_numpy()
+    assert np.array_equal(ids, np.arange(1438))
+    selected = table.column("selected").to_numpy(zero_copy_only=False)
+    reasons = table.column("reason").to_pylist()
+    assert meta["selection"]["selected"] == selected.sum() > 0
+    assert all((r != "") == s for r, s in zip(reasons, selected))
+    # CET = forgetting > 0 or never learned; CEP = a probe disagreement: exactly PrAC's union
+    forgetting = table.column("forgetting_events").to_numpy()
+    never = table.column("never_learned").to_numpy(zero_copy_only=False)
+    cep = table.column("cep_disagreements").to_numpy()
+    np.testing.assert_array_equal(selected, (forgetting > 0) | never | (cep > 0))
+    # every presented example was presented once per epoch
+    assert (table.column("presentations").to_numpy() == meta["provenance"]["epochs_run"]).all()
+    ledger = meta["provenance"]["ledger"]["stages"]
+    assert ledger["dense"]["train_iterations"] == 6 * 12 == meta["provenance"]["iterations"]
+    assert ledger["probe"]["probe_examples"] == 3 * 1438  # dense + two pruned models
+
+
+def test_statistics_are_written_next_to_the_manifest(built):
+    stats = np.load(stats_path(built))
+    table = pq.read_table(built)
+    np.testing.assert_array_equal(stats["forgetting_events"], table.column("forgetting_events").to_numpy())
+    assert stats["history_bits"].shape == (6, (1438 + 7) // 8)
+    assert not built.with_name(built.name + ".partial").exists()
+
+
+def test_inspect_prints_a_summary_and_json(built, capsys):
+    code, out, _ = run_cli(capsys, "inspect", str(built))
+    table = pq.read_table(built)
+    kept = int(table.column("selected").to_numpy(zero_copy_only=False).sum())
+    assert code == 0 and f"selected   {kept} of 1438" in out and "data set   digits" in out
+    assert "rule prac" in out and "arch mlp" in out
+    code, out, _ = run_cli(capsys, "inspect", str(built), "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["selected"] == kept and summary["dataset"]["name"] == "digits"
+    assert sum(v["selected"] for v in summary["per_class"].values()) == kept
+
+
+def test_same_build_is_skipped_and_another_is_refused(built, capsys):
+    before = built.read_bytes()
+    code, out, _ = run_cli(capsys, *BUILD, "--out", str(built), "--keep-history")
+    assert code == 0 and out.startswith("already built")
+    code, _, err = run_cli(capsys, *BUILD, "--out", str(built), "--seed", "3")
+    assert code == 2 and "exists and was built with other settings" in err and "Traceback" not in err
+    assert built.read_bytes() == before
+
+
+def test_same_seed_gives_identical_selection(built, tmp_path, capsys):
+    again = tmp_path / "again.parquet"
+    code, _, err = run_cli(capsys, *BUILD, "--out", str(again), "--keep-history")
+    assert code == 0, err
+    a, b = pq.read_table(built), pq.read_table(again)
+    for column in ("selected", "forgetting_events", "cep_disagreements", "content_hash"):
+        assert a.column(column).equals(b.column(column)), column
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--probe-sparsity", "1.5"], "probe sparsities must lie in (0, 1)"),
+    (["--rule", "cep", "--probe-sparsity"], "needs the pruning probe's results"),
+    (["--rule", "nope"], "unknown selection rule 'nope'; valid names: cep, cet, prac, random, topk-forgetting"),
+    (["--epochs", "0"], "must be a positive integer"),
+])
+def test_bad_build_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
+    out = tmp_path / "m.parquet"
+    code, _, err = run_cli(capsys, *BUILD, "--out", str(out), *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_out_must_be_parquet_and_inspect_rejects_non_manifests(tmp_path, capsys):
+    code, _, err = run_cli(capsys, *BUILD, "--out", str(tmp_path / "m.csv"))
+    assert code == 2 and "must end in .parquet" in err
+    junk = tmp_path / "junk.parquet"
+    junk.write_bytes(b"not parquet at all")
+    code, _, err = run_cli(capsys, "inspect", str(junk))
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1

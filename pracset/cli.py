@@ -85,6 +85,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pracset.data import DataConfig
     from pracset.device import resolve_device
     from pracset.selection import SelectionConfig
+    from pracset.sparse.methods import GraNetConfig, RigLConfig
+    from pracset.tickets import IMPConfig
     from pracset.train import TrainConfig
 
     result = build_manifest(
@@ -98,6 +100,49 @@ def _cmd_build(args: argparse.Namespace) -> int:
           f"({100 * s['fraction']:.1f}%, rule {s['selection']['rule']}); dense {s['provenance']['arch']} "
           f"test accuracy {accuracy:.4f}; {s['provenance']['iterations']} training iterations")
     return 0
+
+
+def _cmd_ticket(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from pracset.config import from_args
+    from pracset.data import DataConfig
+    from pracset.device import resolve_device
+    from pracset.selection import SelectionConfig
+    from pracset.sparse.methods import GraNetConfig, RigLConfig
+    from pracset.tickets import IMPConfig, find_tickets
+    from pracset.train import TrainConfig
+
+    imp = from_args(IMPConfig, args)
+    rigl = from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity)
+    granet = from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity)
+    summary = find_tickets(args.method, from_args(DataConfig, args), args.arch, args.out,
+                           train=from_args(TrainConfig, args), imp=imp, rigl=rigl, granet=granet,
+                           selection=from_args(SelectionConfig, args), manifest=args.manifest,
+                           device=resolve_device(args.device), resume=args.resume,
+                           progress=not args.quiet and sys.stderr.isatty())
+    print(format_tickets(summary))
+    return 0
+
+
+def format_tickets(summary: dict) -> str:
+    """The tickets of a run as a small table."""
+    lines = [f"{'stage':<12} {'sparsity':>8} {'test acc':>8} {'iters':>7}  controls / verdict"]
+    for row in summary["tickets"]:
+        extra = ""
+        if "controls" in row:
+            c, v = row["controls"], row["verdict"]
+            extra = (f"reinit {c['reinit']:.4f}, random mask {c['random_mask']:.4f}; "
+                     + ("winning ticket" if v["winning_ticket"] else
+                        ("matches dense" if v["matches_dense"] else "below dense")
+                        + (", beats controls" if v["beats_controls"] else ", does not beat controls")))
+        iterations = row.get("round_iterations", row.get("iterations"))
+        lines.append(f"{row['stage']:<12} {row['sparsity']:>8.4f} {row['test_accuracy']:>8.4f} {iterations or 0:>7}  {extra}")
+    total = summary["ledger"]["total"]
+    what = "already found" if summary.get("skipped") else "found"
+    lines.append(f"{what} {summary['method']} tickets for {summary['arch']} on {summary['data']}: "
+                 f"{total['train_iterations']} training iterations in all; mask {summary['mask']}")
+    return "\n".join(lines)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -137,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pracset.config import add_arguments
     from pracset.data import DataConfig
     from pracset.selection import SelectionConfig
+    from pracset.sparse.methods import GraNetConfig, RigLConfig
+    from pracset.tickets import IMPConfig
     from pracset.train import TrainConfig
 
     parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
@@ -178,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     _positive_counts(p)
     p.set_defaults(func=_cmd_build)
 
+    p = sub.add_parser("ticket", parents=[common], help="find a sparse ticket (IMP, PrAC-IMP, RigL, GraNet)",
+                       description="Find a ticket with IMP (rewinding), PrAC-IMP, RigL or GraNet, on the full "
+                                   "training split or on a manifest's subset, and evaluate it on the test split.")
+    p.add_argument("--method", required=True, choices=("imp", "prac-imp", "rigl", "granet"), help="how to find it")
+    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--manifest", metavar="FILE.parquet", help="train on this manifest's selected examples "
+                   "(prac-imp: a fixed PrAC set built elsewhere, e.g. on another architecture)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_arguments(p, DataConfig)
+    add_arguments(p, TrainConfig)
+    add_arguments(p, IMPConfig)
+    add_arguments(p, SelectionConfig)
+    add_arguments(p, RigLConfig, exclude=("sparsity",), prefix="rigl")
+    add_arguments(p, GraNetConfig, exclude=("sparsity",), prefix="granet")
+    _positive_counts(p)
+    p.set_defaults(func=_cmd_ticket)
+
     p = sub.add_parser("inspect", parents=[common], help="summarise a manifest",
                        description="Print a manifest's size, fraction kept, per-class counts, reasons and provenance.")
     p.add_argument("manifest", metavar="MANIFEST", help="a .parquet manifest")
@@ -189,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _positive_counts(parser: argparse.ArgumentParser) -> None:
     """Counts are validated by argparse itself, so a bad one is a usage error."""
     for action in parser._actions:
-        if action.dest in ("epochs", "batch_size", "eval_every", "size", "early_bird_queue"):
+        if action.dest in ("epochs", "batch_size", "eval_every", "size", "early_bird_queue", "rounds",
+                           "rigl_delta_t", "granet_delta_t"):
             action.type = _positive_int
 
 

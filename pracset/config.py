@@ -92,8 +92,12 @@ def to_dict(config: Any) -> dict[str, Any]:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add one ``--flag`` per field of ``cls``; unset flags stay ``None``."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
+    """Add one ``--flag`` per field of ``cls``; unset flags stay ``None``.
+
+    ``prefix`` (e.g. ``"rigl"``) names the flags ``--rigl-FIELD`` (destination
+    ``rigl_FIELD``), for configurations whose field names would clash.
+    """
     types_ = _field_types(cls)
     group = parser.add_argument_group(cls.__name__)
     for f in dataclasses.fields(cls):
@@ -101,12 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
             continue
         inner, _ = _unwrap_optional(types_[f.name])
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if prefix:
+            flag = f"--{prefix}-{f.name.replace('_', '-')}"
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "")
         if default is not None:
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": f"{prefix}_{f.name}" if prefix else f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if inner is bool:
@@ -117,12 +123,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
             group.add_argument(flag, type=inner, metavar=f.metadata.get("metavar", inner.__name__.upper()), **kwargs)
 
 
-def from_args(cls: type[C], namespace: argparse.Namespace, **overrides: Any) -> C:
-    """Build ``cls`` from the flags that were given on the command line."""
+def from_args(cls: type[C], namespace: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:
+    """Build ``cls`` from the flags that were given on the command line (see ``add_arguments``' prefix)."""
+    dest = (lambda name: f"{prefix}_{name}") if prefix else (lambda name: name)
     values = {
-        f.name: getattr(namespace, f.name)
+        f.name: getattr(namespace, dest(f.name))
         for f in dataclasses.fields(cls)
-        if f.init and getattr(namespace, f.name, None) is not None
+        if f.init and getattr(namespace, dest(f.name), None) is not None
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values)

@@ -17,6 +17,30 @@ GraNet's growth criteria read it there, at no extra cost.
 Schedules are functions of the step only and ties are broken by the lowest
 flat index, so a run is deterministic and a resumed run (the mask is saved in
 the callback's ``state_dict``) continues exactly.
+
+Where we differ from the official code, on purpose:
+
+* Ties are broken by the lowest flat index; official RigL adds N(0, 1e-5)
+  noise to the drop scores, official GraNet thresholds with ``>`` (which can
+  remove a few more weights than asked on ties). Our counts are exact.
+* Initial random masks keep exactly ``round(density * n)`` weights per layer
+  (official RigL: ``n - floor(sparsity * n)``; official GraNet: Bernoulli
+  draws, so only the expected count is right).
+* RigL's skipped update steps: in the official code an update iteration does
+  not advance the global step, so the run takes one extra mini-batch per
+  update and the learning rate does not move on it. Here the Trainer's step
+  counter counts mini-batches: an update step uses one of the run's
+  mini-batches without an optimizer update (0.75% of the steps with the
+  defaults) and the learning-rate schedule, indexed by mini-batch, moves on.
+* GraNet's last pruning step: the official loop prunes while
+  ``t // delta_t <= fin - 1`` and so stops at sparsity
+  ``s_f + (s_i - s_f) / n**3``; we also prune at ``fin`` (Zhu & Gupta's
+  ``t0 + n * delta_t``), so the run ends exactly at ``s_f``.
+* GraNet's pruning window is given as fractions of training
+  (``prune_start``, ``prune_end``) instead of epochs.
+* Adam's per-tensor step count cannot be reset per element: a new connection
+  starts with zero ``exp_avg`` / ``exp_avg_sq`` but the tensor's bias
+  correction step (the official TF code has the same limitation).
 """
 
 from __future__ import annotations
@@ -185,6 +209,10 @@ class SparseMethod(Callback):
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.name:
             raise ConfigError(f"the checkpoint holds the state of sparse method {state.get('method')!r}, not {self.name!r}")
+        config = getattr(self, "config", None)
+        if config is not None and state.get("config") not in (None, to_dict(config)):
+            log.warning("%s: resuming with another configuration than the checkpoint's: %s, saved %s",
+                        self.name, to_dict(config), state["config"])
         if state.get("mask") is not None:
             self.mask = Mask(state["mask"])
             self._params, self._keep = {}, {}

@@ -111,7 +111,7 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
                  s, result.disagreed_at[s], result.pruned_accuracy[s])
         # A one-shot pruned model that has collapsed disagrees on whole classes, not on critical examples.
         if result.pruned_accuracy[s] < result.dense_accuracy - 0.25:
-            log.warning("the model pruned to sparsity %.3f keeps only %.1f%% training accuracy (dense %.1f%%): its "
-                        "disagreements mark whole classes, not critical examples; probe lower sparsities",
+            log.warning("the pruned model at sparsity %.3f has only %.1f%% training accuracy (dense %.1f%%): its "
+                        "disagreements mark whole classes rather than critical examples",
                         s, 100 * result.pruned_accuracy[s], 100 * result.dense_accuracy)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pracset.data.loader import DeviceLoader
+from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save
 from pracset.models import has_convolutions
 from pracset.train.config import TrainConfig
@@ -135,8 +137,13 @@ class Trainer:
         self.progress = progress
 
     def fit(self, model: nn.Module, train_loader: DeviceLoader, eval_loader: DeviceLoader | None = None,
-            callbacks: Sequence[Callback] = ()) -> TrainState:
-        """Train ``model`` in place for ``config.epochs`` epochs (fewer if a callback stops it)."""
+            callbacks: Sequence[Callback] = (), *, start_step: int = 0) -> TrainState:
+        """Train ``model`` in place for ``config.epochs`` epochs (fewer if a callback stops it).
+
+        ``start_step`` continues a schedule from that global step (rewinding in
+        IMP): the learning rate starts where it was at that step and training
+        runs the remaining ``epochs * len(train_loader) - start_step`` steps.
+        """
         config, device = self.config, train_loader.device
         model.to(device)
         if device.type == "cuda" and has_convolutions(model):
@@ -147,6 +154,13 @@ class Trainer:
         total_steps = steps_per_epoch * config.epochs
         scheduler = make_scheduler(optimizer, total_steps, steps_per_epoch, config)
         state = TrainState(model, optimizer, scheduler, config, steps_per_epoch, total_steps)
+        if start_step:
+            if not 0 <= start_step < total_steps:
+                raise ConfigError(f"start step {start_step} is outside the run's {total_steps} steps")
+            state.step, state.epoch = start_step, start_step // steps_per_epoch
+            scheduler.last_epoch = start_step  # the LambdaLR's step count: set the rate of that step
+            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base * scheduler.lr_lambdas[0](start_step)
         if self.resume and self.checkpoint is not None and self.checkpoint.exists():
             self._load_checkpoint(state, callbacks)
             log.info("resumed %s from %s at epoch %d", self.stage, self.checkpoint, state.epoch)
@@ -163,7 +177,10 @@ class Trainer:
                 callback.on_epoch_start(state)
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
-            for batch in train_loader:
+            first_step, seen = state.epoch * steps_per_epoch, 0
+            for position, batch in enumerate(train_loader):
+                if first_step + position < state.step:  # a run that starts mid-epoch (rewinding to step k)
+                    continue
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = model(batch.x)
                 losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
@@ -172,20 +189,25 @@ class Trainer:
                 out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
                 for callback in callbacks:
                     callback.before_optimizer_step(state, out)
-                if not state.skip_step:
+                if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
                     optimizer.step()
+                    scheduler.step()
+                else:  # the rate is a function of the global step, skipped updates included
+                    with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimizer
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()
                 state.skip_step = False
-                scheduler.step()
                 for callback in callbacks:
                     callback.after_optimizer_step(state, out)
                 state.step += 1
                 self.ledger.add(self.stage, "train", examples=len(batch.index))
+                seen += len(batch.index)
                 for callback in callbacks:
                     callback.on_batch_end(state, out)
                 loss_sum += out.losses.sum()
                 correct += (out.logits.argmax(1) == batch.y).sum()
             state.epoch += 1
-            n = train_loader.num_examples if not train_loader.drop_last else steps_per_epoch * train_loader.batch_size
+            n = max(seen, 1)
             metrics = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                        "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
             last = state.epoch == config.epochs

@@ -1,0 +1,152 @@
+"""IMP with rewinding, PrAC-IMP and dynamic sparse training through ``find_tickets`` on digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pracset.data import DataConfig, load_dataset
+from pracset.errors import ConfigError
+from pracset.sparse import Mask
+from pracset.tickets import IMPConfig, find_tickets
+from pracset.train import TrainConfig
+from pracset.train import loop as loop_module
+
+DATA = DataConfig(name="digits")
+TRAIN = TrainConfig(epochs=3, batch_size=64, lr=0.05)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DATA)
+
+
+def imp(out, digits, **kw):
+    config = IMPConfig(**{"rounds": 2, "rewind_step": 5, **kw})
+    return find_tickets("imp", DATA, "mlp", out, train=TRAIN, imp=config, device=torch.device("cpu"), dataset=digits)
+
+
+def test_imp_rounds_have_exact_nested_masks_and_zero_weights(tmp_path, digits):
+    summary = imp(tmp_path / "imp", digits)
+    rows = summary["tickets"]
+    assert [r["stage"] for r in rows] == ["round-00", "round-01", "round-02"]
+    m1, m2 = (Mask.load(tmp_path / "imp" / f"round-0{r}" / "mask.pt") for r in (1, 2))
+    total = m1.num_weights
+    # global pruning of 20% of the remaining weights, exactly rounded
+    assert m1.num_kept() == total - round(0.2 * total)
+    assert m2.num_kept() == m1.num_kept() - round(0.2 * m1.num_kept())
+    assert all(not (m2[n] & ~m1[n]).any() for n in m1)  # round 2 only removes weights
+    weights = torch.load(tmp_path / "imp" / "round-02" / "model.pt", weights_only=True)
+    assert all((weights[n][~m2[n]] == 0).all() for n in m2)
+    # every round after the dense one trains the schedule's remaining steps from the rewind step
+    steps = 3 * 23
+    assert rows[0]["iterations"] == steps and rows[1]["iterations"] == rows[2]["iterations"] == steps - 5
+    assert summary["ledger"]["total"]["train_iterations"] == steps + 2 * (steps - 5)
+    assert rows[2]["test_accuracy"] > 0.8
+
+
+def test_interrupted_imp_resumes_to_the_same_result(tmp_path, digits, monkeypatch):
+    reference = imp(tmp_path / "ref", digits)
+    calls = {"n": 0}
+    original = loop_module.Trainer._save_checkpoint
+
+    def crash_after_fifth_checkpoint(self, state, callbacks):
+        original(self, state, callbacks)
+        calls["n"] += 1
+        if calls["n"] == 5:  # in round 1, after its second epoch
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop_module.Trainer, "_save_checkpoint", crash_after_fifth_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        imp(tmp_path / "run", digits)
+    monkeypatch.setattr(loop_module.Trainer, "_save_checkpoint", original)
+    with pytest.raises(ConfigError, match="unfinished run; pass --resume"):
+        imp(tmp_path / "run", digits)
+    resumed = find_tickets("imp", DATA, "mlp", tmp_path / "run", train=TRAIN, imp=IMPConfig(rounds=2, rewind_step=5),
+                           device=torch.device("cpu"), dataset=digits, resume=True)
+    for a, b in zip(reference["tickets"], resumed["tickets"]):
+        assert a["test_accuracy"] == b["test_accuracy"] and a["sparsity"] == b["sparsity"]
+    for r in range(3):
+        assert Mask.load(tmp_path / "ref" / f"round-0{r}" / "mask.pt") == Mask.load(tmp_path / "run" / f"round-0{r}" / "mask.pt")
+    assert resumed["ledger"]["total"]["train_iterations"] == reference["ledger"]["total"]["train_iterations"]
+
+
+def test_another_run_in_the_same_directory_is_refused(tmp_path, digits):
+    imp(tmp_path / "imp", digits, rounds=1)
+    before = (tmp_path / "imp" / "tickets.json").read_bytes()
+    with pytest.raises(ConfigError, match="holds another run"):
+        imp(tmp_path / "imp", digits, rounds=1, prune_fraction=0.5)
+    assert (tmp_path / "imp" / "tickets.json").read_bytes() == before
+    again = imp(tmp_path / "imp", digits, rounds=1)
+    assert again.get("skipped")
+
+
+def test_output_layer_rate_and_controls(tmp_path, digits):
+    summary = imp(tmp_path / "imp", digits, rounds=1, output_rate=0.1, controls=True)
+    mask = Mask.load(tmp_path / "imp" / "round-01" / "mask.pt")
+    names = list(mask)
+    out = mask[names[-1]]
+    assert out.numel() - int(out.sum()) == round(0.1 * out.numel())
+    rest = sum(mask[n].numel() for n in names[:-1])
+    assert rest - sum(int(mask[n].sum()) for n in names[:-1]) == round(0.2 * rest)
+    row = summary["tickets"][1]
+    assert set(row["controls"]) == {"reinit", "random_mask"}
+    assert set(row["verdict"]) == {"matches_dense", "beats_controls", "winning_ticket", "tolerance"}
+    # the random-mask control keeps the ticket's layer-wise sparsity exactly
+    random_weights = torch.load(tmp_path / "imp" / "control-round-01-random-mask" / "model.pt", weights_only=True)
+    for name in names:
+        assert int((random_weights[name] != 0).sum()) <= int(mask[name].sum())
+
+
+def test_prac_imp_on_a_fixed_manifest_set(tmp_path, digits):
+    from pracset.build import BuildConfig, build_manifest
+    from pracset.selection import SelectionConfig
+
+    manifest = tmp_path / "m.parquet"
+    build_manifest(DATA, "mlp", manifest, train=TRAIN, build=BuildConfig(probe_sparsities=(0.8, 0.9)),
+                   selection=SelectionConfig(), device=torch.device("cpu"), dataset=digits)
+    kept = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_table(manifest).schema.metadata[b"pracset"])
+    kept = kept["selection"]["selected"]
+    summary = find_tickets("prac-imp", DATA, "lenet300", tmp_path / "prac", train=TRAIN,
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False), manifest=manifest,
+                           device=torch.device("cpu"), dataset=digits)
+    rows = summary["tickets"]
+    assert [r["stage"] for r in rows] == ["round-00", "ticket-01", "ticket-02"]
+    assert all(r["set_size"] == kept for r in rows[1:])
+    for r in (1, 2):
+        ids = np.load(tmp_path / "prac" / f"round-0{r}" / "ids.npy")
+        assert len(ids) == kept
+        round_metrics = json.loads((tmp_path / "prac" / f"round-0{r}" / "metrics.json").read_text())
+        ticket_metrics = json.loads((tmp_path / "prac" / f"ticket-0{r}" / "metrics.json").read_text())
+        assert round_metrics["examples"] == kept and ticket_metrics["examples"] == len(digits.train)
+    # the rounds on the subset cost |P|/N of the full-data rounds (linear budget)
+    steps_subset = 3 * -(-kept // 64)
+    assert summary["ledger"]["stages"]["round-01"]["train_iterations"] == steps_subset
+
+
+def test_prac_imp_recomputes_its_set_every_round(tmp_path, digits):
+    summary = find_tickets("prac-imp", DATA, "mlp", tmp_path / "prac", train=TRAIN,
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=20),
+                           device=torch.device("cpu"), dataset=digits)
+    first = np.load(tmp_path / "prac" / "round-00" / "next_ids.npy")
+    used = np.load(tmp_path / "prac" / "round-01" / "ids.npy")
+    np.testing.assert_array_equal(first, used)
+    metrics = json.loads((tmp_path / "prac" / "round-01" / "metrics.json").read_text())
+    assert metrics["next_set"] == len(np.load(tmp_path / "prac" / "round-01" / "next_ids.npy"))
+    assert "probe-01" in summary["ledger"]["stages"]
+    assert summary["ledger"]["stages"]["probe-01"]["probe_examples"] == 2 * len(digits.train)
+
+
+@pytest.mark.parametrize("method", ["rigl", "granet"])
+def test_dynamic_sparse_methods_reach_their_sparsity(tmp_path, digits, method):
+    from pracset.sparse import GraNetConfig, RigLConfig
+
+    summary = find_tickets(method, DATA, "mlp", tmp_path / method, train=TrainConfig(epochs=4, batch_size=64, lr=0.05),
+                           imp=IMPConfig(sparsity=0.8), rigl=RigLConfig(sparsity=0.8, delta_t=10),
+                           granet=GraNetConfig(sparsity=0.8, delta_t=10), device=torch.device("cpu"), dataset=digits)
+    mask = Mask.load(tmp_path / method / "sparse" / "mask.pt")
+    assert summary["final"]["sparsity"] == pytest.approx(0.8, abs=2e-3) == mask.sparsity()
+    assert summary["final"]["test_accuracy"] > 0.5

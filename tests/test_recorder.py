@@ -159,3 +159,24 @@ def test_recorder_state_survives_a_checkpoint():
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     # the restored history lacks nothing: epoch numbering is by position
     np.testing.assert_array_equal(a.correctness_history(), b.correctness_history())
+
+
+def test_per_step_and_per_epoch_observation_agree(digits, monkeypatch):
+    """Above the logits cap the recorder observes per step; both paths give identical statistics."""
+    split = digits.train
+
+    def run():
+        loader = DeviceLoader(split, 64, digits.normalization[0], digits.normalization[1], shuffle=True)
+        recorder = ExampleRecorder(len(split))
+        Trainer(TrainConfig(epochs=2, batch_size=64, lr=0.05)).fit(
+            build_model("mlp", InputSpec(1, 8, 8, 10), seed=0), loader, callbacks=[recorder])
+        return recorder
+
+    stashed = run()
+    assert stashed._stash_logits
+    monkeypatch.setattr(ExampleRecorder, "STASH_LOGITS_BYTES", 0)
+    stepwise = run()
+    assert not stepwise._stash_logits
+    a, b = stashed.statistics(), stepwise.statistics()
+    for name, column in a.columns().items():
+        np.testing.assert_array_equal(column, b.columns()[name], err_msg=name)

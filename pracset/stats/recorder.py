@@ -105,6 +105,10 @@ class ExampleRecorder(Callback):
     loader never does).
     """
 
+    #: Up to this many bytes of float32 logits per epoch (N x classes x 4) are kept
+    #: and observed once at the end of the epoch; larger runs observe per step.
+    STASH_LOGITS_BYTES = 256 * 2**20
+
     def __init__(self, num_examples: int, device: torch.device | str = "cpu", *, keep_history: bool = False):
         if num_examples <= 0:
             raise ConfigError("the recorder needs at least one example")
@@ -127,14 +131,33 @@ class ExampleRecorder(Callback):
         self._epoch_presented = torch.zeros(n, dtype=torch.bool, device=device) if self.keep_history else None
         self._history: list[torch.Tensor] = []
         self._presented: list[torch.Tensor] = []
+        self._pending: list[tuple] = []
+        self._pending_epoch = 0
+        self._stash_logits = False
 
     # -- the update, usable without a Trainer (tests, custom loops)
+    @staticmethod
+    @torch.no_grad()
+    def _observe(labels: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correctness and margin (true-class logit minus the best other) of one batch."""
+        logits = logits.float()
+        top2 = logits.topk(2, dim=1)
+        true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+        correct = top2.indices[:, 0] == labels
+        # The best other logit is the runner-up when the prediction is right, the winner otherwise.
+        best_other = torch.where(correct, top2.values[:, 1], top2.values[:, 0])
+        return correct, true_logit - best_other
+
     @torch.no_grad()
     def update(self, index: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                losses: torch.Tensor | None, epoch: int) -> None:
         """Record one presentation of the examples ``index`` (all tensors on the recorder's device)."""
-        logits = logits.float()
-        correct = logits.argmax(1) == labels
+        correct, margin = self._observe(labels, logits)
+        self._apply(index, correct, margin, losses, epoch)
+
+    @torch.no_grad()
+    def _apply(self, index: torch.Tensor, correct: torch.Tensor, margin: torch.Tensor,
+               losses: torch.Tensor | None, epoch: int) -> None:
         previous = self.last_correct[index]
         self.forgetting_events.index_add_(0, index, ((previous == 1) & ~correct).to(torch.int32))
         self.presentations.index_add_(0, index, torch.ones_like(index, dtype=torch.int32))
@@ -142,17 +165,38 @@ class ExampleRecorder(Callback):
         first = self.first_learned_epoch[index]
         self.first_learned_epoch[index] = torch.where(correct & (first < 0), torch.full_like(first, epoch), first)
         self.last_correct[index] = correct.to(torch.int8)
-        true_logit = logits.gather(1, labels[:, None]).squeeze(1)
-        others = logits.scatter(1, labels[:, None], float("-inf"))
-        self.margin[index] = true_logit - others.max(1).values
+        self.margin[index] = margin
         if losses is not None:
             self.last_loss[index] = losses.float()
         if self.keep_history:
             self._epoch_correct[index] = correct
-            self._epoch_presented[index] = True
+            self._epoch_presented.index_fill_(0, index, True)  # index_put_ of a Python scalar would sync
+
+    def flush(self) -> None:
+        """Apply the presentations stashed since the last flush, in one vectorised update.
+
+        During training the recorder only stashes each batch's ids, labels,
+        logits and losses (when an epoch of logits fits in
+        :attr:`STASH_LOGITS_BYTES`; otherwise its correctness and margin, 17
+        bytes per example) and applies them once per epoch: launching the ~20 index kernels of an
+        update per step costs more than the training step of a small model. This
+        is exact because a loader presents an example at most once per epoch.
+        """
+        if not self._pending:
+            return
+        parts = list(zip(*self._pending))
+        epoch = self._pending_epoch
+        self._pending = []
+        losses = None if any(p is None for p in parts[3]) else torch.cat(parts[3])
+        if self._stash_logits:  # parts hold labels and logits: observe the whole epoch at once
+            correct, margin = self._observe(torch.cat(parts[1]), torch.cat(parts[2]))
+        else:
+            correct, margin = torch.cat(parts[1]), torch.cat(parts[2])
+        self._apply(torch.cat(parts[0]), correct, margin, losses, epoch)
 
     def end_epoch(self) -> None:
-        """Close an epoch of the history (no-op without ``keep_history``)."""
+        """Close an epoch: apply the stashed presentations and record the history (``keep_history``)."""
+        self.flush()
         if self.keep_history:
             self._history.append(_pack_bits(self._epoch_correct))
             self._presented.append(_pack_bits(self._epoch_presented))
@@ -160,15 +204,30 @@ class ExampleRecorder(Callback):
             self._epoch_presented.zero_()
 
     # -- Callback hooks
+    def on_epoch_start(self, state: TrainState) -> None:
+        self.flush()
+
     def on_batch_end(self, state: TrainState, out: StepOutput) -> None:
-        self.update(out.index, out.labels, out.logits, out.losses, out.epoch)
+        if not self._pending:
+            # Keeping an epoch of raw logits is the cheapest per step; above the cap, observe per step.
+            self._stash_logits = self.num_examples * out.logits.shape[1] * 4 <= self.STASH_LOGITS_BYTES
+        if self._stash_logits:
+            self._pending.append((out.index, out.labels, out.logits, out.losses))
+        else:
+            correct, margin = self._observe(out.labels, out.logits)
+            self._pending.append((out.index, correct, margin, out.losses))
+        self._pending_epoch = out.epoch
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
         self.end_epoch()
 
+    def on_fit_end(self, state: TrainState) -> None:
+        self.flush()  # a run stopped mid-epoch
+
     # -- results
     def statistics(self) -> ExampleStatistics:
         """Copy the state to the host (one transfer)."""
+        self.flush()
         presented = self.presentations > 0
         history = presented_history = None
         if self.keep_history and self._history:
@@ -191,6 +250,7 @@ class ExampleRecorder(Callback):
               "first_learned_epoch", "last_loss", "margin")
 
     def state_dict(self) -> dict:
+        self.flush()
         state = {name: getattr(self, name).cpu() for name in self._STATE}
         state["history"] = [h.cpu() for h in self._history]
         state["presented"] = [h.cpu() for h in self._presented]

@@ -1,0 +1,277 @@
+"""TOML pipelines: build a manifest, find tickets with several methods, transfer the set, report.
+
+A pipeline file holds the same typed configurations as the command line::
+
+    name = "mnist-lenet300"
+    arch = "lenet300"                 # the architecture that builds the manifest
+    methods = ["imp", "prac-imp"]     # ticket methods on that architecture
+    transfer = ["lenet5"]             # architectures the manifest is reused on
+    seeds = [0]
+
+    [data]       # DataConfig: name, data_dir, ...
+    [train]      # TrainConfig: the recipe of every training stage
+    [build]      # BuildConfig of the manifest
+    [selection]  # SelectionConfig
+    [imp]        # IMPConfig: rounds, rewinding, controls, PrAC budget, Early-Bird
+    [rigl]       # RigLConfig (sparsity from [imp] unless given)
+    [granet]     # GraNetConfig
+    [report]     # tolerance
+
+Stages (each skipped when its output exists; the pipeline's output directory
+remembers its configuration and refuses to mix results of another one):
+
+1. ``manifest.parquet``: ``pracset build`` on ``arch``;
+2. ``manifest-random.parquet``: a seeded random subset of the same size,
+   drawn from the same statistics (the control a PrAC set must beat);
+3. for each seed and each method on ``arch``: ``ARCH/METHOD-sSEED/``
+   (``rigl-prac`` and ``granet-prac`` train on the PrAC set);
+4. for each transfer architecture: full-data IMP, PrAC-IMP on the fixed
+   manifest set, and IMP on the random subset of equal size;
+5. ``report.json``, ``report.md`` and the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pracset.build import BuildConfig, build_manifest
+from pracset.config import from_dict, option, require, to_dict
+from pracset.data import DataConfig, ImageDataset, load_dataset
+from pracset.errors import ConfigError
+from pracset.fileio import atomic_write_json
+from pracset.models import check_model_name
+from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.sparse.methods import GraNetConfig, RigLConfig
+from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
+from pracset.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+PIPELINE_METHODS = (*TICKET_METHODS, "rigl-prac", "granet-prac")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """How the report judges tickets."""
+
+    tolerance: float = option(0.003, "with one seed, a PrAC ticket 'matches' the full-data ticket within this "
+                                     "accuracy (with several seeds: within one standard deviation)")
+    plots: bool = option(True, "draw the PNG plots")
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A whole experiment, as read from a TOML file."""
+
+    name: str
+    arch: str
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    build: BuildConfig = BuildConfig()
+    selection: SelectionConfig = SelectionConfig()
+    imp: IMPConfig = IMPConfig()
+    rigl: RigLConfig | None = None
+    granet: GraNetConfig | None = None
+    report: ReportConfig = ReportConfig()
+    methods: tuple[str, ...] = ("imp", "prac-imp")
+    transfer: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0,)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in PIPELINE_METHODS]
+        require(not unknown, f"unknown method {unknown[0] if unknown else ''!r} in methods; valid names: "
+                             f"{', '.join(PIPELINE_METHODS)}")
+        require(len(self.seeds) > 0, "seeds must name at least one seed")
+        check_model_name(self.arch)
+        for arch in self.transfer:
+            check_model_name(arch)
+
+    def to_dict(self) -> dict:
+        out = {"name": self.name, "arch": self.arch, "methods": list(self.methods), "transfer": list(self.transfer),
+               "seeds": list(self.seeds), "description": self.description}
+        for key in ("data", "train", "build", "selection", "imp", "rigl", "granet", "report"):
+            value = getattr(self, key)
+            out[key] = to_dict(value) if value is not None else None
+        return out
+
+    @property
+    def rigl_config(self) -> RigLConfig:
+        return self.rigl or RigLConfig(sparsity=self.imp.sparsity)
+
+    @property
+    def granet_config(self) -> GraNetConfig:
+        return self.granet or GraNetConfig(sparsity=self.imp.sparsity, init_sparsity=min(0.5, self.imp.sparsity))
+
+
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "selection": SelectionConfig,
+             "imp": IMPConfig, "rigl": RigLConfig, "granet": GraNetConfig, "report": ReportConfig}
+_TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "description": str}
+
+
+def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
+    """Read and validate a pipeline file; ``data_dir`` overrides ``[data] data_dir``."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read pipeline file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return pipeline_from_dict(raw, where=str(path), data_dir=data_dir)
+
+
+def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir: str | None = None) -> Pipeline:
+    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TOP))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join([*_TOP, *_SECTIONS])}")
+    for key, kind in _TOP.items():
+        if key in raw and not isinstance(raw[key], kind):
+            raise ConfigError(f"{where}: {key} must be a {kind.__name__}, got {raw[key]!r}")
+    for key in ("name", "arch", "data"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing key {key!r}")
+    sections = {}
+    for key, cls in _SECTIONS.items():
+        if key in raw:
+            if not isinstance(raw[key], dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            values = dict(raw[key])
+            if key == "data" and data_dir is not None:
+                values["data_dir"] = data_dir
+            sections[key] = from_dict(cls, values, where=key)
+    if data_dir is not None and "data" in sections and sections["data"].data_dir != data_dir:
+        sections["data"] = replace(sections["data"], data_dir=data_dir)
+    for key in ("seeds",):
+        if key in raw and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw[key]):
+            raise ConfigError(f"{where}: seeds must be integers, got {raw[key]!r}")
+    for key in ("methods", "transfer"):
+        if key in raw and not all(isinstance(s, str) for s in raw[key]):
+            raise ConfigError(f"{where}: {key} must be a list of names, got {raw[key]!r}")
+    return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
+                    transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
+                    description=raw.get("description", ""), **sections)
+
+
+class PipelineLock:
+    """An exclusive lock file in the output directory: a second run on it refuses to start."""
+
+    def __init__(self, root: Path):
+        self.path = root / ".lock"
+
+    def __enter__(self) -> "PipelineLock":
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = self.path.read_text().strip() if self.path.exists() else "?"
+            if pid.isdigit() and not _alive(int(pid)):
+                self.path.unlink(missing_ok=True)  # left by a killed run
+                return self.__enter__()
+            raise ConfigError(f"{self.path.parent} is in use by another pracset run (process {pid}); "
+                              "wait for it to finish or choose another --out") from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _random_manifest(manifest_path: Path, out: Path, seed: int) -> None:
+    """A manifest of a seeded random subset of the same size as the PrAC set, from the same statistics."""
+    from pracset.manifest import read_manifest, write_manifest
+
+    m = read_manifest(manifest_path)
+    columns = {name: m.column(name) for name in m.table.column_names}
+    inputs = SelectionInputs(labels=columns["label"], forgetting_events=columns["forgetting_events"],
+                             presentations=columns["presentations"], never_learned=columns["never_learned"],
+                             margin=columns["margin"], cep_disagreements=columns["cep_disagreements"])
+    chosen = select(inputs, SelectionConfig(rule="random", size=m.num_selected, random_seed=seed))
+    columns.update(score=chosen.scores, selected=chosen.selected, reason=chosen.reasons)
+    metadata = dict(m.metadata)
+    metadata["selection"] = chosen.describe()
+    metadata["provenance"] = {**m.provenance, "derived_from": str(manifest_path)}
+    write_manifest(out, columns, metadata)
+
+
+def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, resume: bool = False,
+                 progress: bool = False) -> dict:
+    """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report."""
+    from pracset.report import write_report
+
+    out = Path(out)
+    config_path = out / "pipeline.json"
+    if config_path.exists():
+        previous = json.loads(config_path.read_text())
+        if previous != pipeline.to_dict():
+            changed = sorted(k for k in previous.keys() | pipeline.to_dict().keys()
+                             if previous.get(k) != pipeline.to_dict().get(k))
+            raise ConfigError(f"{out} holds results of another configuration (changed: {', '.join(changed)}); "
+                              "choose another --out or remove it")
+        if not (out / "report.json").exists() and not resume:
+            raise ConfigError(f"{out} holds an unfinished pipeline run; pass --resume to continue it")
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no pipeline run; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    with PipelineLock(out):
+        atomic_write_json(config_path, pipeline.to_dict())
+        dataset = load_dataset(pipeline.data)
+        results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
+        report = write_report(pipeline, out, results)
+    return report
+
+
+def _run_stages(pipeline: Pipeline, out: Path, dataset: ImageDataset, *, device: torch.device,
+                progress: bool) -> dict:
+    manifest = out / "manifest.parquet"
+    build_manifest(pipeline.data, pipeline.arch, manifest, train=pipeline.train, build=pipeline.build,
+                   selection=pipeline.selection, device=device, resume=True, progress=progress, dataset=dataset)
+    random_manifest = out / "manifest-random.parquet"
+    if not random_manifest.exists():
+        _random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed)
+    results: dict[str, Any] = {"manifest": str(manifest), "random_manifest": str(random_manifest), "runs": []}
+
+    def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None):
+        label = label or method
+        directory = out / arch / f"{label}-s{seed}"
+        base = method.removesuffix("-prac")
+        train = replace(pipeline.train, seed=seed)
+        log.info("pipeline %s: %s %s seed %d", pipeline.name, arch, label, seed)
+        summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=pipeline.imp,
+                               rigl=pipeline.rigl_config, granet=pipeline.granet_config,
+                               selection=pipeline.selection, manifest=manifest_path, device=device,
+                               resume=True, progress=progress, dataset=dataset)
+        results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),
+                                "summary": {k: v for k, v in summary.items() if k != "skipped"}})
+
+    for seed in pipeline.seeds:
+        for method in pipeline.methods:
+            prac_set = manifest if method.endswith("-prac") else None
+            ticket(pipeline.arch, method, seed, manifest_path=prac_set)
+        for arch in pipeline.transfer:
+            ticket(arch, "imp", seed)
+            ticket(arch, "prac-imp", seed, manifest_path=manifest, label="prac-imp-transfer")
+            ticket(arch, "prac-imp", seed, manifest_path=random_manifest, label="random-subset")
+    return results

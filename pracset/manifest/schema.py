@@ -131,6 +131,32 @@ def _conform(table: pa.Table, error: type[Exception], where: str) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
 
 
+_HEX_BYTES = np.zeros(256, dtype=bool)
+_HEX_BYTES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
+
+
+def _hashes_look_right(column: pa.ChunkedArray) -> np.ndarray:
+    """Per row: is the content hash 16 lowercase hex characters?
+
+    The common all-good case is checked on the raw Arrow buffers (a byte
+    lookup, ~10x faster than a regex over a million rows); the regex only
+    runs to find the bad rows.
+    """
+    if column.type == pa.string() and column.null_count == 0:
+        lengths_ok = pc.equal(pc.binary_length(column), 16).to_numpy(zero_copy_only=False)
+        if lengths_ok.all():
+            all_hex = True
+            for chunk in column.chunks:
+                if len(chunk) == 0:
+                    continue
+                offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+                data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+                all_hex = all_hex and bool(_HEX_BYTES[data].all())
+            if all_hex:
+                return lengths_ok
+    return pc.match_substring_regex(column, _HEX16).to_numpy(zero_copy_only=False)
+
+
 def _first_row(table: pa.Table, mask: np.ndarray) -> int:
     """The example_id of the first row where ``mask`` holds."""
     return int(table.column("example_id").to_numpy()[np.flatnonzero(mask)[0]])
@@ -158,7 +184,7 @@ def _check_rows(table: pa.Table, meta: dict, error: type[Exception], where: str)
         log.debug("%s: rows not sorted by example_id; sorting them", where)
         table = table.sort_by("example_id")
 
-    good_hash = pc.match_substring_regex(table.column("content_hash"), _HEX16).to_numpy(zero_copy_only=False)
+    good_hash = _hashes_look_right(table.column("content_hash"))
     if not good_hash.all():
         first = np.flatnonzero(~good_hash)[0]
         raise error(f"{where}: content_hash of example_id {_first_row(table, ~good_hash)} is not 16 lowercase "
@@ -271,7 +297,10 @@ def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata
 
     table = build_table(columns, metadata)
     # Looked up at call time (pq.write_table) so tests can make it fail mid-write.
-    out = atomic_write(path, lambda handle: pq.write_table(table, handle, compression=COMPRESSION))
+    # Column statistics would only help predicate push-down, which nobody does on a manifest.
+    out = atomic_write(path, lambda handle: pq.write_table(table, handle, compression=COMPRESSION,
+                                                           write_statistics=False,
+                                                           use_dictionary=["reason", "label", "selected"]))
     log.info("wrote manifest %s: %d examples, %d selected", out, table.num_rows,
              int(pc.sum(table.column("selected")).as_py()))
     return out

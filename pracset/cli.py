@@ -145,6 +145,23 @@ def format_tickets(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pracset.device import resolve_device
+    from pracset.pipeline import load_pipeline, run_pipeline
+
+    pipeline = load_pipeline(args.pipeline, data_dir=args.data_dir)
+    out = args.out or f"runs/{pipeline.name}"
+    report = run_pipeline(pipeline, out, device=resolve_device(args.device), resume=args.resume,
+                          progress=not args.quiet and sys.stderr.isatty())
+    saved = (report.get("iterations_saved") or {}).get("at")
+    m = report["manifest"]
+    print(f"pipeline {pipeline.name}: PrAC set {m['selected']} of {m['size']} examples "
+          f"({100 * m['fraction']:.1f}%)" + (f"; iterations saved {100 * saved['saved']:.1f}% at "
+                                             f"{100 * saved['sparsity']:.1f}% sparsity" if saved else ""))
+    print(f"report: {out}/report.md")
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from pracset.manifest import read_manifest
 
@@ -243,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, GraNetConfig, exclude=("sparsity",), prefix="granet")
     _positive_counts(p)
     p.set_defaults(func=_cmd_ticket)
+
+    p = sub.add_parser("run", parents=[common], help="run a TOML pipeline and write its report",
+                       description="Run a whole experiment from a TOML pipeline (build the manifest, find tickets, "
+                                   "transfer the set, report). Finished stages are not redone.")
+    p.add_argument("pipeline", metavar="PIPELINE.toml", help="the pipeline file (see pipelines/)")
+    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/NAME)")
+    p.add_argument("--data-dir", metavar="DIR", help="directory holding the data set (overrides the pipeline's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("inspect", parents=[common], help="summarise a manifest",
                        description="Print a manifest's size, fraction kept, per-class counts, reasons and provenance.")

@@ -327,8 +327,9 @@ def _markdown(pipeline, report: dict, plots: list[tuple[str, str]]) -> str:
                 return f"{_pct(v['final_accuracy'])} ± {_pct(v['final_std'])} @ {_pct(v['final_sparsity'])}%" if v else "-"
             saved = row.get("iterations_saved", {}) or {}
             at = saved.get("at")
+            saved_text = f"{100 * at['saved']:.1f}% at {_pct(at['sparsity'])}%" if at else "-"
             lines.append(f"| {row['arch']} | {cell('imp')} | {cell('prac-imp-transfer')} | {cell('random-subset')} | "
-                         f"{f'{100 * at['saved']:.1f}% at {_pct(at['sparsity'])}%' if at else '-'} |")
+                         f"{saved_text} |")
         lines.append("")
     lines += ["Every number is in `report.json`; each run's directory holds its masks, weights, metrics and ledger.", ""]
     return "\n".join(lines)

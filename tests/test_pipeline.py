@@ -1,0 +1,138 @@
+"""TOML pipelines: validation, a whole tiny run with its report, resume, refusal and the lock."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pracset.cli import main
+from pracset.errors import ConfigError, PracsetError
+from pracset.pipeline import PipelineLock, load_pipeline, run_pipeline
+
+TINY = """
+name = "tiny"
+arch = "mlp"
+methods = ["imp", "prac-imp"]
+transfer = ["lenet300"]
+
+[data]
+name = "digits"
+
+[train]
+epochs = 2
+batch_size = 128
+
+[build]
+probe_sparsities = [0.8, 0.9]
+
+[imp]
+rounds = 2
+budget = "linear"
+early_bird = false
+controls = true
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "p.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    pipeline = load_pipeline(write(root, TINY))
+    report = run_pipeline(pipeline, root / "out", device=torch.device("cpu"))
+    return root, pipeline, report
+
+
+def test_a_tiny_pipeline_writes_its_report(finished):
+    root, pipeline, report = finished
+    out = root / "out"
+    for name in ("report.json", "report.md", "manifest.parquet", "manifest-random.parquet",
+                 "accuracy_vs_sparsity.png", "iterations_vs_sparsity.png", "forgetting_histogram.png"):
+        assert (out / name).exists(), name
+    assert (out / "mlp" / "imp-s0" / "tickets.json").exists()
+    assert (out / "lenet300" / "random-subset-s0" / "tickets.json").exists()
+    text = (out / "report.md").read_text()
+    assert text.startswith("# tiny") and "![Test accuracy against sparsity](accuracy_vs_sparsity.png)" in text
+    saved = report["iterations_saved"]["per_round"]
+    assert [round(r["sparsity"], 2) for r in saved] == [0.2, 0.36]
+    # cumulative iterations grow round by round, and the random subset has the PrAC set's size
+    assert saved[1]["imp_iterations"] > saved[0]["imp_iterations"] > 0
+    from pracset.manifest import read_manifest
+
+    assert read_manifest(out / "manifest-random.parquet").num_selected == read_manifest(out / "manifest.parquet").num_selected
+    assert report["transfer"][0]["arch"] == "lenet300"
+    assert "controls" in report["curves"]["mlp/imp"][1] and "controls" not in report["curves"]["lenet300/imp"][1]
+
+
+def test_a_finished_pipeline_is_not_rerun_and_a_changed_one_is_refused(finished, tmp_path):
+    root, pipeline, _ = finished
+    out = root / "out"
+    before = (out / "mlp" / "imp-s0" / "round-01" / "model.pt").stat().st_mtime_ns
+    run_pipeline(pipeline, out, device=torch.device("cpu"))
+    assert (out / "mlp" / "imp-s0" / "round-01" / "model.pt").stat().st_mtime_ns == before
+    changed = load_pipeline(write(tmp_path, TINY.replace("rounds = 2", "rounds = 3")))
+    with pytest.raises(ConfigError, match=r"holds results of another configuration \(changed: imp\)"):
+        run_pipeline(changed, out, device=torch.device("cpu"))
+
+
+def test_cli_run_resumes_an_interrupted_pipeline(finished, tmp_path, capsys):
+    root, _, report = finished
+    out = tmp_path / "out"
+    path = write(tmp_path, TINY)
+    (out).mkdir()
+    # an interrupted run: the configuration is recorded but no report was written
+    (out / "pipeline.json").write_text(json.dumps(load_pipeline(path).to_dict()))
+    assert main(["run", str(path), "--out", str(out), "-q"]) == 2
+    assert "unfinished pipeline run; pass --resume" in capsys.readouterr().err
+    assert main(["run", str(path), "--out", str(out), "-q", "--resume"]) == 0
+    assert "report: " in capsys.readouterr().out
+    again = json.loads((out / "report.json").read_text())
+    assert again["iterations_saved"]["per_round"] == report["iterations_saved"]["per_round"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('name = "x"\narch = "mlp"\n[data]\nname = "digits"\n[train]\nepochz = 3\n', "unknown key train.epochz"),
+    ('name = "x"\narch = "mlp"\n[data]\nname = "digits"\n[train]\nepochs = "3"\n', "train.epochs must be an integer"),
+    ('name = "x"\narch = "mlp"\ncolour = 1\n[data]\nname = "digits"\n', "unknown key 'colour'"),
+    ('name = "x"\narch = "nope"\n[data]\nname = "digits"\n', "unknown model 'nope'"),
+    ('name = "x"\narch = "mlp"\nmethods = ["imp", "magic"]\n[data]\nname = "digits"\n', "unknown method 'magic'"),
+    ('name = "x"\n[data]\nname = "digits"\n', "missing key 'arch'"),
+    ('name = "x"\narch = "mlp"\n[data\n', "is not valid TOML"),
+])
+def test_bad_pipelines_are_refused_clearly(tmp_path, text, message):
+    with pytest.raises(PracsetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_pipeline(write(tmp_path, text))
+
+
+def test_missing_pipeline_file_and_data_dir_override(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_pipeline(tmp_path / "absent.toml")
+    pipeline = load_pipeline(write(tmp_path, TINY), data_dir=str(tmp_path))
+    assert pipeline.data.data_dir == str(tmp_path)
+
+
+def test_shipped_pipelines_parse():
+    shipped = sorted((Path(__file__).parents[1] / "pipelines").glob("*.toml"))
+    assert {p.stem for p in shipped} >= {"digits", "mnist-lenet300"}
+    for path in shipped:
+        load_pipeline(path)
+
+
+def test_a_second_run_on_the_same_directory_is_locked_out(tmp_path):
+    with PipelineLock(tmp_path):
+        with pytest.raises(ConfigError, match="in use by another pracset run"):
+            with PipelineLock(tmp_path):
+                pass
+    # a lock left by a killed process does not block the next run
+    (tmp_path / ".lock").write_text("999999999")
+    with PipelineLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()

@@ -7,6 +7,7 @@ A pipeline file holds the same typed configurations as the command line::
     methods = ["imp", "prac-imp"]     # ticket methods on that architecture
     transfer = ["lenet5"]             # architectures the manifest is reused on
     seeds = [0]
+    controls_on = ["imp"]             # methods whose tickets get the controls (default: all; [imp] switches them on)
 
     [data]       # DataConfig: name, data_dir, ...
     [train]      # TrainConfig: the recipe of every training stage
@@ -87,6 +88,7 @@ class Pipeline:
     methods: tuple[str, ...] = ("imp", "prac-imp")
     transfer: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    controls_on: tuple[str, ...] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -94,13 +96,16 @@ class Pipeline:
         require(not unknown, f"unknown method {unknown[0] if unknown else ''!r} in methods; valid names: "
                              f"{', '.join(PIPELINE_METHODS)}")
         require(len(self.seeds) > 0, "seeds must name at least one seed")
+        odd = [m for m in (self.controls_on or ()) if m not in self.methods]
+        require(not odd, f"controls_on names {odd[0] if odd else ''!r}, which is not in methods")
         check_model_name(self.arch)
         for arch in self.transfer:
             check_model_name(arch)
 
     def to_dict(self) -> dict:
         out = {"name": self.name, "arch": self.arch, "methods": list(self.methods), "transfer": list(self.transfer),
-               "seeds": list(self.seeds), "description": self.description}
+               "seeds": list(self.seeds), "description": self.description,
+               "controls_on": None if self.controls_on is None else list(self.controls_on)}
         for key in ("data", "train", "build", "selection", "imp", "rigl", "granet", "report"):
             value = getattr(self, key)
             out[key] = to_dict(value) if value is not None else None
@@ -117,7 +122,8 @@ class Pipeline:
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "selection": SelectionConfig,
              "imp": IMPConfig, "rigl": RigLConfig, "granet": GraNetConfig, "report": ReportConfig}
-_TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "description": str}
+_TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "description": str,
+        "controls_on": list}
 
 
 def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
@@ -158,11 +164,12 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
     for key in ("seeds",):
         if key in raw and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw[key]):
             raise ConfigError(f"{where}: seeds must be integers, got {raw[key]!r}")
-    for key in ("methods", "transfer"):
+    for key in ("methods", "transfer", "controls_on"):
         if key in raw and not all(isinstance(s, str) for s in raw[key]):
             raise ConfigError(f"{where}: {key} must be a list of names, got {raw[key]!r}")
     return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
                     transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
+                    controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
                     description=raw.get("description", ""), **sections)
 
 
@@ -272,7 +279,8 @@ def _run_stages(pipeline: Pipeline, out: Path, dataset: ImageDataset, *, device:
     for seed in pipeline.seeds:
         for method in pipeline.methods:
             prac_set = manifest if method.endswith("-prac") else None
-            ticket(pipeline.arch, method, seed, manifest_path=prac_set)
+            controls = pipeline.controls_on is None or method in pipeline.controls_on
+            ticket(pipeline.arch, method, seed, manifest_path=prac_set, controls=controls)
         for arch in pipeline.transfer:
             # The sanity-check controls run on the building architecture only (they double the cost).
             ticket(arch, "imp", seed, controls=False)

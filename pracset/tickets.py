@@ -242,17 +242,17 @@ def _scaled(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:
 
 # ----------------------------------------------------------------------------- IMP and PrAC-IMP
 def _dense_round(ctx: Context, config: IMPConfig, *, ids=None, callbacks=(), train=None,
-                 extra: Callable[[], dict] | None = None) -> tuple[dict, dict]:
+                 extra: Callable[[], dict] | None = None, rewind_step: int | None = None) -> tuple[dict, dict]:
     """Round 0: dense training from the initialisation, snapshotting the rewind point."""
     rewind_path = ctx.run.root / "rewind.pt"
-    snapshot = Snapshot(config.rewind_step)
+    snapshot = Snapshot(config.rewind_step if rewind_step is None else rewind_step)
     metrics = ctx.run.done("round-00")
     if metrics is None:
         model = ctx.model()
 
         def save_rewind() -> dict:
             if snapshot.state is None:
-                raise ConfigError(f"rewind step {config.rewind_step} lies beyond the dense run's steps")
+                raise ConfigError(f"rewind step {snapshot.step} lies beyond the dense run's steps")
             atomic_torch_save(snapshot.state, rewind_path)
             return extra() if extra else {}
 
@@ -351,7 +351,11 @@ def run_prac_imp(ctx: Context, config: IMPConfig, *, selection: SelectionConfig 
             out["next_set"] = len(next_ids)
         return out
 
-    dense_metrics, rewind = _dense_round(ctx, config, ids=ids0, callbacks=callbacks0, train=train0, extra=extra0)
+    # On a fixed subset, round 0 sees |P|/N of the examples per epoch: rewind to the same point of
+    # training in epochs (k x |P|/N of its steps), not to a step it may never reach.
+    rewind_step = round(config.rewind_step * len(ids0) / n) if fixed else config.rewind_step
+    dense_metrics, rewind = _dense_round(ctx, config, ids=ids0, callbacks=callbacks0, train=train0, extra=extra0,
+                                         rewind_step=rewind_step)
     if not (ctx.run.root / "round-00" / "mask.pt").exists():
         _save_mask(ctx, "round-00", base)
     dense_model = ctx.load_model("round-00")

@@ -111,7 +111,7 @@ def test_prac_imp_on_a_fixed_manifest_set(tmp_path, digits):
     kept = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_table(manifest).schema.metadata[b"pracset"])
     kept = kept["selection"]["selected"]
     summary = find_tickets("prac-imp", DATA, "lenet300", tmp_path / "prac", train=TRAIN,
-                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False), manifest=manifest,
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=60), manifest=manifest,
                            device=torch.device("cpu"), dataset=digits)
     rows = summary["tickets"]
     assert [r["stage"] for r in rows] == ["round-00", "ticket-01", "ticket-02"]

@@ -205,11 +205,14 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
         for (a, method), curve in sorted(curves.items()):
             if a != arch:
                 continue
+            if curve[0]["round"] == 0 and curve[0]["sparsity"] == 0:
+                if method == "imp":
+                    dense = curve[0]["accuracy"]
+                else:  # round 0 of the other methods is no ticket (and on a subset, not the dense baseline)
+                    curve = curve[1:] or curve
             xs = [100 * c["sparsity"] for c in curve]
             ys = [100 * c["accuracy"] for c in curve]
             es = [100 * c["std"] for c in curve]
-            if curve[0]["round"] == 0 and curve[0]["sparsity"] == 0:
-                dense = dense or curve[0]["accuracy"]
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=3, capsize=2, label=method)
             if any("controls" in c for c in curve):
                 ctl = [c for c in curve if "controls" in c]

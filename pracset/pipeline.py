@@ -242,10 +242,10 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
             raise ConfigError(f"{out} holds an unfinished pipeline run; pass --resume to continue it")
     elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise ConfigError(f"{out} is not empty and holds no pipeline run; choose another --out")
+    dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
     out.mkdir(parents=True, exist_ok=True)
     with PipelineLock(out):
         atomic_write_json(config_path, pipeline.to_dict())
-        dataset = load_dataset(pipeline.data)
         results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
         report = write_report(pipeline, out, results)
     return report

@@ -31,6 +31,7 @@ import torch
 from pracset import __version__
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.distributed import barrier
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.models import build_model, check_model_name, has_convolutions
@@ -115,6 +116,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:
         raise ConfigError(f"{work} holds an unfinished build; pass --resume to continue it or remove it")
+    barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it
     work.mkdir(parents=True, exist_ok=True)
 
     started = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import NoReturn, Sequence
 
@@ -292,6 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # issue 7: under torchrun, join the process group
+        from pracset.distributed import init_from_env, is_main
+        if init_from_env() and not is_main():
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
     try:
         return args.func(args)
     except PracsetError as exc:

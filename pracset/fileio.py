@@ -18,8 +18,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     The temporary file lives in the same directory (so the rename is atomic on
     POSIX) and is fsynced before the rename; on any error it is removed and the
     previous content of ``path``, if any, is untouched.
+
+    Under torch.distributed only rank 0 writes; every rank calls this and
+    returns once the file is in place (see :func:`pracset.distributed.run_on_main`).
     """
     path = Path(path)
+    # --- distributed (issue 7): rank 0 writes, the others wait; nothing changes in one process
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from pracset.distributed import is_distributed, run_on_main
+
+        if is_distributed():
+            return run_on_main(lambda: _atomic_write(path, write), f"write {path}")
+    # --- end distributed
+    return _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -56,4 +70,13 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def atomic_np_save(path: str | os.PathLike, array: Any) -> Path:
+    """``np.save`` through :func:`atomic_write` (rank 0 only under torch.distributed)."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
     return atomic_write_bytes(path, buffer.getvalue())

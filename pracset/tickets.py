@@ -35,7 +35,7 @@ import torch.nn as nn
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_json
+from pracset.fileio import atomic_np_save, atomic_torch_save, atomic_write_json
 from pracset.models import build_model, check_model_name, has_convolutions
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.distributions import random_mask
@@ -345,9 +345,9 @@ def run_prac_imp(ctx: Context, config: IMPConfig, *, selection: SelectionConfig 
     def extra0():
         out = {"early_bird_epoch": bird0.stopped_epoch if bird0 else None}
         if not fixed:
-            np.save(ctx.run.root / "round-00" / "forgetting.npy", recorder.statistics().forgetting_events)
+            atomic_np_save(ctx.run.root / "round-00" / "forgetting.npy", recorder.statistics().forgetting_events)
             next_ids = _prac_set(labels, recorder, None, selection)
-            np.save(ctx.run.root / "round-00" / "next_ids.npy", next_ids)
+            atomic_np_save(ctx.run.root / "round-00" / "next_ids.npy", next_ids)
             out["next_set"] = len(next_ids)
         return out
 
@@ -369,7 +369,7 @@ def run_prac_imp(ctx: Context, config: IMPConfig, *, selection: SelectionConfig 
             mask = _prune_next(ctx, previous, _load_mask(ctx, previous), config)
             (ctx.run.root / stage).mkdir(parents=True, exist_ok=True)
             _save_mask(ctx, stage, mask)
-            np.save(ctx.run.root / stage / "ids.npy", ids)
+            atomic_np_save(ctx.run.root / stage / "ids.npy", ids)
             recorder = ExampleRecorder(n, ctx.device)
             bird, callbacks = round_callbacks(mask, None if fixed else recorder)
             model = _rewound(ctx, mask, rewind)
@@ -383,7 +383,7 @@ def run_prac_imp(ctx: Context, config: IMPConfig, *, selection: SelectionConfig 
                                           mask=mask, precision=ctx.train.precision, ledger=ctx.run.ledger,
                                           stage=f"probe-{stage[-2:]}")
                     next_ids = _prac_set(labels, recorder, probe.disagreements, selection)
-                    np.save(ctx.run.root / stage / "next_ids.npy", next_ids)
+                    atomic_np_save(ctx.run.root / stage / "next_ids.npy", next_ids)
                     out.update(next_set=len(next_ids), cep=int(probe.critical.sum()))
                 return out
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pracset.data.base import ImageSplit
+from pracset.distributed import is_distributed, rank, shard_bounds, world_size
 from pracset.errors import ConfigError
 
 
@@ -30,9 +31,15 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
     """Zero-pad each image by ``padding`` and crop back to its size at a random offset."""
     if padding <= 0:
         return images
+    b = images.shape[0]
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=images.device)
+    return crop_at(images, padding, offsets)
+
+
+def crop_at(images: torch.Tensor, padding: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by ``padding`` and crop each image at ``offsets`` (2, B): row and column offsets."""
     b, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator, device=images.device)
     rows = offsets[0, :, None] + torch.arange(h, device=images.device)
     cols = offsets[1, :, None] + torch.arange(w, device=images.device)
     out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * padding))
@@ -60,6 +67,8 @@ class DeviceLoader:
         drop_last: drop the last incomplete batch.
         channels_last: return ``x`` in channels-last memory format (faster
             convolutions on GPUs).
+        shard: under torch.distributed, yield only this rank's contiguous
+            slice of every (global) batch; see :mod:`pracset.distributed`.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class DeviceLoader:
         drop_last: bool = False,
         seed: int = 0,
         channels_last: bool = False,
+        shard: bool = True,
     ):
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
@@ -85,6 +95,7 @@ class DeviceLoader:
         self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
         self.epoch = 0
+        self.shard = shard
         channels = split.images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
@@ -109,6 +120,11 @@ class DeviceLoader:
         n = self.num_examples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def sharded(self) -> bool:
+        """Whether iterating yields only this rank's slice of each batch (torch.distributed and ``shard``)."""
+        return self.shard and is_distributed()
+
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation and augmentation the next iteration draws."""
         self.epoch = epoch
@@ -124,6 +140,9 @@ class DeviceLoader:
         if self.shuffle:
             order = self.ids[torch.randperm(len(self.ids), generator=generator, device=self.device)]
         stop = len(self) * self.batch_size if self.drop_last else len(order)
+        if self.sharded:  # distributed (issue 7)
+            yield from self._iter_shard(order, stop, generator)
+            return
         for start in range(0, stop, self.batch_size):
             index = order[start : start + self.batch_size]
             images = self.split.images[index]
@@ -131,6 +150,32 @@ class DeviceLoader:
                 images = random_crop(images, self.crop_padding, generator)
             if self.flip:
                 images = random_flip(images, generator)
+            x = torch.addcmul(self._shift, images.float(), self._scale)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield Batch(x, self.split.labels[index], index)
+
+    # --- distributed (issue 7): this rank's slice of every global batch
+    def _iter_shard(self, order: torch.Tensor, stop: int, generator: torch.Generator) -> Iterator[Batch]:
+        """Like the one-process loop, but yield rows ``shard_bounds`` of each batch.
+
+        The augmentation is drawn for the whole global batch (the same generator
+        calls as one process) and sliced, so the union over ranks of step k's
+        inputs is bitwise the one-process batch k.
+        """
+        me, world = rank(), world_size()
+        device, padding = self.device, self.crop_padding
+        for start in range(0, stop, self.batch_size):
+            size = min(self.batch_size, stop - start)
+            lo, hi = shard_bounds(size, me, world)
+            index = order[start + lo : start + hi]
+            images = self.split.images[index]
+            if padding:
+                offsets = torch.randint(0, 2 * padding + 1, (2, size), generator=generator, device=device)
+                images = crop_at(images, padding, offsets[:, lo:hi])
+            if self.flip:
+                flip = (torch.rand(size, generator=generator, device=device) < 0.5)[lo:hi]
+                images = torch.where(flip[:, None, None, None], images.flip(3), images)
             x = torch.addcmul(self._shift, images.float(), self._scale)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -41,6 +41,15 @@ Where we differ from the official code, on purpose:
 * Adam's per-tensor step count cannot be reset per element: a new connection
   starts with zero ``exp_avg`` / ``exp_avg_sq`` but the tensor's bias
   correction step (the official TF code has the same limitation).
+
+Under torch.distributed (torchrun) every rank computes the same mask: the
+weights are identical (DistributedDataParallel starts them equal and applies
+the same all-reduced update) and ``param.grad``, read for growth, is already the
+gradient averaged over all ranks' shards of the global batch (DDP all-reduces it
+during ``backward``, before the callbacks run), so no further all-reduce of the
+growth scores is needed. A cheap check (:func:`~pracset.distributed.check_same_mask`:
+one all-reduce of per-tensor checksums at the start of a fit and after every
+mask change, never on other steps) raises if the ranks ever disagree.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ import torch
 import torch.nn as nn
 
 from pracset.config import option, require, to_dict
+from pracset.distributed import check_same_mask
 from pracset.errors import ConfigError
 from pracset.registry import Registry
 from pracset.sparse.distributions import DISTRIBUTIONS, layer_shapes, random_mask
@@ -187,6 +197,7 @@ class SparseMethod(Callback):
             self.mask = self.initial_mask(state)
         self.mask.check_model(state.model)
         self._bind(state.model)
+        check_same_mask(self.mask, f"the {self.name} mask at the start of training")  # distributed only
         self.enforce(state.optimizer)
         self.setup(state)
         log.info("%s: %d masked tensors, sparsity %.4f", self.name, len(self.mask), self.mask.sparsity())
@@ -258,6 +269,7 @@ class SparseMethod(Callback):
         """
         if set(mask) != set(self._params):
             raise ConfigError("the new mask covers other tensors than the current one")
+        check_same_mask(mask, f"the {self.name} mask")  # distributed only: the ranks must agree
         self.mask = mask
         self._refresh_keep()
         for name, new in (new_connections or {}).items():

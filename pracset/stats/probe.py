@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
 from pracset.errors import ConfigError
 from pracset.sparse.mask import Mask
@@ -32,19 +33,28 @@ log = logging.getLogger(__name__)
 @torch.no_grad()
 def predict(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
             ledger: IterationLedger | None = None, stage: str = "probe") -> torch.Tensor:
-    """Predicted classes of ``model`` over ``loader`` in loader order, on the device (no host sync)."""
+    """Predicted classes of ``model`` over ``loader`` in loader order, on the device (no host sync).
+
+    Under torch.distributed a sharded loader splits the work over the ranks and
+    every rank gets all the predictions, in loader order.
+    """
     if loader.shuffle or loader.crop_padding or loader.flip:
         raise ConfigError("the probe needs a loader without shuffling or augmentation")
     was_training = model.training
     model.eval()
     bf16 = use_bf16_for(precision, loader.device)
-    out = []
-    for batch in loader:
+    out, index = [], []
+    sharded = ddp.is_sharded(loader)  # distributed (issue 7)
+    for position, batch in enumerate(loader):
         with torch.autocast(device_type=loader.device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(model(batch.x).argmax(1))
+        if sharded:
+            index.append(batch.index)
         if ledger is not None:
-            ledger.add(stage, "probe", examples=len(batch.index))
+            ledger.add(stage, "probe", examples=ddp.global_batch_len(loader, position) if sharded else len(batch.index))
     model.train(was_training)
+    if sharded:  # every rank's predictions, in the loader's (one-process) order
+        return ddp.gather_in_order(torch.cat(index), torch.cat(out), loader.ids)
     return torch.cat(out)
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pracset.distributed import all_gather_cat_many, is_distributed
 from pracset.errors import ConfigError
 from pracset.train.loop import Callback, StepOutput, TrainState
 
@@ -181,6 +182,12 @@ class ExampleRecorder(Callback):
         bytes per example) and applies them once per epoch: launching the ~20 index kernels of an
         update per step costs more than the training step of a small model. This
         is exact because a loader presents an example at most once per epoch.
+
+        Under torch.distributed every rank gathers the epoch's presentations of
+        all ranks (ids, correctness, margin, loss) before applying them, so each
+        rank ends with the statistics of one process over the same presentations.
+        This assumes a sharded loader (each example on one rank per epoch, the
+        default) and that every rank flushes at the same points (the Trainer's hooks do).
         """
         if not self._pending:
             return
@@ -192,7 +199,10 @@ class ExampleRecorder(Callback):
             correct, margin = self._observe(torch.cat(parts[1]), torch.cat(parts[2]))
         else:
             correct, margin = torch.cat(parts[1]), torch.cat(parts[2])
-        self._apply(torch.cat(parts[0]), correct, margin, losses, epoch)
+        index = torch.cat(parts[0])
+        if is_distributed():  # distributed (issue 7): apply the whole job's presentations on every rank
+            index, correct, margin, losses = all_gather_cat_many([index, correct, margin, losses])
+        self._apply(index, correct, margin, losses, epoch)
 
     def end_epoch(self) -> None:
         """Close an epoch: apply the stashed presentations and record the history (``keep_history``)."""

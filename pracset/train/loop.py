@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save
@@ -102,14 +103,17 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     bf16 = use_bf16_for(precision, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    for batch in loader:
+    sharded = ddp.is_sharded(loader)  # distributed (issue 7): each rank evaluates its slices; sums all-reduced
+    for position, batch in enumerate(loader):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch.x)
         loss_sum += F.cross_entropy(logits.float(), batch.y, reduction="sum")
         correct += (logits.argmax(1) == batch.y).sum()
         if ledger is not None:
-            ledger.add(stage, kind, examples=len(batch.index))
+            ledger.add(stage, kind, examples=ddp.global_batch_len(loader, position) if sharded else len(batch.index))
     model.train(was_training)
+    if sharded:
+        loss_sum, correct = ddp.all_reduce_sum(loss_sum, correct)
     n = loader.num_examples
     return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "examples": n}
 
@@ -149,6 +153,11 @@ class Trainer:
         if device.type == "cuda" and has_convolutions(model):
             model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+        # --- distributed (issue 7): DDP all-reduces the gradients; callbacks keep seeing the bare ``model``
+        sharded = ddp.is_sharded(train_loader)
+        forward = ddp.wrap_ddp(model, device) if sharded else model
+        world = ddp.world_size() if sharded else 1
+        # --- end distributed
         optimizer = make_optimizer(model, config)
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * config.epochs
@@ -168,7 +177,7 @@ class Trainer:
         for callback in callbacks:
             callback.on_fit_start(state)
         bar = tqdm(total=config.epochs, initial=state.epoch, desc=self.stage, unit="epoch",
-                   disable=not self.progress, leave=False)
+                   disable=not self.progress or not ddp.is_main(), leave=False)
         model.train()
         while state.epoch < config.epochs and not state.stop_requested:
             started = time.perf_counter()
@@ -182,10 +191,14 @@ class Trainer:
                 if first_step + position < state.step:  # a run that starts mid-epoch (rewinding to step k)
                     continue
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = model(batch.x)
+                    logits = forward(batch.x)
                 losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
                 optimizer.zero_grad(set_to_none=True)
-                losses.mean().backward()
+                if world > 1:  # distributed: DDP's mean over ranks of these is the global batch's mean loss
+                    global_len = ddp.global_batch_len(train_loader, position)
+                    (losses.sum() * (world / global_len)).backward()
+                else:
+                    losses.mean().backward()
                 out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
                 for callback in callbacks:
                     callback.before_optimizer_step(state, out)
@@ -200,13 +213,17 @@ class Trainer:
                 for callback in callbacks:
                     callback.after_optimizer_step(state, out)
                 state.step += 1
-                self.ledger.add(self.stage, "train", examples=len(batch.index))
+                self.ledger.add(self.stage, "train", examples=global_len if world > 1 else len(batch.index))
                 seen += len(batch.index)
                 for callback in callbacks:
                     callback.on_batch_end(state, out)
                 loss_sum += out.losses.sum()
                 correct += (out.logits.argmax(1) == batch.y).sum()
             state.epoch += 1
+            if world > 1:  # distributed: the job's totals; rank 0's BatchNorm statistics everywhere
+                loss_sum, correct, seen = ddp.all_reduce_sum(loss_sum, correct, torch.tensor(seen, device=device))
+                seen = int(seen)
+                ddp.sync_buffers(model)
             n = max(seen, 1)
             metrics = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
                        "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}

@@ -1,0 +1,263 @@
+"""Benchmark: the in-memory DeviceLoader against the StreamingLoader on the JPEG CIFAR-10.
+
+What is measured
+----------------
+The JPEG copy of CIFAR-10 (``cifar10_jpeg_q75.tar.gz``: 50,000 training and
+10,000 test 32x32 JPEG files in an image-folder tree) is extracted once into
+``--extract-to`` (streaming needs random access to the files; the in-memory
+source could read the archive itself, but both read the same extracted tree
+here so that only the loaders differ). Then:
+
+1. ``in-memory load``: ``load_dataset(DataConfig("imagefolder", ...))``
+   decodes every image into one uint8 tensor (threads), seconds.
+2. ``streaming open``: ``image_folder_splits(...)`` lists the files, checks
+   the colour mode and decodes one image, seconds; the sampled normalisation
+   (10,000 images, in workers) is timed apart.
+3. ``loader only``: images per second of iterating each loader over the same
+   ``--batches`` batches of ``--batch-size`` (a fixed random subset of the
+   training ids, shuffled per epoch, random crop 4 + flip, normalised on the
+   device): ``DeviceLoader`` over the split on ``--device``, and
+   ``StreamingLoader`` with ``--workers`` decoding processes (pinned memory and
+   non-blocking copies on CUDA). The median of ``--repeats`` epochs after a
+   warm-up epoch (which starts the workers).
+4. With ``--train`` (default on CUDA): ``--arch`` (resnet18, the CIFAR
+   variant) trained by ``pracset.train.Trainer`` for one epoch over the same
+   batches (bf16 autocast and channels-last on CUDA), fed (a) by the
+   DeviceLoader, (b) by the StreamingLoader, and (c) ``compute only``: a
+   bare loop of the same training step on one batch kept on the device (the
+   GPU's ceiling, without the Trainer's per-step host work). Images per
+   second each, and for (a) and (b) the share of the epoch the training
+   thread spent in ``next(loader)``. The GPU waits for data when (b) is
+   clearly slower than (a), the same Trainer loop fed from memory (below 90%
+   of it); (b)/(c) is reported too.
+
+Every number is also written as JSON with ``--json FILE``.
+
+Run it
+------
+    cd /work/main && . .venv/bin/activate
+    # on this CPU, small settings
+    python pipelines/bench_streaming.py --data-dir /work/shared/data/cifar10-jpeg/cifar10_jpeg_q75.tar.gz \\
+        --batches 40 --workers 2 --repeats 2
+    # on a GPU machine: ResNet-18 fed by the streaming loader
+    python pipelines/bench_streaming.py --data-dir .../cifar10_jpeg_q75.tar.gz --device cuda --workers 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pracset.data import DataConfig, DeviceLoader, load_dataset  # noqa: E402
+from pracset.data.streaming import (StreamingLoader, estimate_normalization, extract_archive,  # noqa: E402
+                                    image_folder_splits)
+from pracset.models import build_model, has_convolutions  # noqa: E402
+from pracset.train.config import TrainConfig  # noqa: E402
+from pracset.train.loop import Trainer, use_bf16_for  # noqa: E402
+from pracset.train.run import input_spec  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class TimedLoader:
+    """A loader proxy that adds up the time the consumer spends waiting in ``next()``."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        iterator = iter(self.loader)
+        while True:
+            started = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.waited += time.perf_counter() - started
+            yield batch
+
+
+def drain(loader, device: torch.device, epoch: int) -> tuple[float, int]:
+    loader.set_epoch(epoch)
+    sync(device)
+    started = time.perf_counter()
+    count = 0
+    for batch in loader:
+        count += len(batch.index)
+    sync(device)
+    return time.perf_counter() - started, count
+
+
+def loader_rate(loader, device: torch.device, repeats: int) -> dict:
+    warm_seconds, _ = drain(loader, device, 0)  # starts the workers, warms the caches
+    runs = [drain(loader, device, epoch) for epoch in range(1, repeats + 1)]
+    rates = [n / s for s, n in runs]
+    return {"images_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
+            "warmup_epoch_s": round(warm_seconds, 3)}
+
+
+def train_rates(dataset, streamed, ids, args, device: torch.device, mean, std) -> dict:
+    spec = input_spec(dataset)
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, seed=0, precision="auto",
+                         crop_padding=4, flip=True)
+    conv = has_convolutions(build_model(args.arch, spec, seed=0))
+    channels_last = conv and device.type == "cuda"
+    split = dataset.train.to(device)
+    device_loader = DeviceLoader(split, args.batch_size, mean, std, ids=ids, shuffle=True, crop_padding=4, flip=True,
+                                 channels_last=channels_last)
+    stream_loader = StreamingLoader(streamed.train, args.batch_size, mean, std, device=device, ids=ids, shuffle=True,
+                                    crop_padding=4, flip=True, channels_last=channels_last, workers=args.workers)
+    out = {}
+    for name, loader in (("device-loader", device_loader), ("streaming-loader", stream_loader)):
+        Trainer(config, stage="warmup").fit(build_model(args.arch, spec, seed=0), loader)  # cuDNN autotune, workers
+        rates, waits = [], []
+        for _ in range(args.repeats):
+            model = build_model(args.arch, spec, seed=0)
+            timed = TimedLoader(loader)
+            sync(device)
+            started = time.perf_counter()
+            Trainer(config, stage=name).fit(model, timed)
+            sync(device)
+            seconds = time.perf_counter() - started
+            rates.append(len(ids) / seconds)
+            waits.append(timed.waited / seconds)
+        out[name] = {"images_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
+                     "waiting_in_next_fraction": round(statistics.median(waits), 4)}
+
+    # (c) the same step on one batch that stays on the device: the compute ceiling
+    model = build_model(args.arch, spec, seed=0).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    batch = next(iter(device_loader))
+    bf16 = use_bf16_for("auto", device)
+    steps = len(device_loader)
+
+    def loop(n: int) -> None:
+        for _ in range(n):
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(batch.x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), batch.y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    loop(min(steps, 10))
+    rates = []
+    for _ in range(args.repeats):
+        sync(device)
+        started = time.perf_counter()
+        loop(steps)
+        sync(device)
+        rates.append(steps * args.batch_size / (time.perf_counter() - started))
+    out["compute-only"] = {"images_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]}
+    streaming = out["streaming-loader"]["images_per_s"]
+    out["streaming_vs_compute"] = round(streaming / out["compute-only"]["images_per_s"], 3)
+    out["streaming_vs_device_loader"] = round(streaming / out["device-loader"]["images_per_s"], 3)
+    out["gpu_waits_for_data"] = out["streaming_vs_device_loader"] < 0.9
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", required=True, help="cifar10_jpeg_q75.tar.gz, or the tree extracted from it")
+    parser.add_argument("--extract-to", default=None, help="where the archive is extracted (default: a folder in $TMPDIR)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=0, help="batches per timed epoch (0: the whole split)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="streaming decode processes")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time training --arch fed by each loader (default: on CUDA only)")
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train = device.type == "cuda" if args.train is None else args.train
+    results: dict = {"settings": {**vars(args), "train": train}, "machine": {
+        "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
+
+    source = Path(args.data_dir)
+    started = time.perf_counter()
+    if source.is_dir():
+        root = source
+    else:
+        extract_to = Path(args.extract_to) if args.extract_to else Path(tempfile.gettempdir()) / "pracset-bench-cifar10-jpeg"
+        root = extract_archive(source, extract_to)
+    results["extract_s"] = round(time.perf_counter() - started, 2)
+
+    started = time.perf_counter()
+    dataset = load_dataset(DataConfig("imagefolder", data_dir=str(root)))
+    results["in_memory_load_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    streamed = image_folder_splits(root)
+    results["streaming_open_s"] = round(time.perf_counter() - started, 2)
+    started = time.perf_counter()
+    sampled = estimate_normalization(streamed.train, 10_000, workers=args.workers)
+    results["streaming_normalization_s"] = round(time.perf_counter() - started, 2)
+    mean, std = dataset.normalization
+    results["normalization"] = {"exact": [mean, std], "sampled_10k": list(sampled)}
+    for i in (0, 12_345, len(dataset.train) - 1):  # the same example ids, the same pixels
+        assert torch.equal(streamed.train[i][0], dataset.train.images[i]), i
+    assert np.array_equal(streamed.train.labels, dataset.train.labels.numpy())
+
+    n = len(dataset.train)
+    count = n if args.batches <= 0 else min(n, args.batches * args.batch_size)
+    ids = np.sort(np.random.default_rng(0).permutation(n)[:count])
+    results["timed_images_per_epoch"] = count
+    device_loader = DeviceLoader(dataset.train.to(device), args.batch_size, mean, std, ids=ids, shuffle=True,
+                                 crop_padding=4, flip=True)
+    stream_loader = StreamingLoader(streamed.train, args.batch_size, mean, std, device=device, ids=ids,
+                                    shuffle=True, crop_padding=4, flip=True, workers=args.workers)
+    results["loader_only"] = {"device-loader": loader_rate(device_loader, device, args.repeats),
+                              "streaming-loader": loader_rate(stream_loader, device, args.repeats)}
+    if train:
+        results["training"] = {"arch": args.arch, **train_rates(dataset, streamed, ids, args, device, mean, std)}
+
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    loaders = results["loader_only"]
+    print(f"\nloader only, {count} images/epoch, batch {args.batch_size}, {device}: "
+          f"in-memory {loaders['device-loader']['images_per_s']:.0f} img/s, "
+          f"streaming ({args.workers} workers) {loaders['streaming-loader']['images_per_s']:.0f} img/s")
+    if train:
+        t = results["training"]
+        print(f"{args.arch} training: device loader {t['device-loader']['images_per_s']:.0f} img/s, streaming "
+              f"{t['streaming-loader']['images_per_s']:.0f} img/s (waiting in next() "
+              f"{100 * t['streaming-loader']['waiting_in_next_fraction']:.1f}% of the epoch), compute only "
+              f"{t['compute-only']['images_per_s']:.0f} img/s; streaming/in-memory {t['streaming_vs_device_loader']}: "
+              f"the GPU waits for data: {t['gpu_waits_for_data']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

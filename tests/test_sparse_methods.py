@@ -369,3 +369,16 @@ def test_static_mask_needs_matching_shapes():
     bad = StaticMask(Mask({"0.weight": torch.ones(4, 3, dtype=torch.bool)}))
     with pytest.raises(ConfigError, match="shape"):
         bad.on_fit_start(hand_state(model, optimizer))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_smallest_k_is_a_stable_argsort_prefix(seed):
+    from pracset.sparse.pruning import smallest_k
+
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 6, (200,), generator=generator).float()  # many ties
+    scores[torch.randperm(200, generator=generator)[:30]] = float("inf")
+    for k in (0, 1, 7, 50, 169, 170):
+        expected = torch.zeros(200, dtype=torch.bool)
+        expected[torch.argsort(scores, stable=True)[:k]] = True
+        assert torch.equal(smallest_k(scores, k), expected), k

@@ -68,7 +68,7 @@ from pracset.errors import ConfigError
 from pracset.registry import Registry
 from pracset.sparse.distributions import DISTRIBUTIONS, layer_shapes, random_mask
 from pracset.sparse.mask import PRUNING_SCOPES, Mask, prunable_names
-from pracset.sparse.pruning import magnitude_prune
+from pracset.sparse.pruning import magnitude_prune, smallest_k
 from pracset.train.loop import Callback, StepOutput, TrainState
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,10 @@ def drop_and_grow(weight: torch.Tensor, grad: torch.Tensor, keep: torch.Tensor,
         return keep.clone(), torch.zeros_like(keep)
     inf = torch.tensor(float("inf"), device=keep.device)
     drop_score = torch.where(flat_keep, weight.detach().reshape(-1).abs().float(), inf)
-    dropped = torch.argsort(drop_score, stable=True)[:count]
-    after_drop = flat_keep.clone()
-    after_drop[dropped] = False
-    grow_score = torch.where(after_drop, -inf, grad.detach().reshape(-1).abs().float())
-    grown = torch.argsort(grow_score, descending=True, stable=True)[:count]
-    new_keep = after_drop.clone()
-    new_keep[grown] = True
+    after_drop = flat_keep & ~smallest_k(drop_score, count)
+    # largest |grad| first = smallest -|grad|; active positions are not candidates
+    grow_score = torch.where(after_drop, inf, -grad.detach().reshape(-1).abs().float())
+    new_keep = after_drop | smallest_k(grow_score, count)
     new_connections = new_keep & ~flat_keep
     return new_keep.view_as(keep), new_connections.view_as(keep)
 

@@ -111,18 +111,19 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
             raise ConfigError(f"{out} exists and is not a readable manifest ({exc}); choose another --out") from None
         if existing.provenance.get("build_identity") == identity:
             log.info("%s already holds this build; not building again", out)
+            shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)  # a kill after the write
             return BuildResult(out, existing.summary(), skipped=True)
         raise ConfigError(f"{out} exists and was built with other settings; choose another --out or remove it")
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:
         raise ConfigError(f"{work} holds an unfinished build; pass --resume to continue it or remove it")
-    barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it
-    work.mkdir(parents=True, exist_ok=True)
-
     started = time.time()
+    # Data and model are checked before anything is written, so a refused build leaves nothing behind.
     dataset = dataset or load_dataset(data)
     model = build_model(arch, input_spec(dataset), seed=train.seed)
     mask = Mask.ones(model, scope=build.prunable)
+    barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it
+    work.mkdir(parents=True, exist_ok=True)
     train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
     ledger = IterationLedger()
     recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)

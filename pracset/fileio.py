@@ -52,6 +52,26 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
     return path
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is the temporary file of an :func:`atomic_write` (``.NAME.XXXX.tmp``)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def remove_temporaries(directory: str | os.PathLike) -> int:
+    """Delete the temporaries that killed writers left under ``directory``; returns how many."""
+    removed = 0
+    for path in Path(directory).rglob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def holds_only_temporaries(directory: Path, also: tuple[str, ...] = ()) -> bool:
+    """True when ``directory`` holds nothing but atomic-write temporaries (and names in ``also``)."""
+    return all(is_temporary(p) or p.name in also for p in directory.iterdir())
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -50,8 +50,9 @@ from pracset.build import BuildConfig, build_manifest
 from pracset.config import from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_json
-from pracset.models import check_model_name
+from pracset.fileio import atomic_write_json, holds_only_temporaries, remove_temporaries
+from pracset.models import build_model, check_model_name
+from pracset.train.run import input_spec
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.methods import GraNetConfig, RigLConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
@@ -174,27 +175,37 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
 
 
 class PipelineLock:
-    """An exclusive lock file in the output directory: a second run on it refuses to start."""
+    """An exclusive lock on the output directory: a second run on it refuses to start.
+
+    The lock is an ``flock`` on ``DIR/.lock``: the kernel releases it when its
+    holder exits or is killed, so a crashed run never leaves a stale lock.
+    """
 
     def __init__(self, root: Path):
         self.path = root / ".lock"
+        self._fd: int | None = None
 
     def __enter__(self) -> "PipelineLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            pid = self.path.read_text().strip() if self.path.exists() else "?"
-            if pid.isdigit() and not _alive(int(pid)):
-                self.path.unlink(missing_ok=True)  # left by a killed run
-                return self.__enter__()
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
             raise ConfigError(f"{self.path.parent} is in use by another pracset run (process {pid}); "
                               "wait for it to finish or choose another --out") from None
-        with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
         return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 def _alive(pid: int) -> bool:
@@ -230,6 +241,27 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
     from pracset.report import write_report
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory; choose another --out")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with PipelineLock(out):  # first: a second process is told about the lock, not about --resume
+            _check_pipeline_dir(pipeline, out, resume)
+            dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
+            for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
+                build_model(arch, input_spec(dataset))
+            remove_temporaries(out)  # left by a killed run; the lock makes this directory ours
+            atomic_write_json(out / "pipeline.json", pipeline.to_dict())
+            results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
+            return write_report(pipeline, out, results)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused or failed before writing anything: leave no empty directory behind
+        raise
+
+
+def _check_pipeline_dir(pipeline: Pipeline, out: Path, resume: bool) -> None:
     config_path = out / "pipeline.json"
     if config_path.exists():
         previous = json.loads(config_path.read_text())
@@ -240,15 +272,8 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
                               "choose another --out or remove it")
         if not (out / "report.json").exists() and not resume:
             raise ConfigError(f"{out} holds an unfinished pipeline run; pass --resume to continue it")
-    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+    elif not holds_only_temporaries(out, also=(".lock",)):
         raise ConfigError(f"{out} is not empty and holds no pipeline run; choose another --out")
-    dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
-    out.mkdir(parents=True, exist_ok=True)
-    with PipelineLock(out):
-        atomic_write_json(config_path, pipeline.to_dict())
-        results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
-        report = write_report(pipeline, out, results)
-    return report
 
 
 def _run_stages(pipeline: Pipeline, out: Path, dataset: ImageDataset, *, device: torch.device,

@@ -193,9 +193,13 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
     made = []
 
     def save(fig, name: str, title: str) -> None:
+        import io
+
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
+        atomic_write_bytes(out / name, buffer.getvalue())  # a killed run leaves no truncated PNG
         made.append((name, title))
 
     archs = [pipeline.arch, *pipeline.transfer]

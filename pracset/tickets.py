@@ -35,7 +35,8 @@ import torch.nn as nn
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_np_save, atomic_torch_save, atomic_write_json
+from pracset.fileio import (atomic_np_save, atomic_torch_save, atomic_write_json, holds_only_temporaries,
+                            remove_temporaries)
 from pracset.models import build_model, check_model_name, has_convolutions
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.distributions import random_mask
@@ -141,15 +142,19 @@ class RunDir:
                 raise ConfigError(f"{root} holds another run (different {', '.join(changed)}); choose another --out")
             if not (root / "tickets.json").exists() and not resume:
                 raise ConfigError(f"{root} holds an unfinished run; pass --resume to continue it or choose another --out")
-        elif root.exists() and any(root.iterdir()):
+        elif root.exists() and not holds_only_temporaries(root):
             raise ConfigError(f"{root} is not empty and holds no pracset run; choose another --out")
         root.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(root)  # left by a killed run
         atomic_write_json(marker, {"identity": identity})
         self.ledger = IterationLedger.load(root / "ledger.json") if (root / "ledger.json").exists() else IterationLedger()
 
     def done(self, stage: str) -> dict | None:
         path = self.root / stage / "metrics.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        (self.root / stage / "checkpoint.pt").unlink(missing_ok=True)  # left by a kill after the stage finished
+        return json.loads(path.read_text())
 
     def save_ledger(self) -> None:
         self.ledger.save(self.root / "ledger.json")
@@ -197,10 +202,11 @@ class Context:
         metrics = {"stage": stage, "final": final, "history": state.history, "epochs": config.epochs,
                    "examples": train_loader.num_examples, "ledger": ledger.to_dict()["stages"].get(stage, {}),
                    **(extra() if extra else {})}
-        atomic_write_json(directory / "metrics.json", metrics)
-        checkpoint.unlink(missing_ok=True)
+        # The run's ledger first: metrics.json marks the stage done, so its cost must already be booked.
         self.run.ledger.stages.update(ledger.stages)
         self.run.save_ledger()
+        atomic_write_json(directory / "metrics.json", metrics)
+        checkpoint.unlink(missing_ok=True)
         log.info("%s: test accuracy %.4f", stage, final.get("test_accuracy", float("nan")))
         return metrics
 
@@ -473,6 +479,9 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
     identity = {"method": method, "data": to_dict(data), "arch": arch, "train": to_dict(train),
                 "imp": to_dict(imp), "selection": to_dict(selection), "manifest": manifest_info,
                 "sparse": to_dict(sparse_config) if sparse_config is not None else None}
+    build_model(arch, input_spec(dataset))  # the architecture must fit the data before anything is written
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a directory; choose another --out")
     run = RunDir(out, identity, resume)
     if (out / "tickets.json").exists():
         log.info("%s already holds this finished run", out)

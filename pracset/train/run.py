@@ -12,7 +12,7 @@ import torch
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_json
+from pracset.fileio import atomic_torch_save, atomic_write_json, holds_only_temporaries
 from pracset.models import InputSpec, build_model, check_model_name, has_convolutions
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -55,7 +55,7 @@ def _check_out_dir(out_dir: Path, identity: dict, resume: bool) -> str:
     """``new``, ``done`` or ``resume``; refuses a directory that holds another run."""
     config_path = out_dir / "run.json"
     if not config_path.exists():
-        if out_dir.exists() and any(out_dir.iterdir()):
+        if out_dir.exists() and not holds_only_temporaries(out_dir):
             raise ConfigError(f"{out_dir} is not empty and holds no pracset run; choose another --out")
         return "new"
     try:

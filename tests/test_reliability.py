@@ -534,6 +534,7 @@ def test_pipeline_lock_in_process(tmp_path):
 
 
 def test_a_lock_left_empty_by_a_kill_is_taken_over(tmp_path):
+    """A .lock without a holder (even an empty one, killed before writing its pid) does not block the next run."""
     from pracset.pipeline import PipelineLock
 
     (tmp_path / ".lock").write_text("")  # killed between os.open(O_CREAT | O_EXCL) and the write of its pid
@@ -646,6 +647,7 @@ def test_a_kill_inside_the_manifest_write_leaves_no_truncated_manifest(reference
 
 
 def test_a_kill_inside_a_report_plot_leaves_no_truncated_file(reference, tmp_path):
+    """The report's plots are written atomically: a kill mid-write leaves no truncated PNG."""
     ref = reference("run")
     cwd = workdir(tmp_path, "run")
     shutil.copytree(ref.out, cwd / "out")
@@ -657,6 +659,7 @@ def test_a_kill_inside_a_report_plot_leaves_no_truncated_file(reference, tmp_pat
 
 
 def test_a_kill_right_after_a_stage_finishes_loses_nothing_and_leaves_nothing(reference, tmp_path, in_process):
+    """Killed right after a stage's metrics.json: its cost is already in the ledger, its checkpoint goes."""
     ref = reference("ticket")
     done = killed_inside("pracset.tickets.atomic_write_json", "round-02/metrics.json", COMMANDS["ticket"], tmp_path)
     assert done.returncode == -signal.SIGKILL, done.stderr
@@ -666,10 +669,6 @@ def test_a_kill_right_after_a_stage_finishes_loses_nothing_and_leaves_nothing(re
     assert got["ledger.json"] == ref.results["ledger.json"]
     assert got["tickets.json"] == ref.results["tickets.json"]
     assert_same_results(got, ref.results, "resumed after a kill right after round-02/metrics.json")
-
-
-# A kill during an atomic write leaves its temporary file. It is hidden and never read, but:
-TMP = ".{name}.k7q2x9ab.tmp"  # as tempfile.mkstemp names them
 
 
 @pytest.mark.xfail(strict=True, reason="library bug: PrAC-IMP books its probe straight into the run's ledger "
@@ -693,7 +692,13 @@ def test_a_kill_between_the_ledger_and_a_stage_s_metrics_counts_the_probe_once(t
     assert_same_results(results(tmp_path / "killed" / "out"), results(tmp_path / "ref" / "out"), "resumed")
 
 
+# A kill during an atomic write leaves its temporary file: hidden and never read, but the run that resumes must
+# not be blocked by it, and removes it.
+TMP = ".{name}.k7q2x9ab.tmp"  # as tempfile.mkstemp names them
+
+
 def test_a_kill_during_the_first_write_of_a_ticket_run_does_not_block_its_resume(reference, tmp_path, in_process):
+    """A .run.json.*.tmp left by a kill in the run's first write does not make the directory 'not empty'."""
     ref = reference("ticket")
     out = tmp_path / "out"
     out.mkdir()
@@ -704,6 +709,7 @@ def test_a_kill_during_the_first_write_of_a_ticket_run_does_not_block_its_resume
 
 
 def test_a_kill_during_the_first_write_of_a_pipeline_does_not_block_its_resume(reference, tmp_path, in_process):
+    """A .pipeline.json.*.tmp left by a kill in the run's first write does not make the directory 'not empty'."""
     ref = reference("run")
     cwd = workdir(tmp_path, "run")
     (cwd / "out").mkdir()
@@ -714,6 +720,7 @@ def test_a_kill_during_the_first_write_of_a_pipeline_does_not_block_its_resume(r
 
 
 def test_a_resumed_run_removes_the_temporary_files_of_a_killed_one(reference, tmp_path, in_process):
+    """Temporaries that kills left (each may be as large as a checkpoint) are removed by the resumed run."""
     ref = reference("ticket")
     out = tmp_path / "out"
     shutil.copytree(ref.out, out)
@@ -727,6 +734,7 @@ def test_a_resumed_run_removes_the_temporary_files_of_a_killed_one(reference, tm
 
 
 def test_a_finished_build_removes_a_stale_work_directory(reference, tmp_path, in_process):
+    """Killed after writing the manifest, before removing NAME.parquet.partial/: the rerun removes it."""
     ref = reference("build")
     cwd = workdir(tmp_path, "build")
     shutil.copytree(ref.out, cwd / "out")

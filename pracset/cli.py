@@ -219,10 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", parents=[common], help="train a dense network and evaluate it",
                        description="Train a dense network on a data set and evaluate it on the test split.")
-    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory of the run")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _run_arguments(p, out_metavar="DIR", out_help="output directory of the run")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     _positive_counts(p)
@@ -232,10 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a dense network while recording per-example statistics, probe which examples "
                                    "pruned copies of it forget, select the PrAC set (or a baseline) and write it as a "
                                    "Parquet manifest, with the full statistics next to it.")
-    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
-    p.add_argument("--out", required=True, metavar="FILE.parquet", help="the manifest to write")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted build of --out")
+    _run_arguments(p, out_metavar="FILE.parquet", out_help="the manifest to write")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     add_arguments(p, BuildConfig)
@@ -247,12 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Find a ticket with IMP (rewinding), PrAC-IMP, RigL or GraNet, on the full "
                                    "training split or on a manifest's subset, and evaluate it on the test split.")
     p.add_argument("--method", required=True, choices=("imp", "prac-imp", "rigl", "granet"), help="how to find it")
-    p.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _run_arguments(p, out_metavar="DIR", out_help="output directory")
     p.add_argument("--manifest", metavar="FILE.parquet", help="train on this manifest's selected examples "
                    "(prac-imp: a fixed PrAC set built elsewhere, e.g. on another architecture)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     add_arguments(p, IMPConfig)
@@ -266,10 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a whole experiment from a TOML pipeline (build the manifest, find tickets, "
                                    "transfer the set, report). Finished stages are not redone.")
     p.add_argument("pipeline", metavar="PIPELINE.toml", help="the pipeline file (see pipelines/)")
-    p.add_argument("--out", metavar="DIR", help="output directory (default: runs/NAME)")
+    _run_arguments(p, out_metavar="DIR", out_help="output directory (default: runs/NAME)", arch=False,
+                   out_required=False)
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the data set (overrides the pipeline's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("inspect", parents=[common], help="summarise a manifest",
@@ -278,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_inspect)
     return parser
+
+
+def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_help: str, arch: bool = True,
+                   out_required: bool = True) -> None:
+    """The flags every command that trains shares: --arch, --out, --device and --resume."""
+    if arch:
+        parser.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
+    parser.add_argument("--out", required=out_required, metavar=out_metavar, help=out_help)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
 
 
 def _positive_counts(parser: argparse.ArgumentParser) -> None:

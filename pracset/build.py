@@ -33,9 +33,9 @@ from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.distributed import barrier
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_bytes
+from pracset.fileio import atomic_write_bytes, check_output_directory
 from pracset.models import build_model, check_model_name, has_convolutions
-from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, select
+from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.mask import PRUNING_SCOPES, Mask
 from pracset.stats import ExampleRecorder, pruning_probe
@@ -98,6 +98,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     out = Path(out)
     if out.suffix != ".parquet":
         raise ConfigError(f"the manifest path must end in .parquet, got {out}")
+    check_output_directory(out.parent)
     check_names(train)
     check_model_name(arch)
     SELECTION_RULES.get(selection.rule)
@@ -120,6 +121,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     started = time.time()
     # Data and model are checked before anything is written, so a refused build leaves nothing behind.
     dataset = dataset or load_dataset(data)
+    check_size(selection, len(dataset.train))
     model = build_model(arch, input_spec(dataset), seed=train.seed)
     mask = Mask.ones(model, scope=build.prunable)
     barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it

@@ -86,8 +86,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pracset.data import DataConfig
     from pracset.device import resolve_device
     from pracset.selection import SelectionConfig
-    from pracset.sparse.methods import GraNetConfig, RigLConfig
-    from pracset.tickets import IMPConfig
     from pracset.train import TrainConfig
 
     result = build_manifest(
@@ -104,8 +102,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_ticket(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from pracset.config import from_args
     from pracset.data import DataConfig
     from pracset.device import resolve_device
@@ -298,7 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if init_from_env() and not is_main():
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below
+        return code
+    except BrokenPipeError:
+        # The reader went away (as `head` does): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so that the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
     except PracsetError as exc:
         print(f"pracset {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,8 @@ from typing import Any, Callable, IO
 
 import torch
 
+from pracset.errors import ConfigError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it.
@@ -70,6 +72,20 @@ def remove_temporaries(directory: str | os.PathLike) -> int:
 def holds_only_temporaries(directory: Path, also: tuple[str, ...] = ()) -> bool:
     """True when ``directory`` holds nothing but atomic-write temporaries (and names in ``also``)."""
     return all(is_temporary(p) or p.name in also for p in directory.iterdir())
+
+
+def check_output_directory(directory: str | os.PathLike) -> None:
+    """Refuse an output directory that is, or lies below, something other than a directory.
+
+    Raises :class:`ConfigError` naming the first such path, so the user sees
+    one line instead of the ``NotADirectoryError`` of a later ``mkdir``.
+    """
+    path = Path(directory)
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            if not candidate.is_dir():
+                raise ConfigError(f"{candidate} is not a directory; choose another --out")
+            return
 
 
 def _umask() -> int:

@@ -34,28 +34,26 @@ remembers its configuration and refuses to mix results of another one):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pracset.build import BuildConfig, build_manifest
 from pracset.config import from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_json, holds_only_temporaries, remove_temporaries
+from pracset.fileio import atomic_write_json, check_output_directory, holds_only_temporaries, remove_temporaries
 from pracset.models import build_model, check_model_name
 from pracset.train.run import input_spec
-from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.selection import SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.methods import GraNetConfig, RigLConfig
-from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
+from pracset.tickets import TICKET_METHODS, IMPConfig, check_ticket_schedule, find_tickets, sparse_method_config
 from pracset.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -159,7 +157,11 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
             values = dict(raw[key])
             if key == "data" and data_dir is not None:
                 values["data_dir"] = data_dir
-            sections[key] = from_dict(cls, values, where=key)
+            try:
+                sections[key] = from_dict(cls, values, where=key)
+            except ConfigError as exc:  # name the file, and the table where the message does not
+                text = str(exc)
+                raise ConfigError(f"{where}: {text}" if f"{key}." in text else f"{where}: [{key}] {text}") from None
     if data_dir is not None and "data" in sections and sections["data"].data_dir != data_dir:
         sections["data"] = replace(sections["data"], data_dir=data_dir)
     for key in ("seeds",):
@@ -168,10 +170,13 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
     for key in ("methods", "transfer", "controls_on"):
         if key in raw and not all(isinstance(s, str) for s in raw[key]):
             raise ConfigError(f"{where}: {key} must be a list of names, got {raw[key]!r}")
-    return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
-                    transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
-                    controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
-                    description=raw.get("description", ""), **sections)
+    try:
+        return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
+                        transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
+                        controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
+                        description=raw.get("description", ""), **sections)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 class PipelineLock:
@@ -241,8 +246,7 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
     from pracset.report import write_report
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file, not a directory; choose another --out")
+    check_output_directory(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -251,6 +255,7 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
             dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
             for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
                 build_model(arch, input_spec(dataset))
+            _check_settings(pipeline, len(dataset.train))
             remove_temporaries(out)  # left by a killed run; the lock makes this directory ours
             atomic_write_json(out / "pipeline.json", pipeline.to_dict())
             results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
@@ -259,6 +264,15 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # refused or failed before writing anything: leave no empty directory behind
         raise
+
+
+def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
+    """Settings checked against the data's size before anything is written (not after hours of training)."""
+    check_size(pipeline.selection, num_examples)
+    for method in {m.removesuffix("-prac") for m in pipeline.methods} | ({"imp"} if pipeline.transfer else set()):
+        # The PrAC set's size is not known yet: its shortened round 0 is checked by find_tickets.
+        config = sparse_method_config(method, pipeline.imp, pipeline.rigl_config, pipeline.granet_config)
+        check_ticket_schedule(method, pipeline.train, pipeline.imp, config, num_examples, None)
 
 
 def _check_pipeline_dir(pipeline: Pipeline, out: Path, resume: bool) -> None:

@@ -19,7 +19,6 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 

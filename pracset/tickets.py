@@ -20,7 +20,6 @@ Layout of the output directory::
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -33,15 +32,15 @@ import torch
 import torch.nn as nn
 
 from pracset.config import option, require, to_dict
-from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset, num_batches
 from pracset.errors import ConfigError
-from pracset.fileio import (atomic_np_save, atomic_torch_save, atomic_write_json, holds_only_temporaries,
-                            remove_temporaries)
+from pracset.fileio import (atomic_np_save, atomic_torch_save, atomic_write_json, check_output_directory,
+                            holds_only_temporaries, remove_temporaries)
 from pracset.models import build_model, check_model_name, has_convolutions
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.distributions import random_mask
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
-from pracset.sparse.mask import PRUNING_SCOPES, Mask, prunable_names
+from pracset.sparse.mask import PRUNING_SCOPES, Mask
 from pracset.sparse.methods import GraNet, GraNetConfig, RigL, RigLConfig, StaticMask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
@@ -385,9 +384,13 @@ def run_prac_imp(ctx: Context, config: IMPConfig, *, selection: SelectionConfig 
                 out = {"set_size": int(len(ids)), "early_bird_epoch": bird.stopped_epoch if bird else None}
                 if not fixed:
                     probe_loader = DeviceLoader(ctx.dataset.train.to(ctx.device), 512, *ctx.dataset.normalization)
+                    # Booked into a ledger of its own and merged by replacement: a resume that probes again
+                    # (killed after the run's ledger was saved, before metrics.json) must not count it twice.
+                    probe_ledger = IterationLedger()
                     probe = pruning_probe(dense_model, probe_loader, [], pruned_models=[model], num_examples=n,
-                                          mask=mask, precision=ctx.train.precision, ledger=ctx.run.ledger,
+                                          mask=mask, precision=ctx.train.precision, ledger=probe_ledger,
                                           stage=f"probe-{stage[-2:]}")
+                    ctx.run.ledger.stages.update(probe_ledger.stages)
                     next_ids = _prac_set(labels, recorder, probe.disagreements, selection)
                     atomic_np_save(ctx.run.root / stage / "next_ids.npy", next_ids)
                     out.update(next_set=len(next_ids), cep=int(probe.critical.sum()))
@@ -452,6 +455,45 @@ def run_dynamic(ctx: Context, method: str, method_config, ids=None) -> list[dict
 
 
 # ----------------------------------------------------------------------------- entry point
+def sparse_method_config(method: str, imp: IMPConfig, rigl: RigLConfig | None = None,
+                         granet: GraNetConfig | None = None) -> RigLConfig | GraNetConfig | None:
+    """The RigL / GraNet configuration ``find_tickets`` uses (the given one, or the default at IMP's sparsity)."""
+    if method == "rigl":
+        return rigl or RigLConfig(sparsity=imp.sparsity)
+    if method == "granet":  # GraNet starts below its final sparsity
+        return granet or GraNetConfig(sparsity=imp.sparsity, init_sparsity=min(0.5, imp.sparsity))
+    return None
+
+
+def check_ticket_schedule(method: str, train: TrainConfig, imp: IMPConfig, sparse_config, num_examples: int,
+                    manifest_ids: np.ndarray | None) -> None:
+    """Refuse settings that cannot work for a run of this length, before anything is written.
+
+    The rewind step must lie inside the dense run (and, for PrAC-IMP on a
+    fixed subset ``manifest_ids``, inside its shortened round 0); a RigL or
+    GraNet schedule must hold at least one update.
+    """
+    def steps(n: int, config: TrainConfig) -> int:
+        return num_batches(n, config.batch_size, config.drop_last) * config.epochs
+
+    full = steps(num_examples, train)
+    if method in ("imp", "prac-imp"):
+        # Tickets continue the full-data schedule from the rewind step, so it must lie inside it.
+        if imp.rewind_step >= full:
+            raise ConfigError(f"rewind step {imp.rewind_step} lies beyond the dense run's {full} steps "
+                              f"(it must be below {full})")
+        if method == "prac-imp" and manifest_ids is not None:
+            n0 = len(manifest_ids)
+            k0 = round(imp.rewind_step * n0 / num_examples)
+            steps0 = steps(n0, _scaled(train, n0 / num_examples, imp.budget))
+            if k0 > steps0:
+                raise ConfigError(f"rewind step {imp.rewind_step}, scaled to the manifest's {n0} examples ({k0}), "
+                                  f"lies beyond round 0's {steps0} steps")
+    elif sparse_config is not None:
+        n = len(manifest_ids) if manifest_ids is not None else num_examples
+        (RigL if method == "rigl" else GraNet)(sparse_config).check_schedule(steps(n, train))
+
+
 def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig,
                  imp: IMPConfig = IMPConfig(), rigl: RigLConfig | None = None, granet: GraNetConfig | None = None,
                  selection: SelectionConfig = SelectionConfig(), manifest: str | Path | None = None,
@@ -473,15 +515,13 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
         manifest_ids = m.selected_ids
         manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
                          "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
-    sparse_config = {"rigl": rigl or RigLConfig(sparsity=imp.sparsity),
-                     "granet": granet or GraNetConfig(sparsity=imp.sparsity,
-                                                      init_sparsity=min(0.5, imp.sparsity))}.get(method)
+    sparse_config = sparse_method_config(method, imp, rigl, granet)
     identity = {"method": method, "data": to_dict(data), "arch": arch, "train": to_dict(train),
                 "imp": to_dict(imp), "selection": to_dict(selection), "manifest": manifest_info,
                 "sparse": to_dict(sparse_config) if sparse_config is not None else None}
     build_model(arch, input_spec(dataset))  # the architecture must fit the data before anything is written
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} is a file, not a directory; choose another --out")
+    check_ticket_schedule(method, train, imp, sparse_config, len(dataset.train), manifest_ids)
+    check_output_directory(out)
     run = RunDir(out, identity, resume)
     if (out / "tickets.json").exists():
         log.info("%s already holds this finished run", out)

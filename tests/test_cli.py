@@ -91,3 +91,13 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 def test_every_subcommand_has_help(capsys, command):
     code, out, _ = run_cli(capsys, command, "--help")
     assert code == 0 and "usage: pracset " + command in out
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`pracset models | head -1`: the reader closes the pipe; no BrokenPipeError traceback, exit 141."""
+    process = subprocess.Popen([sys.executable, "-m", "pracset", "models"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # gone before the command writes (importing torch alone takes longer)
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -343,6 +343,22 @@ def test_idx_same_arrays_same_hashes_across_mnist_and_fashion(tmp_path, mnist_ar
     assert a.fingerprint != b.fingerprint  # class names differ
 
 
+@pytest.mark.parametrize("files_of, asked_for", [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")])
+def test_idx_files_of_the_other_data_set_are_refused(tmp_path, files_of, asked_for):
+    """Same file names, shapes and label range: the official training files' first labels tell them apart."""
+    first = {"mnist": [5, 0, 4, 1, 9, 2, 1, 3, 1, 4], "fashion-mnist": [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]}[files_of]
+    train_y = np.concatenate([first, np.arange(60_000 - 10) % 10]).astype(np.uint8)
+    images = np.zeros((60_000, 2, 2), dtype=np.uint8)  # tiny images: only the labels matter here
+    write_mnist(tmp_path, (images, train_y, images[:10], train_y[:10]), gz=False)
+    with data_error(rf"holds {files_of} files, not {asked_for} \(its first training labels are {files_of}'s\)",
+                    tmp_path):
+        load(asked_for, tmp_path)
+    assert len(load(files_of, tmp_path).train) == 60_000  # and they load as what they are
+    train_y[0] = (first[0] + 1) % 10  # one label off: not the official file, nothing to say
+    write_mnist(tmp_path, (images, train_y, images[:10], train_y[:10]), gz=False)
+    assert len(load(asked_for, tmp_path).train) == 60_000
+
+
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
 def test_idx_missing_files_name_the_expected_files(tmp_path, mnist_arrays, name):
     with data_error(r"^no [a-z-]+ files in TMP: expected .*; or pass --download$", tmp_path) as info:

@@ -243,22 +243,6 @@ def results(root: Path) -> dict[str, object]:
     return out
 
 
-LEDGER_KEYS = {"ledger", "iterations", "iterations_saved", "round_iterations"}
-
-
-def _drop(value, keys: set[str]):
-    if isinstance(value, dict):
-        return {k: _drop(v, keys) for k, v in value.items() if k not in keys}
-    if isinstance(value, list):
-        return [_drop(v, keys) for v in value]
-    return value
-
-
-def without_ledger(res: dict) -> dict:
-    """``results`` without what the known ledger bug changes (iteration counts)."""
-    return {k: _drop(v, LEDGER_KEYS) for k, v in res.items() if not k.endswith(("ledger.json", "report.md"))}
-
-
 def assert_same_results(got: dict, expected: dict, context: str) -> None:
     missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
     differ = sorted(k for k in set(got) & set(expected) if got[k] != expected[k])
@@ -329,13 +313,7 @@ def test_killed_runs_leave_complete_files_and_resume_to_the_same_result(kind, re
     leftovers = check_outputs(out, f"resumed {kind}")
     got = results(out)
     print("\n".join(log), f"\nleft by the kills: {[str(p.relative_to(out)) for p in leftovers]}")
-    if got != ref.results:
-        # Everything but the iteration counts must match in any case; a kill that lands in the window of the
-        # known ledger bug (test_a_kill_between_the_ledger_and_a_stage_s_metrics_counts_the_probe_once) makes
-        # this test an xfail rather than a random failure.
-        assert_same_results(without_ledger(got), without_ledger(ref.results), f"{kind} resumed after {log}")
-        pytest.xfail(f"known library bug: a kill between a stage's ledger and its metrics.json counted PrAC-IMP's "
-                     f"probe twice ({kind} resumed after {log})")
+    assert_same_results(got, ref.results, f"{kind} resumed after {log}")
 
 
 # ----------------------------------------------------------------------------- 2. determinism
@@ -671,13 +649,6 @@ def test_a_kill_right_after_a_stage_finishes_loses_nothing_and_leaves_nothing(re
     assert_same_results(got, ref.results, "resumed after a kill right after round-02/metrics.json")
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: PrAC-IMP books its probe straight into the run's ledger "
-                   "(pracset/tickets.py, run_prac_imp's extra(): pruning_probe(..., ledger=ctx.run.ledger), which "
-                   "IterationLedger.add accumulates), and Context.train_stage saves that ledger before the stage's "
-                   "metrics.json; a kill between the two makes --resume redo the stage's probe and count it twice "
-                   "(probe-01: 12 batches instead of 6), so 'iterations saved with probes' is off. Fix: book the "
-                   "probe into the stage's own ledger (merged with stages.update, which replaces) or drop the "
-                   "probe stage from the run ledger before probing again")
 def test_a_kill_between_the_ledger_and_a_stage_s_metrics_counts_the_probe_once(tmp_path, in_process):
     argv = ["ticket", "--method", "prac-imp", *TINY, "--rounds", "1", "--out", "out"]
     (tmp_path / "ref").mkdir()

@@ -52,6 +52,11 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
+def num_batches(num_examples: int, batch_size: int, drop_last: bool) -> int:
+    """Batches per epoch: the training steps an epoch of ``num_examples`` takes."""
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
 class DeviceLoader:
     """Iterates ``Batch(x, y, index)`` over a split that lives on ``split.device``.
 
@@ -117,8 +122,7 @@ class DeviceLoader:
         return len(self.ids)
 
     def __len__(self) -> int:
-        n = self.num_examples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return num_batches(self.num_examples, self.batch_size, self.drop_last)
 
     @property
     def sharded(self) -> bool:

@@ -18,7 +18,6 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -160,12 +159,24 @@ class IdxSource(DataSource):
 
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
-    def __init__(self, name: str, title: str, torchvision_name: str, class_names: tuple[str, ...]):
+    def __init__(self, name: str, title: str, torchvision_name: str, class_names: tuple[str, ...],
+                 first_train_labels: tuple[int, ...] = ()):
         self.name = name
         self.description = f"{title}: four idx files (.gz or not) in --data-dir, or --download through torchvision"
         self.id_order = "row order of train-images-idx3-ubyte"
         self.torchvision_name = torchvision_name
         self.class_names = class_names
+        # The first labels of the official training file: MNIST and Fashion-MNIST share file names, shapes
+        # and label range, so this is what tells a directory of the one from a directory of the other.
+        self.first_train_labels = first_train_labels
+
+    def _check_not_another(self, labels: np.ndarray, root: Path | None) -> None:
+        for _, other in SOURCES.items():
+            if (isinstance(other, IdxSource) and other is not self and other.first_train_labels
+                    and len(labels) == 60_000
+                    and labels[:len(other.first_train_labels)].tolist() == list(other.first_train_labels)):
+                raise DataError(f"{root} holds {other.name} files, not {self.name} (its first training labels are "
+                                f"{other.name}'s); point --data-dir at the {self.name} files")
 
     def _find(self, root: Path) -> list[Path] | None:
         for folder in (root, root / "raw", root / self.torchvision_name / "raw"):
@@ -196,6 +207,7 @@ class IdxSource(DataSource):
                 + ("" if config.download else "; or pass --download")
             )
         train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+        self._check_not_another(train_y, root)
         for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise DataError(f"{self.name} {split} files disagree: images {images.shape}, labels {labels.shape}")
@@ -484,9 +496,11 @@ class HuggingFaceSource(DataSource):
 
 SOURCES: Registry[DataSource] = Registry("data set", {
     "digits": DigitsSource(),
-    "mnist": IdxSource("mnist", "MNIST handwritten digits", "MNIST", tuple(str(i) for i in range(10))),
+    "mnist": IdxSource("mnist", "MNIST handwritten digits", "MNIST", tuple(str(i) for i in range(10)),
+                       first_train_labels=(5, 0, 4, 1, 9, 2, 1, 3, 1, 4)),
     "fashion-mnist": IdxSource("fashion-mnist", "Fashion-MNIST (Zalando)", "FashionMNIST", (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        first_train_labels=(9, 0, 0, 3, 0, 2, 7, 2, 5, 5)),
     "cifar10": CifarSource("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
                            "test_batch", "batches.meta", "label_names", "labels", "CIFAR10"),
     "cifar100": CifarSource("cifar100", "cifar-100-python", ("train",), "test", "meta",

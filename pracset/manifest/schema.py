@@ -420,20 +420,26 @@ class Manifest:
         return int(self.metadata["schema_version"])
 
     def column(self, name: str) -> np.ndarray:
-        """One column as a numpy array (string columns as a ``str`` array), in example_id order."""
+        """One column as a numpy array in example_id order; string columns as ``object`` arrays of ``str``.
+
+        Object, not numpy ``str``: a fixed-width ``str`` array silently drops
+        trailing NUL characters, and a user's extra column must read back as
+        written.
+        """
         if name not in self.table.column_names:
             raise ManifestError(f"manifest {self.path} has no column {name!r}; it has {', '.join(self.table.column_names)}")
         column = self.table.column(name)
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            return np.asarray(column.to_numpy(zero_copy_only=False).astype(str))
+            return column.to_numpy(zero_copy_only=False).astype(object)
         return column.to_numpy()
 
     def per_class_counts(self) -> dict[int, dict[str, int]]:
         """``label -> {"total": examples, "selected": kept}``, labels ascending."""
-        labels = self.column("label")  # validated non-negative
-        totals = np.bincount(labels)
-        kept = np.bincount(labels[self.column("selected")], minlength=len(totals))
-        return {int(c): {"total": int(totals[c]), "selected": int(kept[c])} for c in np.flatnonzero(totals)}
+        # np.unique, not np.bincount: a bincount is as long as the largest label, and a label is only
+        # validated non-negative (a hand-edited manifest with label 2**40 must not exhaust memory).
+        classes, index, totals = np.unique(self.column("label"), return_inverse=True, return_counts=True)
+        kept = np.bincount(index[self.column("selected")], minlength=len(classes))
+        return {int(c): {"total": int(t), "selected": int(k)} for c, t, k in zip(classes, totals, kept)}
 
     def reason_counts(self) -> dict[str, int]:
         """How many selected rows carry each reason (only reasons that occur)."""

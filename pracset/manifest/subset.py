@@ -74,7 +74,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
         indices, mode = selected, "id"
     else:
         hashes = _dataset_hashes(dataset, image_column, label_column)
-        expected = manifest.column("content_hash")
+        expected = manifest.column("content_hash").astype("U16")  # validated 16 hex characters: lossless
         if match == "auto" and len(hashes) == len(expected) and bool((hashes == expected).all()):
             indices, mode = selected, "id"
         else:

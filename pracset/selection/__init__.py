@@ -236,10 +236,15 @@ def select_cep(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
                    np.where(cep, "cep", "").astype(object), {"cep": int(cep.sum())})
 
 
+def check_size(config: SelectionConfig, num_examples: int) -> None:
+    """Refuse a ``size`` larger than the training split (callers check it before training, not after)."""
+    if config.size is not None and config.size > num_examples:
+        raise ConfigError(f"size {config.size} exceeds the {num_examples} training examples")
+
+
 def _budget(inputs: SelectionInputs, config: SelectionConfig) -> int:
     if config.size is not None:
-        if config.size > len(inputs):
-            raise ConfigError(f"size {config.size} exceeds the {len(inputs)} training examples")
+        check_size(config, len(inputs))
         return config.size
     return select_prac(inputs, SelectionConfig(forgetting_threshold=config.forgetting_threshold,
                                                never_learned=config.never_learned)).size
@@ -277,4 +282,4 @@ def select(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
 
 
 __all__ = ["EmptySelectionError", "NEVER_LEARNED_POLICIES", "REASONS", "SELECTION_RULES", "Selection",
-           "SelectionConfig", "SelectionInputs", "forgetting_scores", "select"]
+           "SelectionConfig", "SelectionInputs", "check_size", "forgetting_scores", "select"]

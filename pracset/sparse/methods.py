@@ -135,10 +135,14 @@ def drop_and_grow(weight: torch.Tensor, grad: torch.Tensor, keep: torch.Tensor,
     if count <= 0:
         return keep.clone(), torch.zeros_like(keep)
     inf = torch.tensor(float("inf"), device=keep.device)
-    drop_score = torch.where(flat_keep, weight.detach().reshape(-1).abs().float(), inf)
+    # NaNs (a diverged run) sort above +inf and would make the selections pick excluded (+inf) positions, so
+    # the active count would change: a NaN weight ranks as 0 (dropped first), a NaN gradient grows last.
+    magnitude = torch.nan_to_num(weight.detach().reshape(-1).abs().float(), nan=0.0)
+    drop_score = torch.where(flat_keep, magnitude, inf)
     after_drop = flat_keep & ~smallest_k(drop_score, count)
     # largest |grad| first = smallest -|grad|; active positions are not candidates
-    grow_score = torch.where(after_drop, inf, -grad.detach().reshape(-1).abs().float())
+    growth = torch.nan_to_num(-grad.detach().reshape(-1).abs().float(), nan=torch.finfo(torch.float32).max)
+    grow_score = torch.where(after_drop, inf, growth)
     new_keep = after_drop | smallest_k(grow_score, count)
     new_connections = new_keep & ~flat_keep
     return new_keep.view_as(keep), new_connections.view_as(keep)
@@ -176,6 +180,13 @@ class SparseMethod(Callback):
 
     def setup(self, state: TrainState) -> None:
         """Called at the start of every fit, after the mask is bound to the model."""
+
+    def check_schedule(self, total_steps: int) -> None:
+        """Refuse a configuration whose update schedule cannot work in a run of ``total_steps`` steps.
+
+        Called by :meth:`setup` and, before any output is written, by callers
+        that know the run's length (``find_tickets``).
+        """
 
     def should_update(self, step: int) -> bool:
         """Whether optimizer step ``step`` (0-based) updates the mask. A host-side function of ``step`` only."""
@@ -468,14 +479,23 @@ class GraNet(SparseMethod):
         generator = torch.Generator().manual_seed(state.config.seed)
         return random_mask(state.model, densities, generator)
 
+    def _window(self, total_steps: int) -> tuple[int, int, int]:
+        """(first pruning step, first and last update index) of a run of ``total_steps`` steps."""
+        c = self.config
+        start_step = _steps(c.prune_start, total_steps)
+        return start_step, start_step // c.delta_t, _steps(c.prune_end, total_steps) // c.delta_t
+
+    def check_schedule(self, total_steps: int) -> None:
+        c = self.config
+        _, first_iter, final_iter = self._window(total_steps)
+        if final_iter <= first_iter:
+            raise ConfigError(f"the pruning window of {total_steps} training steps "
+                              f"[{c.prune_start}, {c.prune_end}] holds no update every delta_t={c.delta_t} steps")
+
     def setup(self, state: TrainState) -> None:
         c = self.config
-        self.start_step = _steps(c.prune_start, state.total_steps)
-        self.first_iter = self.start_step // c.delta_t
-        self.final_iter = _steps(c.prune_end, state.total_steps) // c.delta_t
-        if self.final_iter <= self.first_iter:
-            raise ConfigError(f"the pruning window of {state.total_steps} training steps "
-                              f"[{c.prune_start}, {c.prune_end}] holds no update every delta_t={c.delta_t} steps")
+        self.check_schedule(state.total_steps)
+        self.start_step, self.first_iter, self.final_iter = self._window(state.total_steps)
         if round((1.0 - c.sparsity) * self.mask.num_weights) < 1:
             raise ConfigError(f"sparsity {c.sparsity} leaves no weight of {self.mask.num_weights}")
 

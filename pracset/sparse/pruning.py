@@ -39,7 +39,10 @@ def _prune_smallest(scores: torch.Tensor, keep: torch.Tensor, count: int) -> tor
     """Drop the ``count`` lowest-scored kept entries (ties: lowest flat index first)."""
     if count <= 0:
         return keep.clone()
-    flat = torch.where(keep.flatten(), scores.flatten().float(), torch.tensor(float("inf"), device=scores.device))
+    # A NaN score (a diverged weight) ranks as 0, pruned first: NaN sorts above +inf, so left as is it would
+    # make kthvalue pick already-pruned (+inf) entries and the kept count would be off.
+    scores = torch.nan_to_num(scores.flatten().float(), nan=0.0)
+    flat = torch.where(keep.flatten(), scores, torch.tensor(float("inf"), device=scores.device))
     return (keep.flatten() & ~smallest_k(flat, count)).view_as(keep)
 
 

@@ -33,7 +33,7 @@ from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.distributed import barrier
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_bytes, check_output_directory
+from pracset.fileio import DirectoryLock, atomic_write_bytes, check_output_directory
 from pracset.models import build_model, check_model_name, has_convolutions
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
@@ -126,85 +126,86 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     mask = Mask.ones(model, scope=build.prunable)
     barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it
     work.mkdir(parents=True, exist_ok=True)
-    train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
-    ledger = IterationLedger()
-    recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
-    callbacks = [recorder]
-    bird = None
-    if build.early_bird:
-        bird = EarlyBirdStop(build.early_bird_config(), mask, warmup_epochs=int(train.warmup_epochs))
-        callbacks.append(bird)
-    trainer = Trainer(train, ledger=ledger, stage="dense", checkpoint=work / "checkpoint.pt", resume=resume,
-                      progress=progress)
-    state = trainer.fit(model, train_loader, test_loader, callbacks)
-    if state.history and "test_accuracy" not in state.history[-1]:  # stopped early between evaluations
-        from pracset.train.loop import evaluate
+    with DirectoryLock(work):  # a second build of the same manifest (--resume) is refused
+        train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
+        ledger = IterationLedger()
+        recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
+        callbacks = [recorder]
+        bird = None
+        if build.early_bird:
+            bird = EarlyBirdStop(build.early_bird_config(), mask, warmup_epochs=int(train.warmup_epochs))
+            callbacks.append(bird)
+        trainer = Trainer(train, ledger=ledger, stage="dense", checkpoint=work / "checkpoint.pt", resume=resume,
+                          progress=progress)
+        state = trainer.fit(model, train_loader, test_loader, callbacks)
+        if state.history and "test_accuracy" not in state.history[-1]:  # stopped early between evaluations
+            from pracset.train.loop import evaluate
 
-        result = evaluate(model, test_loader, precision=train.precision, ledger=ledger, stage="dense")
-        state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
-    statistics = recorder.statistics()
+            result = evaluate(model, test_loader, precision=train.precision, ledger=ledger, stage="dense")
+            state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+        statistics = recorder.statistics()
 
-    probe_result = None
-    if build.probe_sparsities:
-        mean, std = dataset.normalization
-        probe_loader = DeviceLoader(train_loader.split, max(train.batch_size, 512), mean, std,
-                                    channels_last=train_loader.channels_last)
-        probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
-                                     mask=mask, scope=build.probe_scope, precision=train.precision,
-                                     ledger=ledger, stage="probe")
-    labels = dataset.train.labels.cpu().numpy()
-    inputs = SelectionInputs.from_statistics(labels, statistics,
-                                             probe_result.disagreements if probe_result else None)
-    chosen = select(inputs, selection)
-    n = len(labels)
-    columns = {
-        "example_id": np.arange(n, dtype=np.int64),
-        "content_hash": dataset.train_hashes,
-        "label": labels,
-        **statistics.columns(),
-        "cep_disagreements": (probe_result.disagreements if probe_result
-                              else np.zeros(n, dtype=np.int32)),
-        "score": chosen.scores,
-        "selected": chosen.selected,
-        "reason": chosen.reasons,
-    }
-    final = state.history[-1] if state.history else {}
-    metadata = {
-        "dataset": {"name": dataset.name, "split": "train", "size": n, "fingerprint": dataset.fingerprint,
-                    "class_names": list(dataset.class_names), **dataset.describe()},
-        "selection": chosen.describe(),
-        "provenance": {
-            "command": "build",
-            "arch": arch,
-            "seed": train.seed,
-            "train": to_dict(train),
-            "epochs_run": state.epoch,
-            "early_bird": None if bird is None else {**to_dict(bird.config), "stopped_epoch": bird.stopped_epoch,
-                                                      "distances": [round(d, 6) for d in bird.distances]},
-            "probe": None if probe_result is None else {
-                "sparsities": list(build.probe_sparsities), "scope": build.probe_scope, "prunable": build.prunable,
-                "disagreed_at": {str(k): v for k, v in probe_result.disagreed_at.items()},
-                "pruned_train_accuracy": {str(k): v for k, v in probe_result.pruned_accuracy.items()},
-                "dense_train_accuracy": probe_result.dense_accuracy},
-            "dense_test_accuracy": final.get("test_accuracy"),
-            "history": state.history,
-            "ledger": ledger.to_dict(),
-            "iterations": ledger.total().train_iterations,
-            "build_identity": identity,
-            "pracset_version": __version__,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "device": str(device),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(time.time() - started, 2),
-        },
-    }
-    _write_statistics(stats_path(out), columns, statistics, probe_result, state.history)
-    write_manifest(out, columns, metadata)
-    shutil.rmtree(work, ignore_errors=True)
-    manifest = read_manifest(out)
-    log.info("wrote %s: %d of %d examples selected (%s)", out, manifest.num_selected, n, selection.rule)
-    return BuildResult(out, manifest.summary())
+        probe_result = None
+        if build.probe_sparsities:
+            mean, std = dataset.normalization
+            probe_loader = DeviceLoader(train_loader.split, max(train.batch_size, 512), mean, std,
+                                        channels_last=train_loader.channels_last)
+            probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
+                                         mask=mask, scope=build.probe_scope, precision=train.precision,
+                                         ledger=ledger, stage="probe")
+        labels = dataset.train.labels.cpu().numpy()
+        inputs = SelectionInputs.from_statistics(labels, statistics,
+                                                 probe_result.disagreements if probe_result else None)
+        chosen = select(inputs, selection)
+        n = len(labels)
+        columns = {
+            "example_id": np.arange(n, dtype=np.int64),
+            "content_hash": dataset.train_hashes,
+            "label": labels,
+            **statistics.columns(),
+            "cep_disagreements": (probe_result.disagreements if probe_result
+                                  else np.zeros(n, dtype=np.int32)),
+            "score": chosen.scores,
+            "selected": chosen.selected,
+            "reason": chosen.reasons,
+        }
+        final = state.history[-1] if state.history else {}
+        metadata = {
+            "dataset": {"name": dataset.name, "split": "train", "size": n, "fingerprint": dataset.fingerprint,
+                        "class_names": list(dataset.class_names), **dataset.describe()},
+            "selection": chosen.describe(),
+            "provenance": {
+                "command": "build",
+                "arch": arch,
+                "seed": train.seed,
+                "train": to_dict(train),
+                "epochs_run": state.epoch,
+                "early_bird": None if bird is None else {**to_dict(bird.config), "stopped_epoch": bird.stopped_epoch,
+                                                          "distances": [round(d, 6) for d in bird.distances]},
+                "probe": None if probe_result is None else {
+                    "sparsities": list(build.probe_sparsities), "scope": build.probe_scope, "prunable": build.prunable,
+                    "disagreed_at": {str(k): v for k, v in probe_result.disagreed_at.items()},
+                    "pruned_train_accuracy": {str(k): v for k, v in probe_result.pruned_accuracy.items()},
+                    "dense_train_accuracy": probe_result.dense_accuracy},
+                "dense_test_accuracy": final.get("test_accuracy"),
+                "history": state.history,
+                "ledger": ledger.to_dict(),
+                "iterations": ledger.total().train_iterations,
+                "build_identity": identity,
+                "pracset_version": __version__,
+                "torch_version": torch.__version__,
+                "python_version": platform.python_version(),
+                "device": str(device),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(time.time() - started, 2),
+            },
+        }
+        _write_statistics(stats_path(out), columns, statistics, probe_result, state.history)
+        write_manifest(out, columns, metadata)
+        shutil.rmtree(work, ignore_errors=True)
+        manifest = read_manifest(out)
+        log.info("wrote %s: %d of %d examples selected (%s)", out, manifest.num_selected, n, selection.rule)
+        return BuildResult(out, manifest.summary())
 
 
 def _write_statistics(path: Path, columns: dict, statistics, probe_result, history: list[dict]) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, IO
+from typing import IO, Any, Callable, Iterator
 
 import torch
 
@@ -86,6 +87,70 @@ def check_output_directory(directory: str | os.PathLike) -> None:
             if not candidate.is_dir():
                 raise ConfigError(f"{candidate} is not a directory; choose another --out")
             return
+
+
+class DirectoryLock:
+    """An exclusive lock on an output directory: a second pracset process on it refuses to start.
+
+    The lock is an ``flock`` on ``DIR/.lock`` holding the holder's pid: the
+    kernel releases it when its holder exits or is killed, so a crashed run
+    never leaves a stale lock; the file is removed on a normal exit. Under
+    torch.distributed only rank 0 locks (the ranks of one run share the
+    directory by design).
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, root: str | os.PathLike):
+        self.path = Path(root) / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> "DirectoryLock":
+        import fcntl
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_rank() != 0:
+            return self
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{self.path.parent} is in use by another pracset run (process {pid}); "
+                              "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+@contextlib.contextmanager
+def locked_output_directory(directory: str | os.PathLike) -> Iterator[Path]:
+    """Create (if needed) and lock an output directory for one pracset run.
+
+    Refuses a path that is or lies below a file, and a directory another
+    process holds (:class:`DirectoryLock`). If the run fails or is refused
+    before writing anything, a directory this call created is removed again,
+    so a refused command leaves no trace.
+    """
+    path = Path(directory)
+    check_output_directory(path)
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        with DirectoryLock(path):
+            yield path
+    except BaseException:
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def _umask() -> int:

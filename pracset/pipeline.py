@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,7 +47,8 @@ from pracset.build import BuildConfig, build_manifest
 from pracset.config import from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_json, check_output_directory, holds_only_temporaries, remove_temporaries
+from pracset.fileio import (DirectoryLock, atomic_write_json, holds_only_temporaries, locked_output_directory,
+                            remove_temporaries)
 from pracset.models import build_model, check_model_name
 from pracset.train.run import input_spec
 from pracset.selection import SelectionConfig, SelectionInputs, check_size, select
@@ -179,50 +179,6 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
         raise ConfigError(f"{where}: {exc}") from None
 
 
-class PipelineLock:
-    """An exclusive lock on the output directory: a second run on it refuses to start.
-
-    The lock is an ``flock`` on ``DIR/.lock``: the kernel releases it when its
-    holder exits or is killed, so a crashed run never leaves a stale lock.
-    """
-
-    def __init__(self, root: Path):
-        self.path = root / ".lock"
-        self._fd: int | None = None
-
-    def __enter__(self) -> "PipelineLock":
-        import fcntl
-
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ConfigError(f"{self.path.parent} is in use by another pracset run (process {pid}); "
-                              "wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _random_manifest(manifest_path: Path, out: Path, seed: int) -> None:
     """A manifest of a seeded random subset of the same size as the PrAC set, from the same statistics."""
     from pracset.manifest import read_manifest, write_manifest
@@ -246,24 +202,17 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
     from pracset.report import write_report
 
     out = Path(out)
-    check_output_directory(out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        with PipelineLock(out):  # first: a second process is told about the lock, not about --resume
-            _check_pipeline_dir(pipeline, out, resume)
-            dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
-            for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
-                build_model(arch, input_spec(dataset))
-            _check_settings(pipeline, len(dataset.train))
-            remove_temporaries(out)  # left by a killed run; the lock makes this directory ours
-            atomic_write_json(out / "pipeline.json", pipeline.to_dict())
-            results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
-            return write_report(pipeline, out, results)
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()  # refused or failed before writing anything: leave no empty directory behind
-        raise
+    # The lock comes first: a second process is told about the lock, not about --resume.
+    with locked_output_directory(out):
+        _check_pipeline_dir(pipeline, out, resume)
+        dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
+        for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
+            build_model(arch, input_spec(dataset))
+        _check_settings(pipeline, len(dataset.train))
+        remove_temporaries(out)  # left by a killed run; the lock makes this directory ours
+        atomic_write_json(out / "pipeline.json", pipeline.to_dict())
+        results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
+        return write_report(pipeline, out, results)
 
 
 def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
@@ -286,7 +235,7 @@ def _check_pipeline_dir(pipeline: Pipeline, out: Path, resume: bool) -> None:
                               "choose another --out or remove it")
         if not (out / "report.json").exists() and not resume:
             raise ConfigError(f"{out} holds an unfinished pipeline run; pass --resume to continue it")
-    elif not holds_only_temporaries(out, also=(".lock",)):
+    elif not holds_only_temporaries(out, also=(DirectoryLock.NAME,)):
         raise ConfigError(f"{out} is not empty and holds no pipeline run; choose another --out")
 
 

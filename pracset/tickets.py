@@ -34,8 +34,8 @@ import torch.nn as nn
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset, num_batches
 from pracset.errors import ConfigError
-from pracset.fileio import (atomic_np_save, atomic_torch_save, atomic_write_json, check_output_directory,
-                            holds_only_temporaries, remove_temporaries)
+from pracset.fileio import (DirectoryLock, atomic_np_save, atomic_torch_save, atomic_write_json,
+                            holds_only_temporaries, locked_output_directory, remove_temporaries)
 from pracset.models import build_model, check_model_name, has_convolutions
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.distributions import random_mask
@@ -141,7 +141,7 @@ class RunDir:
                 raise ConfigError(f"{root} holds another run (different {', '.join(changed)}); choose another --out")
             if not (root / "tickets.json").exists() and not resume:
                 raise ConfigError(f"{root} holds an unfinished run; pass --resume to continue it or choose another --out")
-        elif root.exists() and not holds_only_temporaries(root):
+        elif root.exists() and not holds_only_temporaries(root, also=(DirectoryLock.NAME,)):
             raise ConfigError(f"{root} is not empty and holds no pracset run; choose another --out")
         root.mkdir(parents=True, exist_ok=True)
         remove_temporaries(root)  # left by a killed run
@@ -521,23 +521,23 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
                 "sparse": to_dict(sparse_config) if sparse_config is not None else None}
     build_model(arch, input_spec(dataset))  # the architecture must fit the data before anything is written
     check_ticket_schedule(method, train, imp, sparse_config, len(dataset.train), manifest_ids)
-    check_output_directory(out)
-    run = RunDir(out, identity, resume)
-    if (out / "tickets.json").exists():
-        log.info("%s already holds this finished run", out)
-        return {**json.loads((out / "tickets.json").read_text()), "skipped": True}
-    ctx = Context(dataset, arch, train, device, run, progress)
-    if method == "imp":
-        rows = run_imp(ctx, imp)
-    elif method == "prac-imp":
-        rows = run_prac_imp(ctx, imp, selection=selection, manifest_ids=manifest_ids)
-    else:
-        rows = run_dynamic(ctx, method, sparse_config, ids=manifest_ids)
-    final = rows[-1]
-    final_stage = final["stage"]
-    mask_stage = final_stage.replace("ticket-", "round-")
-    summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
-               "tickets": rows, "final": final, "ledger": run.ledger.to_dict(),
-               "mask": str(out / mask_stage / "mask.pt"), "weights": str(out / final_stage / "model.pt")}
-    atomic_write_json(out / "tickets.json", summary)
-    return summary
+    with locked_output_directory(out):  # a second process on the same --out is refused
+        run = RunDir(out, identity, resume)
+        if (out / "tickets.json").exists():
+            log.info("%s already holds this finished run", out)
+            return {**json.loads((out / "tickets.json").read_text()), "skipped": True}
+        ctx = Context(dataset, arch, train, device, run, progress)
+        if method == "imp":
+            rows = run_imp(ctx, imp)
+        elif method == "prac-imp":
+            rows = run_prac_imp(ctx, imp, selection=selection, manifest_ids=manifest_ids)
+        else:
+            rows = run_dynamic(ctx, method, sparse_config, ids=manifest_ids)
+        final = rows[-1]
+        final_stage = final["stage"]
+        mask_stage = final_stage.replace("ticket-", "round-")
+        summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
+                   "tickets": rows, "final": final, "ledger": run.ledger.to_dict(),
+                   "mask": str(out / mask_stage / "mask.pt"), "weights": str(out / final_stage / "model.pt")}
+        atomic_write_json(out / "tickets.json", summary)
+        return summary

@@ -269,7 +269,8 @@ CASES: list[Case] = [
     Case("unknown-pipeline-method", "a pipeline naming a ticket method that does not exist",
          ["run", "p.toml", "--device", "cpu", "-q"],
          setup=_toml(replace=('methods = ["imp"]', 'methods = ["imp", "snip"]')),
-         message="unknown method 'snip' in methods; valid names: imp, prac-imp, rigl, granet, rigl-prac, granet-prac"),
+         message="p.toml: unknown method 'snip' in methods; valid names: imp, prac-imp, rigl, granet, rigl-prac, "
+                 "granet-prac"),
     Case("unknown-device", "a device that does not exist",
          ["build", "--arch", "mlp", "--out", "m.parquet", "--epochs", "1", "--device", "tpu", "-q"],
          message="unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
@@ -567,7 +568,7 @@ CASES: list[Case] = [
          message="train.epochs must be an integer, got '3'"),
     Case("api-from-dict-unknown-key", "from_dict(TrainConfig) with an unknown key",
          call=_from_dict("pracset.train.TrainConfig", {"epoch": 3}, where="train"), error=ConfigError,
-         message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
+         message="unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                  "schedule, milestones, gamma, warmup_epochs, seed, precision, eval_every, crop_padding, flip, "
                  "drop_last"),
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",

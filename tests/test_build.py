@@ -111,3 +111,19 @@ def test_out_must_be_parquet_and_inspect_rejects_non_manifests(tmp_path, capsys)
     junk.write_bytes(b"not parquet at all")
     code, _, err = run_cli(capsys, "inspect", str(junk))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_build_whose_work_directory_another_process_holds_is_refused(capsys, tmp_path):
+    """Two `pracset build --resume` of one manifest: the second is refused and writes nothing."""
+    from pracset.fileio import DirectoryLock
+
+    out = tmp_path / "m.parquet"
+    work = tmp_path / "m.parquet.partial"
+    work.mkdir()
+    with DirectoryLock(work):  # as a first build still running
+        code, _, err = run_cli(capsys, *BUILD, "--out", str(out), "--resume")
+        assert code == 2 and f"{work} is in use by another pracset run" in err
+        assert sorted(p.name for p in tmp_path.rglob("*")) == [".lock", "m.parquet.partial"]
+    code, _, err = run_cli(capsys, *BUILD, "--out", str(out), "--resume")
+    assert code == 0, err
+    assert out.exists() and not work.exists()

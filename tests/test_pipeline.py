@@ -11,7 +11,8 @@ import torch
 
 from pracset.cli import main
 from pracset.errors import ConfigError, PracsetError
-from pracset.pipeline import PipelineLock, load_pipeline, run_pipeline
+from pracset.fileio import DirectoryLock
+from pracset.pipeline import load_pipeline, run_pipeline
 
 TINY = """
 name = "tiny"
@@ -127,12 +128,12 @@ def test_shipped_pipelines_parse():
 
 
 def test_a_second_run_on_the_same_directory_is_locked_out(tmp_path):
-    with PipelineLock(tmp_path):
+    with DirectoryLock(tmp_path):
         with pytest.raises(ConfigError, match="in use by another pracset run"):
-            with PipelineLock(tmp_path):
+            with DirectoryLock(tmp_path):
                 pass
     # a lock left by a killed process does not block the next run
     (tmp_path / ".lock").write_text("999999999")
-    with PipelineLock(tmp_path):
+    with DirectoryLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
     assert not (tmp_path / ".lock").exists()

@@ -494,12 +494,12 @@ def test_second_run_without_resume_is_told_about_the_lock(contended):
 def test_pipeline_lock_in_process(tmp_path):
     """The lock refuses while its holder lives and is taken over from a dead one."""
     from pracset.errors import ConfigError
-    from pracset.pipeline import PipelineLock
+    from pracset.fileio import DirectoryLock
 
-    with PipelineLock(tmp_path):
+    with DirectoryLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
         with pytest.raises(ConfigError) as info:
-            with PipelineLock(tmp_path):
+            with DirectoryLock(tmp_path):
                 pass
         assert str(info.value) == (f"{tmp_path} is in use by another pracset run (process {os.getpid()}); "
                                    "wait for it to finish or choose another --out")
@@ -507,16 +507,16 @@ def test_pipeline_lock_in_process(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / ".lock").write_text(str(dead.pid))  # left by a killed run
-    with PipelineLock(tmp_path):
+    with DirectoryLock(tmp_path):
         assert (tmp_path / ".lock").read_text() == str(os.getpid())
 
 
 def test_a_lock_left_empty_by_a_kill_is_taken_over(tmp_path):
     """A .lock without a holder (even an empty one, killed before writing its pid) does not block the next run."""
-    from pracset.pipeline import PipelineLock
+    from pracset.fileio import DirectoryLock
 
     (tmp_path / ".lock").write_text("")  # killed between os.open(O_CREAT | O_EXCL) and the write of its pid
-    with PipelineLock(tmp_path):
+    with DirectoryLock(tmp_path):
         pass
 
 

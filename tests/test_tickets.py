@@ -174,3 +174,17 @@ def test_schedule_checks_use_the_run_s_step_counts():
     check_ticket_schedule("granet", train, IMPConfig(), GraNetConfig(delta_t=16, prune_end=0.5), 1000, None)
     with pytest.raises(ConfigError, match="holds no update every delta_t=17"):
         check_ticket_schedule("granet", train, IMPConfig(), GraNetConfig(delta_t=17, prune_end=0.5), 1000, None)
+
+
+def test_a_ticket_run_on_a_directory_another_process_holds_is_refused(tmp_path, digits):
+    """The run's directory is flock-ed; the refused run writes nothing into it."""
+    from pracset.fileio import DirectoryLock
+
+    out = tmp_path / "imp"
+    out.mkdir()
+    with DirectoryLock(out):  # as another pracset process holding it
+        with pytest.raises(ConfigError, match=f"{out} is in use by another pracset run"):
+            imp(out, digits, rounds=1)
+        assert [p.name for p in out.iterdir()] == [".lock"]
+    imp(out, digits, rounds=1)  # once the holder is gone, the same run goes ahead
+    assert (out / "tickets.json").exists() and not (out / ".lock").exists()

@@ -284,6 +284,18 @@ def _positive_counts(parser: argparse.ArgumentParser) -> None:
             action.type = _positive_int
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reading end is closed (poll reports an error on the writing end)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no real file descriptor (a captured stdout)
+        return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -298,8 +310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below
         return code
     except BrokenPipeError:
-        # The reader went away (as `head` does): stop quietly, as Unix tools do. Point stdout at
-        # /dev/null so that the interpreter's own flush at exit does not raise again.
+        if not _stdout_reader_gone():
+            raise  # another pipe or socket broke: a real failure, not the user's `| head`
+        # The reader of our output went away (as `head` does): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
     except PracsetError as exc:

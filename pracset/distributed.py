@@ -41,6 +41,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 
+from pracset.errors import PracsetError
+
 log = logging.getLogger(__name__)
 
 
@@ -311,6 +313,9 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 def run_on_main(action: Callable[[], Any], what: str = "write") -> Any:
     """Run ``action`` on rank 0 only; every rank returns when it is done (and raises if it failed).
 
+    A :class:`~pracset.errors.PracsetError` of rank 0 is raised as itself on
+    every rank; any other failure as an ``OSError`` naming it.
+
     A barrier first (so that no rank still checks whether the file exists while
     rank 0 creates it), then rank 0 acts and broadcasts the outcome. Every rank
     must call it (SPMD). In one process: just ``action()``.
@@ -324,11 +329,15 @@ def run_on_main(action: Callable[[], Any], what: str = "write") -> Any:
             result = action()
         except BaseException as exc:  # reported to every rank below, then re-raised here
             error = exc
-    message = broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+    # A refusal (PracsetError) reaches every rank as itself, so all ranks stop with the same one line.
+    shared = broadcast_object(None if error is None else
+                              error if isinstance(error, PracsetError) else f"{type(error).__name__}: {error}")
     if error is not None:
         raise error
-    if message is not None:
-        raise OSError(f"rank 0 failed to {what}: {message}")
+    if isinstance(shared, PracsetError):
+        raise shared
+    if shared is not None:
+        raise OSError(f"rank 0 failed to {what}: {shared}")
     return result
 
 

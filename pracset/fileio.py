@@ -96,7 +96,7 @@ class DirectoryLock:
     kernel releases it when its holder exits or is killed, so a crashed run
     never leaves a stale lock; the file is removed on a normal exit. Under
     torch.distributed only rank 0 locks (the ranks of one run share the
-    directory by design).
+    directory by design) and tells the others whether it got the lock.
     """
 
     NAME = ".lock"
@@ -106,11 +106,18 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "DirectoryLock":
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from pracset.distributed import is_distributed, run_on_main
+
+            if is_distributed():  # rank 0 locks; a refusal is raised on every rank (run_on_main)
+                run_on_main(self._acquire, f"lock {self.path.parent}")
+                return self
+        self._acquire()
+        return self
+
+    def _acquire(self) -> None:
         import fcntl
 
-        if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                and torch.distributed.get_rank() != 0:
-            return self
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,7 +129,6 @@ class DirectoryLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
-        return self
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:

@@ -218,8 +218,8 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
 def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
     """Settings checked against the data's size before anything is written (not after hours of training)."""
     check_size(pipeline.selection, num_examples)
-    for method in {m.removesuffix("-prac") for m in pipeline.methods} | ({"imp"} if pipeline.transfer else set()):
-        # The PrAC set's size is not known yet: its shortened round 0 is checked by find_tickets.
+    for method in {m for m in pipeline.methods if not m.endswith("-prac")} | ({"imp"} if pipeline.transfer else set()):
+        # Runs on the PrAC set (its size is not known yet) are checked by find_tickets once it is.
         config = sparse_method_config(method, pipeline.imp, pipeline.rigl_config, pipeline.granet_config)
         check_ticket_schedule(method, pipeline.train, pipeline.imp, config, num_examples, None)
 

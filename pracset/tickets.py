@@ -189,8 +189,7 @@ class Context:
         checkpoint = directory / "checkpoint.pt"
         trainer = Trainer(config, ledger=ledger, stage=stage, checkpoint=checkpoint, resume=True,
                           progress=self.progress)
-        start = min(start_step, config.epochs * len(train_loader) - 1)
-        state = trainer.fit(model, train_loader, test_loader, callbacks, start_step=start)
+        state = trainer.fit(model, train_loader, test_loader, callbacks, start_step=start_step)
         final = dict(state.history[-1]) if state.history else {}
         if "test_accuracy" not in final:
             from pracset.train.loop import evaluate

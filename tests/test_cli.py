@@ -101,3 +101,15 @@ def test_a_closed_output_pipe_ends_quietly():
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
+    """Only a closed stdout ends quietly: a BrokenPipeError from elsewhere (a socket, a worker) propagates."""
+    import pracset.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe (a download socket)")
+
+    monkeypatch.setattr(cli, "_cmd_models", broken)
+    with pytest.raises(BrokenPipeError, match="download socket"):
+        cli.main(["models"])

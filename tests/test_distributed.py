@@ -16,6 +16,7 @@ import torch
 
 from pracset import distributed as ddp
 from pracset.data import DataConfig, DeviceLoader, load_dataset
+from pracset.errors import ConfigError
 from pracset.stats import ExampleRecorder
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, Trainer
@@ -87,7 +88,7 @@ def _worker(rank: int, tmp: str) -> None:
     tmp = Path(tmp)
     device = torch.device("cpu")
     dataset = load_dataset(DataConfig("digits"))
-    saved: dict = {"rank": rank}
+    saved: dict = {"rank": rank, "tmp": str(tmp)}
 
     # -- helpers
     ok = torch.tensor([rank, rank * 2 + 1])
@@ -108,6 +109,27 @@ def _worker(rank: int, tmp: str) -> None:
         saved["run_on_main_raised"] = None
     except (ValueError, OSError) as exc:
         saved["run_on_main_raised"] = type(exc).__name__
+
+    # -- output locks: rank 0 takes it for the job; a directory another process holds stops every rank
+    from pracset.fileio import DirectoryLock
+    import fcntl
+
+    for name in ("free", "held"):
+        (tmp / name).mkdir(exist_ok=True)
+    ddp.barrier()
+    if rank == 0:  # an open file description of its own: to flock, it is another holder
+        holder = os.open(tmp / "held" / ".lock", os.O_CREAT | os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+    with DirectoryLock(tmp / "free"):
+        saved["free_lock_held"] = (tmp / "free" / ".lock").exists()
+        ddp.barrier()  # rank 0 removes the file when it leaves the block
+    try:
+        with DirectoryLock(tmp / "held"):
+            saved["held_lock"] = "taken"
+    except ConfigError as exc:
+        saved["held_lock"] = str(exc)
+    if rank == 0:
+        os.close(holder)
 
     # -- training on a subset: presentations, recorder, gradients, ledger
     config = _train_config()
@@ -230,6 +252,9 @@ def test_collectives_across_ranks(ranks):
         assert r["check_same_raised"] is True
         assert r["broadcast_mask"] == [True, False]  # rank 0's
     assert r0["run_on_main_raised"] == "ValueError" and r1["run_on_main_raised"] == "OSError"
+    assert r0["free_lock_held"] and r1["free_lock_held"]
+    assert r0["held_lock"] == r1["held_lock"] == (f"{r0['tmp']}/held is in use by another pracset run (process ?); "
+                                                  "wait for it to finish or choose another --out")
 
 
 # ----------------------------------------------------------------------------- data and statistics

@@ -94,3 +94,13 @@ def test_unknown_rule_lists_the_valid_ones():
         select(inputs(), SelectionConfig(rule="forgetful"))
     with pytest.raises(ConfigError, match="never_learned"):
         SelectionConfig(never_learned="ignore")
+
+
+def test_check_size_refuses_a_size_above_the_split_only_for_rules_that_read_it():
+    from pracset.selection import check_size
+
+    for rule in ("random", "topk-forgetting"):
+        check_size(SelectionConfig(rule=rule, size=100), 100)
+        with pytest.raises(ConfigError, match="size 101 exceeds the 100 training examples"):
+            check_size(SelectionConfig(rule=rule, size=101), 100)
+    check_size(SelectionConfig(rule="prac", size=101), 100)  # prac, cet and cep ignore size

@@ -49,6 +49,7 @@ from pracset.registry import Registry
 
 NEVER_LEARNED_POLICIES = ("keep", "count-presentations", "drop")
 REASONS = ("", "cet", "cep", "both", "random", "topk", "balance")
+SIZED_RULES = ("random", "topk-forgetting")  # the rules that keep ``size`` examples
 
 
 class EmptySelectionError(ConfigError):
@@ -237,8 +238,11 @@ def select_cep(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
 
 
 def check_size(config: SelectionConfig, num_examples: int) -> None:
-    """Refuse a ``size`` larger than the training split (callers check it before training, not after)."""
-    if config.size is not None and config.size > num_examples:
+    """Refuse a ``size`` larger than the training split (callers check it before training, not after).
+
+    Only the rules that keep a given number of examples read ``size``.
+    """
+    if config.rule in SIZED_RULES and config.size is not None and config.size > num_examples:
         raise ConfigError(f"size {config.size} exceeds the {num_examples} training examples")
 
 

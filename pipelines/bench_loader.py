@@ -58,7 +58,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from typing import Callable
 
 import numpy as np
@@ -66,6 +65,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchkit import timed
 from pracset.data import DataConfig, DeviceLoader, load_dataset
 from pracset.data.sources import DATA_DIR_ENV
 from pracset.models import InputSpec, build_model
@@ -94,18 +94,17 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, fn: Callable[[], object]) -> float:
-    """Seconds ``fn`` takes, with the device synchronised on both sides."""
-    sync(device)
-    started = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - started
+def time_sgd_epochs(device: torch.device, repeats: int, *, warmup: Callable[[nn.Module, torch.optim.Optimizer], object],
+                    run: Callable[[nn.Module, torch.optim.Optimizer], object]) -> list[float]:
+    """One untimed ``warmup`` call, then ``repeats`` timed ``run`` calls, each on a fresh model and optimizer."""
+    model = new_model(device)
+    timed(device, lambda: warmup(model, new_optimizer(model)))
+    times = []
+    for _ in range(repeats):
+        model = new_model(device)
+        optimizer = new_optimizer(model)
+        times.append(timed(device, lambda: run(model, optimizer)))
+    return times
 
 
 class PILDigits(torch.utils.data.Dataset):
@@ -139,14 +138,7 @@ def bench_bare(x_all: torch.Tensor, y_all: torch.Tensor, device: torch.device,
             index = order[start : start + BATCH_SIZE]
             train_step(model, optimizer, x_all[index], y_all[index])
 
-    model = new_model(device)
-    timed(device, lambda: epoch(model, new_optimizer(model), warmup_batches))
-    times = []
-    for _ in range(repeats):
-        model = new_model(device)
-        optimizer = new_optimizer(model)
-        times.append(timed(device, lambda: epoch(model, optimizer)))
-    return times
+    return time_sgd_epochs(device, repeats, warmup=lambda m, o: epoch(m, o, warmup_batches), run=epoch)
 
 
 def bench_pracset(dataset, device: torch.device, repeats: int, warmup_batches: int) -> dict[str, list[float]]:
@@ -172,12 +164,8 @@ def bench_pracset(dataset, device: torch.device, repeats: int, warmup_batches: i
         for batch in source:
             train_step(model, optimizer, batch.x, batch.y)
 
-    model = new_model(device)
-    timed(device, lambda: bare_loop(model, new_optimizer(model), warm_loader))
-    for _ in range(repeats):
-        model = new_model(device)
-        optimizer = new_optimizer(model)
-        results["pracset-loader+bare-loop"].append(timed(device, lambda: bare_loop(model, optimizer, loader)))
+    results["pracset-loader+bare-loop"] = time_sgd_epochs(
+        device, repeats, warmup=lambda m, o: bare_loop(m, o, warm_loader), run=lambda m, o: bare_loop(m, o, loader))
 
     # The loader alone: gather + normalise every batch, no training.
     def drain(source):
@@ -208,14 +196,7 @@ def bench_dataloader(dataset, device: torch.device, repeats: int, warmup_batches
                 break
             train_step(model, optimizer, x.to(device, non_blocking=pin), y.to(device, non_blocking=pin))
 
-    model = new_model(device)
-    timed(device, lambda: epoch(model, new_optimizer(model), warmup_batches))
-    times = []
-    for _ in range(repeats):
-        model = new_model(device)
-        optimizer = new_optimizer(model)
-        times.append(timed(device, lambda: epoch(model, optimizer)))
-    return times
+    return time_sgd_epochs(device, repeats, warmup=lambda m, o: epoch(m, o, warmup_batches), run=epoch)
 
 
 # --------------------------------------------------------------------------- main

@@ -70,13 +70,12 @@ import os
 import platform
 import statistics
 import sys
-import time
 import warnings
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from benchkit import sync, timed
 from pracset.data import DataConfig, load_dataset
 from pracset.data.sources import DATA_DIR_ENV
 from pracset.models import InputSpec, build_model
@@ -91,20 +90,6 @@ SPEC = InputSpec(1, 28, 28, 10)
 
 
 # --------------------------------------------------------------------------- helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(device: torch.device, fn: Callable[[], object]) -> float:
-    """Seconds ``fn`` takes, with the device synchronised on both sides."""
-    sync(device)
-    started = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - started
-
-
 def new_model(device: torch.device) -> torch.nn.Module:
     return build_model("lenet300", SPEC, seed=0).to(device).train()
 
@@ -124,9 +109,7 @@ def one_epoch(variant: str, config: TrainConfig, loader, n: int, device: torch.d
     model = new_model(device)
     callbacks = make_callbacks(variant, n, device)
     trainer = Trainer(config)
-    seconds = timed(device, lambda: trainer.fit(model, loader, callbacks=callbacks))
-    del model, callbacks, trainer
-    return seconds
+    return timed(device, lambda: trainer.fit(model, loader, callbacks=callbacks))
 
 
 def prepare_batches(loader, config: TrainConfig, device: torch.device, steps: int) -> list[tuple]:

@@ -31,10 +31,10 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
+from benchkit import timed
 from pracset.data import DataConfig, load_dataset
 from pracset.models import InputSpec, build_model
 from pracset.sparse import GraNet, GraNetConfig, Mask, RigL, RigLConfig, StaticMask, prune_to_sparsity
@@ -43,11 +43,6 @@ from pracset.train.run import make_loaders
 
 TARGET = 1.15
 VARIANTS = ("dense", "static", "rigl", "granet")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def callbacks_for(variant: str, model: torch.nn.Module, static_mask: Mask):
@@ -63,11 +58,7 @@ def callbacks_for(variant: str, model: torch.nn.Module, static_mask: Mask):
 def run_once(variant: str, config: TrainConfig, loader, device: torch.device, static_mask: Mask) -> float:
     model = build_model("lenet300", InputSpec(1, 28, 28, 10), seed=0).to(device)
     callbacks = callbacks_for(variant, model, static_mask)
-    sync(device)
-    started = time.perf_counter()
-    Trainer(config).fit(model, loader, callbacks=callbacks)
-    sync(device)
-    return time.perf_counter() - started
+    return timed(device, lambda: Trainer(config).fit(model, loader, callbacks=callbacks))
 
 
 def main(argv: list[str] | None = None) -> int:

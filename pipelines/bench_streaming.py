@@ -60,6 +60,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchkit import sync  # noqa: E402
 from pracset.data import DataConfig, DeviceLoader, load_dataset  # noqa: E402
 from pracset.data.streaming import (StreamingLoader, estimate_normalization, extract_archive,  # noqa: E402
                                     image_folder_splits)
@@ -67,11 +68,6 @@ from pracset.models import build_model, has_convolutions  # noqa: E402
 from pracset.train.config import TrainConfig  # noqa: E402
 from pracset.train.loop import Trainer, use_bf16_for  # noqa: E402
 from pracset.train.run import input_spec  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class TimedLoader:

@@ -210,6 +210,15 @@ def _fill(generator: torch.Generator, tensor: torch.Tensor, levels: int) -> None
     tensor.copy_(values * signs)
 
 
+def _filled_weights(model: nn.Module, seed: int, levels: int) -> torch.Generator:
+    """Give every parameter few-level values (:func:`_fill`); returns the generator for the steps that follow."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            _fill(generator, param, levels)
+    return generator
+
+
 def _step(method, state: TrainState, step: int, generator: torch.Generator, levels: int) -> None:
     """What the Trainer does around one optimizer step, with a random dense gradient."""
     for param in state.model.parameters():
@@ -250,10 +259,7 @@ def test_rigl_updates_keep_every_layer_count(widths, data, seed, levels):
     total = data.draw(st.integers(4, 40))
     rigl = RigL(config, mask=mask)
     state = _state(model, total)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            _fill(generator, param, levels)
+    generator = _filled_weights(model, seed + 1, levels)
     rigl.on_fit_start(state)
     updates = 0
     for step in range(total):
@@ -289,10 +295,7 @@ def test_granet_updates_reach_the_exact_scheduled_count(widths, data, seed, leve
     assume(round((1 - sparsity) * weights) >= 1 and config.prune_end * total >= 2 * delta_t)
     granet = GraNet(config)
     state = _state(model, total)
-    generator = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for param in model.parameters():
-            _fill(generator, param, levels)
+    generator = _filled_weights(model, seed + 1, levels)
     granet.on_fit_start(state)
     for step in range(total):
         before = {n: int(t.sum()) for n, t in granet.mask.items()}

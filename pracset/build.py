@@ -31,127 +31,105 @@ import torch
 from pracset import __version__
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
-from pracset.distributed import barrier
 from pracset.errors import ConfigError
-from pracset.fileio import DirectoryLock, atomic_write_bytes, check_output_directory
+from pracset.fileio import atomic_write_bytes
+from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.models import build_model, check_model_name, has_convolutions
+from pracset.runs import BuildLayout, RunDirectory, StageFiles, check_output_parent, refuse_changed
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
-from pracset.sparse.mask import PRUNING_SCOPES, Mask
+from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
+from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.train.config import TrainConfig
-from pracset.train.ledger import IterationLedger
-from pracset.train.loop import Trainer
 from pracset.train.optim import check_names
-from pracset.train.run import input_spec, make_loaders
+from pracset.train.run import input_spec, make_loaders, train_stage_and_save_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """What ``pracset build`` adds to dense training."""
+    """What ``pracset build`` adds to dense training (Early-Bird's own settings: ``EarlyBirdConfig``)."""
 
     probe_sparsities: tuple[float, ...] = option(
         (0.5, 0.8, 0.9), "sparsities of the one-shot magnitude-pruned models (no fine-tuning) the probe compares "
         "with the dense one; an empty list skips the probe", flag="--probe-sparsity")
-    probe_scope: str = option("global", "probe pruning: global or layerwise magnitude", choices=("global", "layerwise"))
-    prunable: str = option("all", "prunable weights: all conv+linear weights, or conv only (official PrAC code)",
-                           choices=PRUNING_SCOPES)
-    early_bird: bool = option(False, "stop dense training early once the pruning mask settles (Early-Bird)")
-    early_bird_eps: float = option(0.08, "Early-Bird: mask-distance threshold")
-    early_bird_queue: int = option(5, "Early-Bird: settled epochs in a row")
-    early_bird_wait: bool = option(True, "Early-Bird: count only after a distance first exceeds eps (official rule)")
+    probe_ranking: str = option("global", "how the probe ranks weights for pruning: all tensors together (global) "
+                                          "or each on its own (layerwise)", choices=RANKING_CHOICES)
+    prunable: str = option("all", "which weights may be pruned: all conv+linear weights, or conv only "
+                                  "(official PrAC code)", choices=PRUNABLE_CHOICES)
+    early_bird: bool = option(False, "stop dense training early once the pruning mask settles (settings: --early-bird-*)")
     keep_history: bool = option(False, "also store the per-epoch correctness history (bit-packed) in the statistics")
 
     def __post_init__(self) -> None:
         require(all(0 < s < 1 for s in self.probe_sparsities),
                 f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
 
-    def early_bird_config(self) -> EarlyBirdConfig:
-        return EarlyBirdConfig(eps=self.early_bird_eps, queue_length=self.early_bird_queue,
-                               wait_for_change=self.early_bird_wait)
-
 
 @dataclass
 class BuildResult:
+    """What ``build_manifest`` returns: the manifest's path, its summary, and whether it already existed."""
+
     manifest_path: Path
     summary: dict
     skipped: bool = False
 
 
 def stats_path(manifest_path: Path) -> Path:
-    return manifest_path.with_name(manifest_path.name.removesuffix(".parquet") + ".stats.npz")
+    """Where the full statistics of the manifest at ``manifest_path`` are written."""
+    return BuildLayout(manifest_path).statistics
 
 
-def _identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig) -> dict:
-    return {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
-            "selection": to_dict(selection)}
+def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig = TrainConfig(),
+                   build: BuildConfig = BuildConfig(), selection: SelectionConfig = SelectionConfig(),
+                   early_bird: EarlyBirdConfig = EarlyBirdConfig(), device: torch.device = torch.device("cpu"),
+                   resume: bool = False, progress: bool = False, dataset: ImageDataset | None = None) -> BuildResult:
+    """Build a PrAC (or baseline) manifest of ``data``'s training split on ``arch``.
 
-
-def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig, build: BuildConfig,
-                   selection: SelectionConfig, device: torch.device, resume: bool = False,
-                   progress: bool = False, dataset: ImageDataset | None = None) -> BuildResult:
-    """Build a PrAC (or baseline) manifest of ``data``'s training split on ``arch``."""
-    from pracset.manifest import ManifestError, read_manifest, write_manifest
-
-    out = Path(out)
-    if out.suffix != ".parquet":
-        raise ConfigError(f"the manifest path must end in .parquet, got {out}")
-    check_output_directory(out.parent)
+    Trains densely with the per-example recorder (stopped by Early-Bird when
+    ``build.early_bird``), probes pruned copies of the trained network,
+    selects with ``selection`` and writes the manifest ``out`` and its
+    statistics. A manifest that exists is never overwritten: the same build is
+    skipped, another one refused with the settings that differ.
+    """
+    layout = BuildLayout(out)
+    check_output_parent(layout.manifest)
     check_names(train)
     check_model_name(arch)
     SELECTION_RULES.get(selection.rule)
     if selection.rule == "cep" and not build.probe_sparsities:
         raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
-    identity = _identity(data, arch, train, build, selection)
-    if out.exists():
-        try:
-            existing = read_manifest(out)
-        except ManifestError as exc:
-            raise ConfigError(f"{out} exists and is not a readable manifest ({exc}); choose another --out") from None
-        if existing.provenance.get("build_identity") == identity:
-            log.info("%s already holds this build; not building again", out)
-            shutil.rmtree(out.with_name(out.name + ".partial"), ignore_errors=True)  # a kill after the write
-            return BuildResult(out, existing.summary(), skipped=True)
-        raise ConfigError(f"{out} exists and was built with other settings; choose another --out or remove it")
-    work = out.with_name(out.name + ".partial")
-    if work.exists() and not resume:
-        raise ConfigError(f"{work} holds an unfinished build; pass --resume to continue it or remove it")
+    identity = {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
+                "selection": to_dict(selection), "early_bird": to_dict(early_bird) if build.early_bird else None}
+    if layout.manifest.exists():
+        return _existing_build(layout, identity)
     started = time.time()
     # Data and model are checked before anything is written, so a refused build leaves nothing behind.
     dataset = dataset or load_dataset(data)
     check_size(selection, len(dataset.train))
     model = build_model(arch, input_spec(dataset), seed=train.seed)
-    mask = Mask.ones(model, scope=build.prunable)
-    barrier()  # distributed (issue 7): every rank has checked for an unfinished build before one creates it
-    work.mkdir(parents=True, exist_ok=True)
-    with DirectoryLock(work):  # a second build of the same manifest (--resume) is refused
+    mask = Mask.ones(model, prunable=build.prunable)
+    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build"):
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
-        ledger = IterationLedger()
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
         callbacks = [recorder]
         bird = None
         if build.early_bird:
-            bird = EarlyBirdStop(build.early_bird_config(), mask, warmup_epochs=int(train.warmup_epochs))
+            bird = EarlyBirdStop(early_bird, mask, warmup_epochs=int(train.warmup_epochs))
             callbacks.append(bird)
-        trainer = Trainer(train, ledger=ledger, stage="dense", checkpoint=work / "checkpoint.pt", resume=resume,
-                          progress=progress)
-        state = trainer.fit(model, train_loader, test_loader, callbacks)
-        if state.history and "test_accuracy" not in state.history[-1]:  # stopped early between evaluations
-            from pracset.train.loop import evaluate
-
-            result = evaluate(model, test_loader, precision=train.precision, ledger=ledger, stage="dense")
-            state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+        dense = StageFiles("dense", layout.work)
+        trained = train_stage_and_save_model(dense, model, train_loader, test_loader, train, callbacks=callbacks,
+                                             progress=progress)
+        ledger = trained.ledger
         statistics = recorder.statistics()
-
         probe_result = None
         if build.probe_sparsities:
             mean, std = dataset.normalization
             probe_loader = DeviceLoader(train_loader.split, max(train.batch_size, 512), mean, std,
                                         channels_last=train_loader.channels_last)
             probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
-                                         mask=mask, scope=build.probe_scope, precision=train.precision,
+                                         mask=mask, ranking=build.probe_ranking, precision=train.precision,
                                          ledger=ledger, stage="probe")
         labels = dataset.train.labels.cpu().numpy()
         inputs = SelectionInputs.from_statistics(labels, statistics,
@@ -169,7 +147,8 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
             "selected": chosen.selected,
             "reason": chosen.reasons,
         }
-        final = state.history[-1] if state.history else {}
+        history = trained.history
+        final = trained.metrics["final"]
         metadata = {
             "dataset": {"name": dataset.name, "split": "train", "size": n, "fingerprint": dataset.fingerprint,
                         "class_names": list(dataset.class_names), **dataset.describe()},
@@ -179,16 +158,17 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
                 "arch": arch,
                 "seed": train.seed,
                 "train": to_dict(train),
-                "epochs_run": state.epoch,
+                "epochs_run": trained.metrics["epochs_run"],
                 "early_bird": None if bird is None else {**to_dict(bird.config), "stopped_epoch": bird.stopped_epoch,
                                                           "distances": [round(d, 6) for d in bird.distances]},
                 "probe": None if probe_result is None else {
-                    "sparsities": list(build.probe_sparsities), "scope": build.probe_scope, "prunable": build.prunable,
+                    "sparsities": list(build.probe_sparsities), "ranking": build.probe_ranking,
+                    "prunable": build.prunable,
                     "disagreed_at": {str(k): v for k, v in probe_result.disagreed_at.items()},
                     "pruned_train_accuracy": {str(k): v for k, v in probe_result.pruned_accuracy.items()},
                     "dense_train_accuracy": probe_result.dense_accuracy},
                 "dense_test_accuracy": final.get("test_accuracy"),
-                "history": state.history,
+                "history": history,
                 "ledger": ledger.to_dict(),
                 "iterations": ledger.total().train_iterations,
                 "build_identity": identity,
@@ -200,12 +180,26 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
                 "seconds": round(time.time() - started, 2),
             },
         }
-        _write_statistics(stats_path(out), columns, statistics, probe_result, state.history)
-        write_manifest(out, columns, metadata)
-        shutil.rmtree(work, ignore_errors=True)
-        manifest = read_manifest(out)
-        log.info("wrote %s: %d of %d examples selected (%s)", out, manifest.num_selected, n, selection.rule)
-        return BuildResult(out, manifest.summary())
+        _write_statistics(layout.statistics, columns, statistics, probe_result, history)
+        write_manifest(layout.manifest, columns, metadata)
+        shutil.rmtree(layout.work, ignore_errors=True)
+    manifest = read_manifest(layout.manifest)
+    log.info("wrote %s: %d of %d examples selected (%s)", layout.manifest, manifest.num_selected, n, selection.rule)
+    return BuildResult(layout.manifest, manifest.summary())
+
+
+def _existing_build(layout: BuildLayout, identity: dict) -> BuildResult:
+    """Skip a build whose manifest exists with the same settings; refuse one with others, naming them."""
+    try:
+        existing = read_manifest(layout.manifest)
+    except ManifestError as exc:
+        raise ConfigError(f"{layout.manifest} exists and is not a readable manifest ({exc}); "
+                          "choose another --out") from None
+    refuse_changed(f"{layout.manifest} exists and was built with other settings",
+                   existing.provenance.get("build_identity") or {}, identity, "choose another --out or remove it")
+    log.info("%s already holds this build; not building again", layout.manifest)
+    shutil.rmtree(layout.work, ignore_errors=True)  # a kill after the manifest was written
+    return BuildResult(layout.manifest, existing.summary(), skipped=True)
 
 
 def _write_statistics(path: Path, columns: dict, statistics, probe_result, history: list[dict]) -> None:

@@ -86,12 +86,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from pracset.data import DataConfig
     from pracset.device import resolve_device
     from pracset.selection import SelectionConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
     from pracset.train import TrainConfig
 
     result = build_manifest(
         from_args(DataConfig, args), args.arch, args.out, train=from_args(TrainConfig, args),
         build=from_args(BuildConfig, args), selection=from_args(SelectionConfig, args),
-        device=resolve_device(args.device), resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+        early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"), device=resolve_device(args.device), resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     s = result.summary
     what = "already built" if result.skipped else "built"
     accuracy = s["provenance"].get("dense_test_accuracy")
@@ -106,15 +107,18 @@ def _cmd_ticket(args: argparse.Namespace) -> int:
     from pracset.data import DataConfig
     from pracset.device import resolve_device
     from pracset.selection import SelectionConfig
-    from pracset.sparse.methods import GraNetConfig, RigLConfig
+    from pracset.sparse import GraNetConfig, RigLConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
     from pracset.tickets import IMPConfig, find_tickets
     from pracset.train import TrainConfig
 
     imp = from_args(IMPConfig, args)
-    rigl = from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity)
-    granet = from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity)
+    # A method's own settings are read only when that method is asked for.
+    rigl = from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity) if args.method == "rigl" else None
+    granet = from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity) if args.method == "granet" else None
     summary = find_tickets(args.method, from_args(DataConfig, args), args.arch, args.out,
                            train=from_args(TrainConfig, args), imp=imp, rigl=rigl, granet=granet,
+                           early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"),
                            selection=from_args(SelectionConfig, args), manifest=args.manifest,
                            device=resolve_device(args.device), resume=args.resume,
                            progress=not args.quiet and sys.stderr.isatty())
@@ -196,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pracset.config import add_arguments
     from pracset.data import DataConfig
     from pracset.selection import SelectionConfig
-    from pracset.sparse.methods import GraNetConfig, RigLConfig
-    from pracset.tickets import IMPConfig
+    from pracset.sparse import GraNetConfig, RigLConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
+    from pracset.tickets import TICKET_METHODS, IMPConfig
     from pracset.train import TrainConfig
 
     parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
@@ -229,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     add_arguments(p, BuildConfig)
+    add_arguments(p, EarlyBirdConfig, prefix="early-bird")
     add_arguments(p, SelectionConfig)
     _positive_counts(p)
     p.set_defaults(func=_cmd_build)
@@ -236,13 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ticket", parents=[common], help="find a sparse ticket (IMP, PrAC-IMP, RigL, GraNet)",
                        description="Find a ticket with IMP (rewinding), PrAC-IMP, RigL or GraNet, on the full "
                                    "training split or on a manifest's subset, and evaluate it on the test split.")
-    p.add_argument("--method", required=True, choices=("imp", "prac-imp", "rigl", "granet"), help="how to find it")
+    p.add_argument("--method", required=True, choices=TICKET_METHODS.names(), help="how to find it")
     _run_arguments(p, out_metavar="DIR", out_help="output directory")
     p.add_argument("--manifest", metavar="FILE.parquet", help="train on this manifest's selected examples "
                    "(prac-imp: a fixed PrAC set built elsewhere, e.g. on another architecture)")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     add_arguments(p, IMPConfig)
+    add_arguments(p, EarlyBirdConfig, prefix="early-bird")
     add_arguments(p, SelectionConfig)
     add_arguments(p, RigLConfig, exclude=("sparsity",), prefix="rigl")
     add_arguments(p, GraNetConfig, exclude=("sparsity",), prefix="granet")
@@ -279,7 +286,7 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
 def _positive_counts(parser: argparse.ArgumentParser) -> None:
     """Counts are validated by argparse itself, so a bad one is a usage error."""
     for action in parser._actions:
-        if action.dest in ("epochs", "batch_size", "eval_every", "size", "early_bird_queue", "rounds",
+        if action.dest in ("epochs", "batch_size", "eval_every", "size", "early_bird_queue_length", "rounds",
                            "rigl_delta_t", "granet_delta_t"):
             action.type = _positive_int
 

@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         if default is not None:
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
-        kwargs: dict[str, Any] = {"dest": f"{prefix}_{f.name}" if prefix else f.name, "default": None, "help": help_text}
+        kwargs: dict[str, Any] = {"dest": f"{prefix.replace('-', '_')}_{f.name}" if prefix else f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if inner is bool:
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
 
 def from_args(cls: type[C], namespace: argparse.Namespace, prefix: str = "", **overrides: Any) -> C:
     """Build ``cls`` from the flags that were given on the command line (see ``add_arguments``' prefix)."""
-    dest = (lambda name: f"{prefix}_{name}") if prefix else (lambda name: name)
+    dest = (lambda name: f"{prefix.replace('-', '_')}_{name}") if prefix else (lambda name: name)
     values = {
         f.name: getattr(namespace, dest(f.name))
         for f in dataclasses.fields(cls)

@@ -13,7 +13,8 @@ A pipeline file holds the same typed configurations as the command line::
     [train]      # TrainConfig: the recipe of every training stage
     [build]      # BuildConfig of the manifest
     [selection]  # SelectionConfig
-    [imp]        # IMPConfig: rounds, rewinding, controls, PrAC budget, Early-Bird
+    [imp]        # IMPConfig: rounds, rewinding, controls, PrAC budget, Early-Bird on/off
+    [early_bird] # EarlyBirdConfig: eps, queue_length, wait_for_change (shared by [build] and [imp])
     [rigl]       # RigLConfig (sparsity from [imp] unless given)
     [granet]     # GraNetConfig
     [report]     # tolerance
@@ -34,7 +35,6 @@ remembers its configuration and refuses to mix results of another one):
 
 from __future__ import annotations
 
-import json
 import logging
 import tomllib
 from dataclasses import dataclass, replace
@@ -47,18 +47,23 @@ from pracset.build import BuildConfig, build_manifest
 from pracset.config import from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import (DirectoryLock, atomic_write_json, holds_only_temporaries, locked_output_directory,
-                            remove_temporaries)
+from pracset.manifest import read_manifest, write_manifest
 from pracset.models import build_model, check_model_name
-from pracset.train.run import input_spec
+from pracset.report import write_report
+from pracset.runs import PipelineLayout, RunDirectory
 from pracset.selection import SelectionConfig, SelectionInputs, check_size, select
-from pracset.sparse.methods import GraNetConfig, RigLConfig
-from pracset.tickets import TICKET_METHODS, IMPConfig, check_ticket_schedule, find_tickets, sparse_method_config
+from pracset.sparse import GraNetConfig, RigLConfig
+from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets
+from pracset.tickets.methods import DynamicSparse
 from pracset.train.config import TrainConfig
+from pracset.train.run import input_spec
 
 log = logging.getLogger(__name__)
 
-PIPELINE_METHODS = (*TICKET_METHODS, "rigl-prac", "granet-prac")
+#: The ticket methods, and the dynamic sparse ones again as METHOD-prac: trained on the PrAC set.
+PIPELINE_METHODS = (*TICKET_METHODS.names(),
+                    *(f"{name}-prac" for name, m in TICKET_METHODS.items() if isinstance(m, DynamicSparse)))
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Pipeline:
     build: BuildConfig = BuildConfig()
     selection: SelectionConfig = SelectionConfig()
     imp: IMPConfig = IMPConfig()
+    early_bird: EarlyBirdConfig = EarlyBirdConfig()
     rigl: RigLConfig | None = None
     granet: GraNetConfig | None = None
     report: ReportConfig = ReportConfig()
@@ -105,22 +111,21 @@ class Pipeline:
         out = {"name": self.name, "arch": self.arch, "methods": list(self.methods), "transfer": list(self.transfer),
                "seeds": list(self.seeds), "description": self.description,
                "controls_on": None if self.controls_on is None else list(self.controls_on)}
-        for key in ("data", "train", "build", "selection", "imp", "rigl", "granet", "report"):
+        for key in _SECTIONS:
             value = getattr(self, key)
             out[key] = to_dict(value) if value is not None else None
         return out
 
     @property
-    def rigl_config(self) -> RigLConfig:
-        return self.rigl or RigLConfig(sparsity=self.imp.sparsity)
-
-    @property
-    def granet_config(self) -> GraNetConfig:
-        return self.granet or GraNetConfig(sparsity=self.imp.sparsity, init_sparsity=min(0.5, self.imp.sparsity))
+    def ticket_settings(self) -> TicketSettings:
+        """The settings every ticket method of this pipeline runs with."""
+        return TicketSettings(imp=self.imp, early_bird=self.early_bird, selection=self.selection,
+                              rigl=self.rigl, granet=self.granet)
 
 
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "selection": SelectionConfig,
-             "imp": IMPConfig, "rigl": RigLConfig, "granet": GraNetConfig, "report": ReportConfig}
+             "imp": IMPConfig, "early_bird": EarlyBirdConfig, "rigl": RigLConfig, "granet": GraNetConfig,
+             "report": ReportConfig}
 _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "description": str,
         "controls_on": list}
 
@@ -181,8 +186,6 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
 
 def _random_manifest(manifest_path: Path, out: Path, seed: int) -> None:
     """A manifest of a seeded random subset of the same size as the PrAC set, from the same statistics."""
-    from pracset.manifest import read_manifest, write_manifest
-
     m = read_manifest(manifest_path)
     columns = {name: m.column(name) for name in m.table.column_names}
     inputs = SelectionInputs(labels=columns["label"], forgetting_events=columns["forgetting_events"],
@@ -199,52 +202,33 @@ def _random_manifest(manifest_path: Path, out: Path, seed: int) -> None:
 def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, resume: bool = False,
                  progress: bool = False) -> dict:
     """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report."""
-    from pracset.report import write_report
-
-    out = Path(out)
-    # The lock comes first: a second process is told about the lock, not about --resume.
-    with locked_output_directory(out):
-        _check_pipeline_dir(pipeline, out, resume)
-        dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
-        for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
-            build_model(arch, input_spec(dataset))
-        _check_settings(pipeline, len(dataset.train))
-        remove_temporaries(out)  # left by a killed run; the lock makes this directory ours
-        atomic_write_json(out / "pipeline.json", pipeline.to_dict())
-        results = _run_stages(pipeline, out, dataset, device=device, progress=progress)
-        return write_report(pipeline, out, results)
+    layout = PipelineLayout(out)
+    dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
+    for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
+        build_model(arch, input_spec(dataset))
+    _check_settings(pipeline, len(dataset.train))
+    with RunDirectory(layout.root, pipeline.to_dict(), resume=resume, finished=layout.report_json.name,
+                      record=layout.record.name, kind="pipeline run"):
+        results = _run_stages(pipeline, layout, dataset, device=device, progress=progress)
+        return write_report(pipeline, layout, results)
 
 
 def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
     """Settings checked against the data's size before anything is written (not after hours of training)."""
     check_size(pipeline.selection, num_examples)
-    for method in {m for m in pipeline.methods if not m.endswith("-prac")} | ({"imp"} if pipeline.transfer else set()):
+    methods = {m for m in pipeline.methods if not m.endswith("-prac")} | ({"imp"} if pipeline.transfer else set())
+    for method in sorted(methods):
         # Runs on the PrAC set (its size is not known yet) are checked by find_tickets once it is.
-        config = sparse_method_config(method, pipeline.imp, pipeline.rigl_config, pipeline.granet_config)
-        check_ticket_schedule(method, pipeline.train, pipeline.imp, config, num_examples, None)
+        TICKET_METHODS.get(method).check(pipeline.ticket_settings, pipeline.train, num_examples, None)
 
 
-def _check_pipeline_dir(pipeline: Pipeline, out: Path, resume: bool) -> None:
-    config_path = out / "pipeline.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous != pipeline.to_dict():
-            changed = sorted(k for k in previous.keys() | pipeline.to_dict().keys()
-                             if previous.get(k) != pipeline.to_dict().get(k))
-            raise ConfigError(f"{out} holds results of another configuration (changed: {', '.join(changed)}); "
-                              "choose another --out or remove it")
-        if not (out / "report.json").exists() and not resume:
-            raise ConfigError(f"{out} holds an unfinished pipeline run; pass --resume to continue it")
-    elif not holds_only_temporaries(out, also=(DirectoryLock.NAME,)):
-        raise ConfigError(f"{out} is not empty and holds no pipeline run; choose another --out")
-
-
-def _run_stages(pipeline: Pipeline, out: Path, dataset: ImageDataset, *, device: torch.device,
+def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDataset, *, device: torch.device,
                 progress: bool) -> dict:
-    manifest = out / "manifest.parquet"
+    manifest = layout.manifest
     build_manifest(pipeline.data, pipeline.arch, manifest, train=pipeline.train, build=pipeline.build,
-                   selection=pipeline.selection, device=device, resume=True, progress=progress, dataset=dataset)
-    random_manifest = out / "manifest-random.parquet"
+                   selection=pipeline.selection, early_bird=pipeline.early_bird, device=device, resume=True,
+                   progress=progress, dataset=dataset)
+    random_manifest = layout.random_manifest
     if not random_manifest.exists():
         _random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed)
     results: dict[str, Any] = {"manifest": str(manifest), "random_manifest": str(random_manifest), "runs": []}
@@ -252,13 +236,13 @@ def _run_stages(pipeline: Pipeline, out: Path, dataset: ImageDataset, *, device:
     def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None,
                controls: bool = True):
         label = label or method
-        directory = out / arch / f"{label}-s{seed}"
+        directory = layout.ticket_run(arch, label, seed).root
         base = method.removesuffix("-prac")
         train = replace(pipeline.train, seed=seed)
         log.info("pipeline %s: %s %s seed %d", pipeline.name, arch, label, seed)
         imp = pipeline.imp if controls else replace(pipeline.imp, controls=False)
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
-                               rigl=pipeline.rigl_config, granet=pipeline.granet_config,
+                               early_bird=pipeline.early_bird, rigl=pipeline.rigl, granet=pipeline.granet,
                                selection=pipeline.selection, manifest=manifest_path, device=device,
                                resume=True, progress=progress, dataset=dataset)
         results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),

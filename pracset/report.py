@@ -14,15 +14,16 @@ conservative way of charging the pruning probe.
 
 from __future__ import annotations
 
-import json
+import io
 import logging
 import math
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 from pracset.fileio import atomic_write_bytes, atomic_write_json
+from pracset.manifest import read_manifest
+from pracset.runs import PipelineLayout, TicketLayout
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +63,28 @@ def _curves(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return out
 
 
-def _round_stage(row: dict) -> str:
-    return row["stage"].replace("ticket-", "round-")
+def _round_stage(run: dict, row: dict) -> str:
+    """The ledger stage of the round that found this row's mask (a RigL/GraNet row: its one stage)."""
+    if row["round"] is None:
+        return row["stage"]
+    return TicketLayout(run["dir"]).round(row["round"]).name
 
 
 def _round_iterations(run: dict, row: dict) -> int:
     """Training iterations of the round that found this row's mask (not the ticket's evaluation)."""
     stages = run["summary"]["ledger"]["stages"]
-    return stages.get(_round_stage(row), {}).get("train_iterations", 0)
+    return stages.get(_round_stage(run, row), {}).get("train_iterations", 0)
 
 
 def _cumulative(run: dict, batch_size: int) -> list[dict]:
     """Per round: cumulative training iterations (and with probe batches) up to that round."""
     stages = run["summary"]["ledger"]["stages"]
+    layout = TicketLayout(run["dir"])
     total = probes = 0
     out = []
     for row in run["summary"]["tickets"]:
-        stage = _round_stage(row)
-        total += stages.get(stage, {}).get("train_iterations", 0)
-        probe_stage = "probe-" + stage[-2:]
+        total += stages.get(_round_stage(run, row), {}).get("train_iterations", 0)
+        probe_stage = layout.probe_stage(row["round"] or 0)
         probes += math.ceil(stages.get(probe_stage, {}).get("probe_examples", 0) / batch_size)
         out.append({"round": row["round"], "sparsity": row["sparsity"], "iterations": total,
                     "with_probes": total + probes, "accuracy": row["test_accuracy"]})
@@ -113,10 +117,8 @@ def iterations_saved(imp_runs: list[dict], prac_runs: list[dict], tolerance: flo
             f"within {tolerance} accuracy (one seed)"}
 
 
-def write_report(pipeline, out: Path, results: dict) -> dict:
-    """Write report.json, report.md and the plots into ``out``."""
-    from pracset.manifest import read_manifest
-
+def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
+    """Write report.json, report.md and the plots of a pipeline run into its directory."""
     manifest = read_manifest(results["manifest"])
     runs = results["runs"]
     curves = _curves(runs)
@@ -155,10 +157,10 @@ def write_report(pipeline, out: Path, results: dict) -> dict:
         "forgetting_histogram": _histogram(forgetting, never),
         "runs": [{k: v for k, v in run.items() if k != "summary"} for run in runs],
     }
-    atomic_write_json(out / "report.json", report)
-    plots = _plots(out, pipeline, curves, headline, prac_rounds, report["forgetting_histogram"]) if pipeline.report.plots else []
-    atomic_write_bytes(out / "report.md", _markdown(pipeline, report, plots).encode())
-    log.info("report written to %s", out / "report.md")
+    atomic_write_json(layout.report_json, report)
+    plots = _plots(layout, pipeline, curves, headline, prac_rounds, report["forgetting_histogram"]) if pipeline.report.plots else []
+    atomic_write_bytes(layout.report_md, _markdown(pipeline, report, plots).encode())
+    log.info("report written to %s", layout.report_md)
     return report
 
 
@@ -166,11 +168,10 @@ def _prac_rounds(runs: list[dict]) -> list[dict]:
     """Per round of the first PrAC-IMP seed: the set trained on, its successor and its CEP part."""
     if not runs:
         return []
-    root = Path(runs[0]["dir"])
     rows = []
-    for path in sorted(root.glob("round-*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        rows.append({"round": int(path.parent.name[-2:]), "set_size": metrics.get("set_size", metrics.get("examples")),
+    for r, stage in TicketLayout(runs[0]["dir"]).rounds():
+        metrics = stage.read_metrics()
+        rows.append({"round": r, "set_size": metrics.get("set_size", metrics.get("examples")),
                      "next_set": metrics.get("next_set"), "cep": metrics.get("cep"),
                      "early_bird_epoch": metrics.get("early_bird_epoch"),
                      "iterations": metrics.get("ledger", {}).get("train_iterations")})
@@ -183,8 +184,8 @@ def _histogram(forgetting: np.ndarray, never: np.ndarray) -> dict:
     return {"counts": counts.tolist(), "never_learned": int(never.sum()), "unforgettable": int((learned == 0).sum())}
 
 
-def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> list[tuple[str, str]]:
-    import matplotlib
+def _plots(layout: PipelineLayout, pipeline, curves, headline, prac_rounds, histogram) -> list[tuple[str, str]]:
+    import matplotlib  # imported here: only a report with plots needs it, and it is slow to import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -192,14 +193,13 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
     made = []
 
     def save(fig, name: str, title: str) -> None:
-        import io
-
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
-        atomic_write_bytes(out / name, buffer.getvalue())  # a killed run leaves no truncated PNG
-        made.append((name, title))
+        path = layout.plot(name)
+        atomic_write_bytes(path, buffer.getvalue())  # a killed run leaves no truncated PNG
+        made.append((path.name, title))
 
     archs = [pipeline.arch, *pipeline.transfer]
     fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
@@ -228,7 +228,7 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(arch)
         ax.legend(fontsize=7)
-    save(fig, "accuracy_vs_sparsity.png", "Test accuracy against sparsity")
+    save(fig, "accuracy_vs_sparsity", "Test accuracy against sparsity")
 
     if headline:
         per = headline["per_round"]
@@ -242,7 +242,7 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
         ax.set_xlabel("sparsity (%)")
         ax.set_ylabel("cumulative training iterations")
         ax.legend()
-        save(fig, "iterations_vs_sparsity.png", "Cumulative training iterations against sparsity")
+        save(fig, "iterations_vs_sparsity", "Cumulative training iterations against sparsity")
 
     if prac_rounds:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -252,7 +252,7 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
         ax.set_xlabel("PrAC-IMP round")
         ax.set_ylabel("examples")
         ax.legend()
-        save(fig, "prac_set_per_round.png", "PrAC set size per round")
+        save(fig, "prac_set_per_round", "PrAC set size per round")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     counts = histogram["counts"]
@@ -260,7 +260,7 @@ def _plots(out: Path, pipeline, curves, headline, prac_rounds, histogram) -> lis
     ax.set_yscale("log")
     ax.set_xlabel(f"forgetting events (never learned: {histogram['never_learned']})")
     ax.set_ylabel("examples")
-    save(fig, "forgetting_histogram.png", "Forgetting events per example (dense build run)")
+    save(fig, "forgetting_histogram", "Forgetting events per example (dense build run)")
     return made
 
 

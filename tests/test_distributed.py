@@ -79,7 +79,7 @@ def _worker(rank: int, tmp: str) -> None:
     from pracset.models import build_model
     from pracset.selection import SelectionConfig
     from pracset.sparse.mask import Mask
-    from pracset.sparse.methods import GraNet, GraNetConfig, RigL, RigLConfig
+    from pracset.sparse import GraNet, GraNetConfig, RigL, RigLConfig
     from pracset.sparse.pruning import magnitude_prune
     from pracset.tickets import IMPConfig, find_tickets
     from pracset.train.run import input_spec

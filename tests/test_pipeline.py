@@ -80,7 +80,7 @@ def test_a_finished_pipeline_is_not_rerun_and_a_changed_one_is_refused(finished,
     run_pipeline(pipeline, out, device=torch.device("cpu"))
     assert (out / "mlp" / "imp-s0" / "round-01" / "model.pt").stat().st_mtime_ns == before
     changed = load_pipeline(write(tmp_path, TINY.replace("rounds = 2", "rounds = 3")))
-    with pytest.raises(ConfigError, match=r"holds results of another configuration \(changed: imp\)"):
+    with pytest.raises(ConfigError, match=r"holds another run \(changed imp.rounds: 2 -> 3\); choose another --out"):
         run_pipeline(changed, out, device=torch.device("cpu"))
 
 
@@ -90,7 +90,7 @@ def test_cli_run_resumes_an_interrupted_pipeline(finished, tmp_path, capsys):
     path = write(tmp_path, TINY)
     (out).mkdir()
     # an interrupted run: the configuration is recorded but no report was written
-    (out / "pipeline.json").write_text(json.dumps(load_pipeline(path).to_dict()))
+    (out / "pipeline.json").write_text(json.dumps({"identity": load_pipeline(path).to_dict()}))
     assert main(["run", str(path), "--out", str(out), "-q"]) == 2
     assert "unfinished pipeline run; pass --resume" in capsys.readouterr().err
     assert main(["run", str(path), "--out", str(out), "-q", "--resume"]) == 0

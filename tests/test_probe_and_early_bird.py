@@ -78,6 +78,22 @@ def test_probe_with_an_externally_pruned_model(trained):
     assert list(a.disagreed_at) == [0.9]
 
 
+def test_probe_ranks_globally_or_per_layer(trained):
+    digits, model = trained
+    mean, std = digits.normalization
+    loader = DeviceLoader(digits.train, 256, mean, std)
+    x = torch.addcmul(loader._shift, digits.train.images.float(), loader._scale)
+    result = pruning_probe(model, loader, [0.9], ranking="layerwise", num_examples=len(digits.train))
+    pruned = copy.deepcopy(model)
+    prune_to_sparsity(pruned, Mask.ones(model), 0.9, ranking="layerwise").apply_(pruned)
+    model.eval()
+    with torch.no_grad():
+        differs = pruned.eval()(x).argmax(1) != model(x).argmax(1)
+    np.testing.assert_array_equal(result.disagreements, differs.int().numpy())
+    with pytest.raises(ConfigError, match="unknown ranking choice 'conv'; valid: global, layerwise"):
+        pruning_probe(model, loader, [0.5], ranking="conv", num_examples=len(digits.train))
+
+
 class Tiny(nn.Module):
     def __init__(self):
         super().__init__()

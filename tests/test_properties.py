@@ -30,8 +30,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pracset.manifest import COLUMNS, REASONS, SCHEMA_VERSION, read_manifest, write_manifest
-from pracset.sparse.mask import Mask
-from pracset.sparse.methods import GraNet, GraNetConfig, RigL, RigLConfig, cubic_sparsity
+from pracset.sparse import GraNet, GraNetConfig, Mask, RigL, RigLConfig, cubic_sparsity, drop_and_grow
 from pracset.stats import ExampleRecorder
 from pracset.train import StepOutput, TrainConfig, TrainState
 
@@ -271,8 +270,6 @@ def test_rigl_updates_keep_every_layer_count(widths, data, seed, levels):
 
 
 def test_drop_and_grow_keeps_the_count_with_nan_weights():
-    from pracset.sparse.methods import drop_and_grow
-
     weight = torch.tensor([math.nan, math.nan, 1.0, 0.0, 0.0, 0.0])
     keep = torch.tensor([True, True, True, False, False, False])
     new_keep, _ = drop_and_grow(weight, torch.tensor([0.0, 0, 0, 1, 2, 3]), keep, 2)

@@ -1,18 +1,19 @@
 import argparse
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 
-from pracset.config import add_arguments, from_args, from_dict
+from pracset.config import add_arguments, from_args, from_dict, to_dict
 from pracset.data import DataConfig, load_dataset
 from pracset.errors import ConfigError, UnknownNameError
 from pracset.models import build_model
-from pracset.sparse.distributions import DISTRIBUTIONS, erk_densities, random_mask, uniform_densities
-from pracset.sparse.mask import Mask
-from pracset.sparse.methods import (SPARSE_METHODS, GraNet, GraNetConfig, RigL, RigLConfig, StaticMask,
-                                    cosine_regrow_fraction, cubic_sparsity, rigl_drop_fraction)
+from pracset.sparse import (DISTRIBUTIONS, PRUNABLE_CHOICES, RANKING_CHOICES, SPARSE_METHODS, DynamicSparseConfig,
+                            GraNet, GraNetConfig, Mask, RigL, RigLConfig, StaticMask, cosine_regrow_fraction,
+                            cubic_sparsity, erk_densities, magnitude_prune, prunable_names, prune_to_sparsity,
+                            random_mask, rigl_drop_fraction, uniform_densities)
 from pracset.train import Callback, StepOutput, TrainConfig, Trainer, TrainState
 from pracset.train.run import input_spec, make_loaders
 
@@ -361,6 +362,96 @@ def test_configs_registry_and_flags():
     assert SPARSE_METHODS.get("rigl") is RigL and SPARSE_METHODS.get("granet").config_class is GraNetConfig
     with pytest.raises(UnknownNameError, match="valid names: granet, rigl, static"):
         SPARSE_METHODS.get("set")
+
+
+def test_configs_share_their_common_options_and_keep_their_own_defaults():
+    shared = [f.name for f in dataclasses.fields(DynamicSparseConfig)]
+    assert shared == ["sparsity", "distribution", "erk_power", "dense_first", "dense_layers", "prunable", "delta_t"]
+    for cls in (RigLConfig, GraNetConfig):
+        assert issubclass(cls, DynamicSparseConfig)
+        assert [f.name for f in dataclasses.fields(cls)][:len(shared)] == shared
+    assert (RigLConfig().sparsity, RigLConfig().dense_first) == (0.9, True)
+    assert (GraNetConfig().sparsity, GraNetConfig().dense_first) == (0.95, False)
+    assert RigLConfig().prunable == GraNetConfig().prunable == "all"
+    helps = {cls: {f.name: f.metadata["help"] for f in dataclasses.fields(cls)} for cls in (RigLConfig, GraNetConfig)}
+    assert "official --final-density 0.05" in helps[GraNetConfig]["sparsity"]
+    assert helps[RigLConfig]["sparsity"] == "fraction of the masked weights that are zero"
+    # the shared validation runs for both methods
+    for cls in (RigLConfig, GraNetConfig):
+        with pytest.raises(ConfigError, match="unknown prunable choice 'linear'; valid: all, conv"):
+            cls(prunable="linear")
+        with pytest.raises(ConfigError, match="delta_t must be a positive integer, got 0"):
+            cls(delta_t=0)
+        with pytest.raises(ConfigError, match="valid names: erk, uniform"):
+            cls(distribution="er")
+    with pytest.raises(ConfigError, match="end_fraction"):
+        RigLConfig(end_fraction=0.0)
+    with pytest.raises(ConfigError, match="prune_start < prune_end"):
+        GraNetConfig(prune_start=0.5, prune_end=0.5)
+    # (de)serialisation sees the inherited fields
+    rigl = from_dict(RigLConfig, {"prunable": "conv", "sparsity": 0.8, "alpha": 0.5, "dense_layers": ["fc"]})
+    assert (rigl.prunable, rigl.sparsity, rigl.alpha, rigl.dense_layers) == ("conv", 0.8, 0.5, ("fc",))
+    assert from_dict(RigLConfig, to_dict(rigl)) == rigl
+    granet = from_dict(GraNetConfig, {"prunable": "conv", "init_sparsity": 0.0})
+    assert from_dict(GraNetConfig, to_dict(granet)) == granet and to_dict(granet)["sparsity"] == 0.95
+    with pytest.raises(ConfigError, match="unknown key scope"):
+        from_dict(RigLConfig, {"scope": "conv"})
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, GraNetConfig, prefix="granet")
+    parsed = from_args(GraNetConfig, parser.parse_args(["--granet-prunable", "conv", "--granet-delta-t", "10"]),
+                       prefix="granet")
+    assert (parsed.prunable, parsed.delta_t, parsed.sparsity) == ("conv", 10, 0.95)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--granet-prunable", "linear"])
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.conv2 = nn.Conv2d(4, 6, 3)
+        self.fc = nn.Linear(6, 3)
+
+
+def test_prunable_choices_pick_the_weights():
+    assert PRUNABLE_CHOICES == ("all", "conv")
+    model = ConvNet()
+    assert prunable_names(model) == ["conv1.weight", "conv2.weight", "fc.weight"]
+    assert prunable_names(model, prunable="conv") == ["conv1.weight", "conv2.weight"]
+    assert prunable_names(model, "all", dense=["conv1"]) == ["conv2.weight", "fc.weight"]
+    assert list(Mask.ones(model, prunable="conv", dense=["conv2.weight"])) == ["conv1.weight"]
+    with pytest.raises(ConfigError, match="unknown prunable choice 'global'; valid: all, conv"):
+        prunable_names(model, prunable="global")
+    with pytest.raises(ConfigError, match="no prunable weights for prunable='conv'"):
+        Mask.ones(nn.Sequential(nn.Linear(2, 2)), prunable="conv")
+
+
+def test_dynamic_methods_mask_the_prunable_choice():
+    model = ConvNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    rigl = RigL(RigLConfig(prunable="conv", sparsity=0.5))  # dense_first: conv1 stays dense and unmasked
+    rigl.on_fit_start(hand_state(model, optimizer))
+    assert list(rigl.mask) == ["conv2.weight"] and rigl.mask.num_kept() == 108
+    granet = GraNet(GraNetConfig(prunable="conv", init_sparsity=0.0, prune_end=0.5))
+    assert granet.masked_names(model) == ["conv1.weight", "conv2.weight"]
+
+
+def test_ranking_choices_rank_globally_or_per_layer():
+    assert RANKING_CHOICES == ("global", "layerwise")
+    model = nn.Sequential(nn.Linear(4, 1, bias=False), nn.Linear(4, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 2, 3, 4]]))
+        model[1].weight.copy_(torch.tensor([[5.0, 6, 7, 8]]))
+    ones = Mask.ones(model)
+    by_global = magnitude_prune(model, ones, 0.5)  # the four smallest are all in the first layer
+    assert [int(t.sum()) for t in by_global.values()] == [0, 4]
+    by_layer = magnitude_prune(model, ones, 0.5, ranking="layerwise")
+    assert [t.flatten().tolist() for t in by_layer.values()] == [[False, False, True, True]] * 2
+    assert prune_to_sparsity(model, ones, 0.5, ranking="layerwise") == by_layer
+    with pytest.raises(ConfigError, match="unknown ranking choice 'conv'; valid: global, layerwise"):
+        magnitude_prune(model, ones, 0.5, ranking="conv")
+    with pytest.raises(ConfigError, match="unknown ranking choice 'all'"):
+        prune_to_sparsity(model, ones, 0.5, ranking="all")
 
 
 def test_static_mask_needs_matching_shapes():

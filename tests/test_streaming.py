@@ -18,7 +18,8 @@ CLASSES = {"cat": 7, "ant": 6, "bee": 8}  # sorted: ant, bee, cat
 SIZE = (12, 10)  # width, height
 
 
-def _write_tree(root: Path) -> Path:
+def write_tree(root: Path) -> Path:
+    """Train and test image trees of three classes (one grayscale image among RGB ones) under ``root``."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -36,9 +37,12 @@ def _write_tree(root: Path) -> Path:
     return root
 
 
+_write_tree = write_tree  # the name tests/test_distributed.py imports
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
-    return _write_tree(tmp_path_factory.mktemp("tree") / "images")
+    return write_tree(tmp_path_factory.mktemp("tree") / "images")
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +90,7 @@ def test_ids_labels_and_classes_match_the_in_memory_source(in_memory, streamed):
 
 def test_normalization_and_fingerprint_match(in_memory, streamed):
     assert streamed.normalization == in_memory.normalization  # every example sampled: exact
-    assert streamed.fingerprint() == in_memory.fingerprint
+    assert streamed.fingerprint == in_memory.fingerprint
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -229,7 +233,7 @@ def test_compressed_tar_needs_extraction(tmp_path, tree, in_memory):
     with pytest.raises(DataError, match="extract"):
         image_folder_splits(archive)
     streamed = open_streaming(DataConfig("imagefolder", data_dir=str(archive)), extract_to=tmp_path / "x")
-    assert streamed.fingerprint() == in_memory.fingerprint
+    assert streamed.fingerprint == in_memory.fingerprint
     again = image_folder_splits(archive, extract_to=tmp_path / "x")  # extracted once, reused
     assert again.source["root"] == streamed.source["root"]
 

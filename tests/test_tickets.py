@@ -154,26 +154,28 @@ def test_dynamic_sparse_methods_reach_their_sparsity(tmp_path, digits, method):
 
 def test_schedule_checks_use_the_run_s_step_counts():
     """Hand-counted steps: 1,000 examples at batch 64 = 16 steps/epoch (15 with drop_last)."""
-    from pracset.sparse.methods import GraNetConfig
-    from pracset.tickets import check_ticket_schedule
+    from pracset.sparse import GraNetConfig
+    from pracset.tickets import TICKET_METHODS, TicketSettings
+
+    def check(method, train, imp, granet, n, fixed):
+        TICKET_METHODS.get(method).check(TicketSettings(imp=imp, granet=granet), train, n, fixed)
 
     train = TrainConfig(epochs=2, batch_size=64)
-    check_ticket_schedule("imp", train, IMPConfig(rewind_step=31), None, 1000, None)  # 32 steps: 31 is the last
+    check("imp", train, IMPConfig(rewind_step=31), None, 1000, None)  # 32 steps: 31 is the last
     with pytest.raises(ConfigError, match=r"rewind step 32 lies beyond the dense run's 32 steps"):
-        check_ticket_schedule("imp", train, IMPConfig(rewind_step=32), None, 1000, None)
+        check("imp", train, IMPConfig(rewind_step=32), None, 1000, None)
     with pytest.raises(ConfigError, match=r"dense run's 30 steps"):
-        check_ticket_schedule("imp", TrainConfig(epochs=2, batch_size=64, drop_last=True), IMPConfig(rewind_step=30),
-                              None, 1000, None)
+        check("imp", TrainConfig(epochs=2, batch_size=64, drop_last=True), IMPConfig(rewind_step=30), None, 1000, None)
     # PrAC-IMP on a fixed set of 100: round 0 runs max(1, int(2 * 0.1)) = 1 epoch of 2 steps, and rewinds to
     # round(k * 0.1): k = 25 -> 2 (its last step, allowed), k = 25 + 5 = 30 -> 3 (beyond it).
     subset = np.arange(100)
-    check_ticket_schedule("prac-imp", train, IMPConfig(rewind_step=25), None, 1000, subset)
+    check("prac-imp", train, IMPConfig(rewind_step=25), None, 1000, subset)
     with pytest.raises(ConfigError, match=r"scaled to the manifest's 100 examples \(3\), lies beyond round 0's 2"):
-        check_ticket_schedule("prac-imp", train, IMPConfig(rewind_step=30), None, 1000, subset)
+        check("prac-imp", train, IMPConfig(rewind_step=30), None, 1000, subset)
     # GraNet prunes in [0, 0.5] of 32 steps = steps 0..16: delta_t=16 holds one update, 17 none.
-    check_ticket_schedule("granet", train, IMPConfig(), GraNetConfig(delta_t=16, prune_end=0.5), 1000, None)
+    check("granet", train, IMPConfig(), GraNetConfig(delta_t=16, prune_end=0.5), 1000, None)
     with pytest.raises(ConfigError, match="holds no update every delta_t=17"):
-        check_ticket_schedule("granet", train, IMPConfig(), GraNetConfig(delta_t=17, prune_end=0.5), 1000, None)
+        check("granet", train, IMPConfig(), GraNetConfig(delta_t=17, prune_end=0.5), 1000, None)
 
 
 def test_a_ticket_run_on_a_directory_another_process_holds_is_refused(tmp_path, digits):

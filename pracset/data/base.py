@@ -11,6 +11,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from pracset.data.protocol import describe_dataset
 from pracset.errors import DataError
 
 
@@ -40,6 +41,7 @@ class ImageSplit:
 
     @property
     def device(self) -> torch.device:
+        """Where the pixels and labels live."""
         return self.images.device
 
     def to(self, device: torch.device | str) -> "ImageSplit":
@@ -79,7 +81,7 @@ def fingerprint(hashes: np.ndarray, class_names: tuple[str, ...]) -> str:
 
 @dataclass
 class ImageDataset:
-    """A labelled image data set held in memory.
+    """A labelled image data set held in memory (a :class:`~pracset.data.protocol.SplitDataset`).
 
     ``train`` is the split whose examples PrAC scores and selects; ``test`` is
     the held-out split used for evaluation only.
@@ -108,14 +110,17 @@ class ImageDataset:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes."""
         return len(self.class_names)
 
     @property
     def channels(self) -> int:
+        """Channels of every image (1 or 3)."""
         return int(self.train.images.shape[1])
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """Height and width of every image."""
         return int(self.train.images.shape[2]), int(self.train.images.shape[3])
 
     @cached_property
@@ -145,16 +150,8 @@ class ImageDataset:
 
     def describe(self) -> dict:
         """A JSON-friendly summary (no pixels)."""
-        return {
-            "name": self.name,
-            "train_examples": len(self.train),
-            "test_examples": len(self.test),
-            "num_classes": self.num_classes,
-            "channels": self.channels,
-            "image_size": list(self.image_size),
-            "id_order": self.id_order,
-            "source": dict(self.source),
-        }
+        return describe_dataset(self)
 
     def replace(self, **changes) -> "ImageDataset":
+        """A copy with ``changes`` applied to its fields."""
         return dataclasses.replace(self, **changes)

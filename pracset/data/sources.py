@@ -9,25 +9,27 @@ source's ``example_id``.
 from __future__ import annotations
 
 import gzip
-import io
 import logging
 import os
 import pickle
 import struct
-import tarfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
 
 from pracset.config import option, require
 from pracset.data.base import ImageDataset, ImageSplit
+from pracset.data.decode import decode_images, match_channels, pixels_as_uint8, to_nchw
+from pracset.data.readers import list_image_folder, load_hf_splits, open_hf_split, read_tree
 from pracset.errors import DataError
 from pracset.registry import Registry
 
 log = logging.getLogger(__name__)
+
+_Found = TypeVar("_Found")
 
 DATA_DIR_ENV = "PRACSET_DATA_DIR"
 
@@ -50,8 +52,17 @@ class DataConfig:
         require(self.image_size is None or self.image_size > 0, f"image_size must be a positive integer, got {self.image_size}")
 
     def resolved_data_dir(self) -> Path | None:
+        """``data_dir``, else ``$PRACSET_DATA_DIR``, else None."""
         value = self.data_dir or os.environ.get(DATA_DIR_ENV)
         return Path(value).expanduser() if value else None
+
+    def hf_target(self) -> str:
+        """What the hf data set loads: ``hf_dataset``, else the data directory (a ``save_to_disk`` directory)."""
+        data_dir = self.resolved_data_dir()
+        target = self.hf_dataset or (str(data_dir) if data_dir else None)
+        if target is None:
+            raise DataError("hf needs --hf-dataset NAME or --data-dir pointing at a save_to_disk directory")
+        return target
 
 
 class DataSource:
@@ -62,6 +73,7 @@ class DataSource:
     id_order: str = ""
     crop_padding: int = 0
     flip: bool = False
+    torchvision_name: str = ""  # the torchvision.datasets class that downloads it, if any
 
     def load(self, config: DataConfig) -> ImageDataset:
         """Load the training and test splits described by ``config``."""
@@ -95,6 +107,23 @@ class DataSource:
         if not path.exists():
             raise DataError(f"--data-dir {path} does not exist")
         return path
+
+    def _find_or_download(self, config: DataConfig, find: Callable[[Path], _Found | None],
+                          expected: str) -> tuple[Path, _Found]:
+        """``find`` in the data directory; with ``download``, torchvision's ``torchvision_name`` fetches it first."""
+        root = config.resolved_data_dir()
+        found = find(root) if root is not None and root.exists() else None
+        if found is None and config.download:
+            import torchvision  # slow to import, and only a download needs it
+
+            root = root or Path("data")
+            getattr(torchvision.datasets, self.torchvision_name)(str(root), train=True, download=True)
+            found = find(root)
+        if found is None:
+            where = f"in {root}" if root is not None else "(no --data-dir given)"
+            raise DataError(f"no {self.name} files {where}: expected {expected}"
+                            + ("" if config.download else "; or pass --download"))
+        return root, found
 
 
 def _as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -192,20 +221,8 @@ class IdxSource(DataSource):
         return None
 
     def load_splits(self, config: DataConfig):
-        root = config.resolved_data_dir()
-        files = self._find(root) if root is not None and root.exists() else None
-        if files is None and config.download:
-            import torchvision
-
-            root = root or Path("data")
-            getattr(torchvision.datasets, self.torchvision_name)(str(root), train=True, download=True)
-            files = self._find(root)
-        if files is None:
-            where = f"in {root}" if root is not None else "(no --data-dir given)"
-            raise DataError(
-                f"no {self.name} files {where}: expected {', '.join(s + '[.gz]' for s in self.stems)}"
-                + ("" if config.download else "; or pass --download")
-            )
+        """The four idx files: ``train-*`` is the training split, ``t10k-*`` the test split."""
+        root, files = self._find_or_download(config, self._find, ", ".join(s + "[.gz]" for s in self.stems))
         train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
         self._check_not_another(train_y, root)
         for images, labels, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
@@ -263,19 +280,9 @@ class CifarSource(DataSource):
         return data.reshape(-1, 3, 32, 32), labels
 
     def load_splits(self, config: DataConfig):
-        root = config.resolved_data_dir()
-        folder = self._locate(root) if root is not None and root.exists() else None
-        if folder is None and config.download:
-            import torchvision
-
-            root = root or Path("data")
-            getattr(torchvision.datasets, self.torchvision_name)(str(root), train=True, download=True)
-            folder = self._locate(root)
-        if folder is None:
-            expected = ", ".join((*self.train_files, self.test_file, self.meta_file))
-            where = f"in {root}" if root is not None else "(no --data-dir given)"
-            raise DataError(f"no {self.name} files {where}: expected {self.folder}/ holding {expected}"
-                            + ("" if config.download else "; or pass --download"))
+        """The training batches in order, the test batch, and the class names of the meta file."""
+        expected = f"{self.folder}/ holding " + ", ".join((*self.train_files, self.test_file, self.meta_file))
+        _, folder = self._find_or_download(config, self._locate, expected)
         parts = [self._batch(folder / f) for f in self.train_files]
         train_x = np.concatenate([p[0] for p in parts])
         train_y = np.concatenate([p[1] for p in parts])
@@ -287,94 +294,6 @@ class CifarSource(DataSource):
 
 
 # --------------------------------------------------------------------------- image folders
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def decode_images(blobs: list[bytes], image_size: int | None, what: str) -> np.ndarray:
-    """Decode encoded images (in parallel threads) into one uint8 (N, C, H, W) array.
-
-    The array is grayscale (C=1) only when every image is grayscale; one
-    colour image makes the whole split RGB (grayscale images are replicated
-    into three channels, as PIL's ``convert("RGB")`` does). Without
-    ``image_size`` they must all have the same size.
-    """
-    from PIL import Image
-
-    def is_colour(blob: bytes) -> bool:
-        try:
-            with Image.open(io.BytesIO(blob)) as image:  # reads the header only
-                return image.mode not in ("L", "1", "I;16", "I")
-        except OSError:
-            return False  # reported with its cause by decode() below
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        mode = "RGB" if any(pool.map(is_colour, blobs, chunksize=256)) else "L"
-
-    def decode(blob: bytes) -> np.ndarray:
-        with Image.open(io.BytesIO(blob)) as image:
-            image = image.convert(mode)
-            if image_size is not None and image.size != (image_size, image_size):
-                image = image.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(image)
-
-    try:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            arrays = list(pool.map(decode, blobs, chunksize=256))
-    except OSError as exc:
-        raise DataError(f"{what}: cannot decode an image: {exc}") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        sizes = sorted(f"{s[1]}x{s[0]}" for s in shapes)
-        raise DataError(f"{what}: images differ in size ({', '.join(sizes[:4])}); pass --image-size N to resize them")
-    stacked = np.stack(arrays)
-    return stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-
-
-def match_channels(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Make a grayscale split RGB when the other split is colour (decoded per split)."""
-    if train.shape[1] == 1 and test.shape[1] == 3:
-        train = np.repeat(train, 3, axis=1)
-    elif train.shape[1] == 3 and test.shape[1] == 1:
-        test = np.repeat(test, 3, axis=1)
-    return train, test
-
-
-class _Tree:
-    """Files of an image tree, from a directory or a tar archive, as relative POSIX paths."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._blobs: dict[str, bytes] | None = None
-        if root.is_dir():
-            self.paths = sorted(
-                p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()
-            )
-        elif tarfile.is_tarfile(root):
-            self._blobs = {}
-            try:
-                with tarfile.open(root, "r:*") as archive:
-                    for member in archive:
-                        if member.isfile():
-                            name = member.name[2:] if member.name.startswith("./") else member.name
-                            self._blobs[name] = archive.extractfile(member).read()
-            except (tarfile.TarError, OSError, EOFError) as exc:
-                raise DataError(f"cannot read archive {root}: {exc}") from None
-            self.paths = sorted(self._blobs)
-            # An archive usually wraps the tree in one top-level folder: strip it.
-            tops = {p.split("/", 1)[0] for p in self.paths}
-            if len(tops) == 1 and not any(p.startswith(t) for t in ("train/", "test/", "val/") for p in self.paths):
-                top = tops.pop() + "/"
-                self._blobs = {k[len(top):]: v for k, v in self._blobs.items()}
-                self.paths = sorted(self._blobs)
-        else:
-            raise DataError(f"{root} is neither a directory nor a tar archive")
-
-    def read(self, rel: str) -> bytes:
-        if self._blobs is not None:
-            return self._blobs[rel]
-        return (self.root / rel).read_bytes()
-
-
 class ImageFolderSource(DataSource):
     """``train/<class>/**/image`` and ``test/<class>/**`` (or ``val/``) trees."""
 
@@ -388,81 +307,30 @@ class ImageFolderSource(DataSource):
         )
         self.id_order = "classes sorted by folder name, then files sorted by relative path within each class"
 
-    def _split(self, tree: _Tree, split: str, classes: list[str] | None):
-        prefix = split + "/"
-        files = [p for p in tree.paths if p.startswith(prefix) and PurePosixPath(p).suffix.lower() in IMAGE_SUFFIXES]
-        annotations = prefix + "val_annotations.txt"
-        if annotations in tree.paths and classes is not None:  # Tiny ImageNet's val layout
-            table = {}
-            for line in tree.read(annotations).decode().splitlines():
-                cells = line.split("\t")
-                if len(cells) >= 2:
-                    table[cells[0]] = cells[1]
-            pairs = [(table.get(PurePosixPath(p).name), p) for p in files]
-        else:
-            pairs = [(p[len(prefix):].split("/", 1)[0], p) for p in files if p.count("/") >= 2]
-        return pairs
-
     def load_splits(self, config: DataConfig):
-        tree = _Tree(self._data_dir(config))
-        train_pairs = self._split(tree, "train", None)
-        if not train_pairs:
-            raise DataError(f"{tree.root} holds no train/<class>/<image> files")
-        classes = sorted({c for c, _ in train_pairs})
-        index = {c: i for i, c in enumerate(classes)}
-        test_pairs: list = []
-        for split in ("test", "val"):
-            pairs = self._split(tree, split, classes)
-            if pairs and all(c in index for c, _ in pairs):
-                test_pairs, test_name = pairs, split
-                break
-        else:
-            raise DataError(f"{tree.root} holds no labelled test/<class>/ or val/<class>/ images of the training classes")
+        """Every image of ``train/`` and of ``test/`` (else ``val/``), decoded; see :func:`list_image_folder`."""
+        tree = read_tree(self._data_dir(config))
+        listing = list_image_folder(tree)
 
-        def build(pairs, what):
-            pairs = sorted(pairs, key=lambda cp: (index[cp[0]], cp[1]))
-            images = decode_images([tree.read(p) for _, p in pairs], config.image_size, f"{tree.root}/{what}")
-            return images, np.array([index[c] for c, _ in pairs], dtype=np.int64)
+        def decode(files, what):
+            return decode_images([tree.read(p) for p in files], config.image_size, f"{tree.root}/{what}")
 
-        (tx, ty), (vx, vy) = build(train_pairs, "train"), build(test_pairs, test_name)
+        tx, vx = decode(listing.train_files, "train"), decode(listing.test_files, listing.test_split)
         tx, vx = match_channels(tx, vx)
-        return (tx, ty), (vx, vy), classes, {"root": str(tree.root), "test_split": test_name}
+        return ((tx, listing.train_labels), (vx, listing.test_labels), listing.classes,
+                {"root": str(tree.root), "test_split": listing.test_split})
 
 
 # --------------------------------------------------------------------------- Hugging Face datasets
 def hf_split_arrays(split, image_column: str | None, label_column: str | None, image_size: int | None, what: str):
-    """Images (N, C, H, W) uint8, labels and class names of a ``datasets.Dataset``."""
-    import datasets
-
-    features = split.features
-    if image_column is None:
-        image_column = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
-        image_column = image_column or next((k for k in ("image", "img", "pixel_values") if k in features), None)
-    if label_column is None:
-        label_column = next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
-        label_column = label_column or ("label" if "label" in features else None)
-    missing = [c for c in (image_column, label_column) if c is None or c not in features]
-    if missing or image_column is None or label_column is None:
-        raise DataError(f"{what}: cannot find the image/label columns among {sorted(features)}; "
-                        "pass --image-column and --label-column")
-    labels = np.asarray(split[label_column], dtype=np.int64)
-    feature = features[image_column]
-    if isinstance(feature, datasets.Image):
-        raw = split.cast_column(image_column, datasets.Image(decode=False))[image_column]
-        blobs = [r["bytes"] if r.get("bytes") is not None else Path(r["path"]).read_bytes() for r in raw]
-        images = decode_images(blobs, image_size, what)
-    else:
-        images = np.asarray(split.with_format("numpy")[image_column])
-        # datasets hands integer columns back as int64 even when stored as uint8.
-        if images.dtype.kind in "iu" and images.size and images.min() >= 0 and images.max() <= 255:
-            images = images.astype(np.uint8)
-        if images.dtype != np.uint8:
-            raise DataError(f"{what}: column {image_column!r} holds {images.dtype}, expected uint8 pixels or images")
-        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
-    label_feature = features[label_column]
-    classes = list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel) else [
-        str(c) for c in range(int(labels.max()) + 1)]
-    return images, labels, classes
+    """Images (N, C, H, W) uint8, labels and class names of a ``datasets.Dataset`` (see :func:`open_hf_split`)."""
+    reader, labels, classes = open_hf_split(split, image_column, label_column, what)
+    if reader.kind == "encoded":
+        return decode_images(reader.read_all(), image_size, what), labels, classes
+    images = pixels_as_uint8(np.asarray(reader.read_all()))
+    if images.dtype != np.uint8:
+        raise DataError(f"{what}: column {reader.column!r} holds {images.dtype}, expected uint8 pixels or images")
+    return to_nchw(images), labels, classes
 
 
 class HuggingFaceSource(DataSource):
@@ -471,23 +339,9 @@ class HuggingFaceSource(DataSource):
     id_order = "row order of the training split as datasets returns it"
 
     def load_splits(self, config: DataConfig):
-        import datasets
-
-        target = config.hf_dataset or (str(config.resolved_data_dir()) if config.resolved_data_dir() else None)
-        if target is None:
-            raise DataError("hf needs --hf-dataset NAME or --data-dir pointing at a save_to_disk directory")
-        try:
-            if Path(target).exists():
-                loaded = datasets.load_from_disk(target)
-            else:
-                loaded = datasets.load_dataset(target)
-        except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
-            raise DataError(f"cannot load Hugging Face dataset {target!r}: {str(exc).splitlines()[0]}") from None
-        if not isinstance(loaded, datasets.DatasetDict):
-            raise DataError(f"{target} is a single split; save a DatasetDict with {config.train_split!r} and {config.test_split!r} splits")
-        for split in (config.train_split, config.test_split):
-            if split not in loaded:
-                raise DataError(f"{target} has no split {split!r}; it has {', '.join(loaded)}")
+        """The ``train_split`` and ``test_split`` of a DatasetDict, every row decoded."""
+        target = config.hf_target()
+        loaded = load_hf_splits(target, config.train_split, config.test_split)
         tx, ty, classes = hf_split_arrays(loaded[config.train_split], config.image_column, config.label_column, config.image_size, target)
         vx, vy, _ = hf_split_arrays(loaded[config.test_split], config.image_column, config.label_column, config.image_size, target)
         tx, vx = match_channels(tx, vx)

@@ -14,22 +14,29 @@ from pracset.fileio import atomic_torch_save, atomic_write_json
 MASK_FORMAT = "pracset-mask"
 MASK_VERSION = 1
 
-#: Which weights count as prunable: ``all`` = every convolution and linear
-#: weight (open_lth's choice, and the only one that makes sense for MLPs);
-#: ``conv`` = convolution weights only (the official PrAC-LTH code).
-PRUNING_SCOPES = ("all", "conv")
+#: Which weights may be pruned (the ``prunable`` choice): ``all`` = every
+#: convolution and linear weight (open_lth's choice, and the only one that
+#: makes sense for MLPs); ``conv`` = convolution weights only (the official
+#: PrAC-LTH code). How the weights are *ranked* for pruning is another choice,
+#: :data:`~pracset.sparse.pruning.RANKING_CHOICES`.
+PRUNABLE_CHOICES = ("all", "conv")
 
 
-def prunable_names(model: nn.Module, scope: str = "all", dense: Iterable[str] = ()) -> list[str]:
+def check_prunable(prunable: str) -> None:
+    """Raise :class:`ConfigError` unless ``prunable`` is one of :data:`PRUNABLE_CHOICES`."""
+    if prunable not in PRUNABLE_CHOICES:
+        raise ConfigError(f"unknown prunable choice {prunable!r}; valid: {', '.join(PRUNABLE_CHOICES)}")
+
+
+def prunable_names(model: nn.Module, prunable: str = "all", dense: Iterable[str] = ()) -> list[str]:
     """Names of the prunable weight tensors of ``model``, in ``named_parameters`` order.
 
-    Biases and normalisation parameters are never prunable. ``dense`` lists
-    layers to leave dense: a module name (``fc``) or a parameter name
-    (``fc.weight``).
+    ``prunable`` is one of :data:`PRUNABLE_CHOICES`. Biases and normalisation
+    parameters are never prunable. ``dense`` lists layers to leave dense: a
+    module name (``fc``) or a parameter name (``fc.weight``).
     """
-    if scope not in PRUNING_SCOPES:
-        raise ConfigError(f"unknown pruning scope {scope!r}; valid scopes: {', '.join(PRUNING_SCOPES)}")
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d) if scope == "conv" else (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    check_prunable(prunable)
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d) if prunable == "conv" else (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     dense = set(dense)
     names = []
     for module_name, module in model.named_modules():
@@ -42,7 +49,7 @@ def prunable_names(model: nn.Module, scope: str = "all", dense: Iterable[str] = 
     if unknown:
         raise ConfigError(f"layers to keep dense not found in the model: {', '.join(unknown)}")
     if not names:
-        raise ConfigError(f"the model has no prunable weights in scope {scope!r}")
+        raise ConfigError(f"the model has no prunable weights for prunable={prunable!r}")
     return names
 
 
@@ -68,10 +75,10 @@ class Mask(Mapping[str, torch.Tensor]):
 
     # -- construction
     @classmethod
-    def ones(cls, model: nn.Module, scope: str = "all", dense: Iterable[str] = ()) -> "Mask":
-        """A mask keeping every prunable weight of ``model``."""
+    def ones(cls, model: nn.Module, prunable: str = "all", dense: Iterable[str] = ()) -> "Mask":
+        """A mask keeping every prunable weight of ``model`` (see :func:`prunable_names`)."""
         params = dict(model.named_parameters())
-        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_names(model, scope, dense)})
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in prunable_names(model, prunable, dense)})
 
     # -- mapping protocol
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -169,3 +176,6 @@ class Mask(Mapping[str, torch.Tensor]):
         if saved.get("version", 0) > MASK_VERSION:
             raise PracsetError(f"{path} is mask format version {saved['version']}; this pracset reads up to {MASK_VERSION}")
         return cls(saved["masks"])
+
+
+__all__ = ["MASK_FORMAT", "MASK_VERSION", "PRUNABLE_CHOICES", "Mask", "check_prunable", "prunable_names"]

@@ -10,6 +10,19 @@ import torch.nn as nn
 from pracset.errors import ConfigError
 from pracset.sparse.mask import Mask
 
+#: How magnitude pruning ranks the weights (the ``ranking`` choice): ``global``
+#: ranks all masked tensors together (the LTH papers' and PrAC's choice);
+#: ``layerwise`` ranks, and prunes the same fraction of, each tensor on its own.
+#: Which weights may be pruned at all is another choice,
+#: :data:`~pracset.sparse.mask.PRUNABLE_CHOICES`.
+RANKING_CHOICES = ("global", "layerwise")
+
+
+def check_ranking(ranking: str) -> None:
+    """Raise :class:`ConfigError` unless ``ranking`` is one of :data:`RANKING_CHOICES`."""
+    if ranking not in RANKING_CHOICES:
+        raise ConfigError(f"unknown ranking choice {ranking!r}; valid: {', '.join(RANKING_CHOICES)}")
+
 
 def _check_fraction(fraction: float, what: str = "prune fraction") -> None:
     if not 0.0 <= fraction < 1.0:
@@ -47,20 +60,19 @@ def _prune_smallest(scores: torch.Tensor, keep: torch.Tensor, count: int) -> tor
 
 
 @torch.no_grad()
-def magnitude_prune(model: nn.Module, mask: Mask, fraction: float, *, scope: str = "global",
+def magnitude_prune(model: nn.Module, mask: Mask, fraction: float, *, ranking: str = "global",
                     layer_rates: Mapping[str, float] | None = None) -> Mask:
     """Prune ``fraction`` of the weights ``mask`` still keeps, smallest ``|w|`` first.
 
-    ``scope="global"`` ranks all masked tensors together (the LTH papers' and
-    PrAC's choice); ``"layerwise"`` prunes ``fraction`` of each layer. The
+    ``ranking="global"`` ranks all masked tensors together (the LTH papers'
+    and PrAC's choice); ``"layerwise"`` prunes ``fraction`` of each layer. The
     number pruned is exactly ``round(fraction * remaining)`` (per layer for
     layer-wise). ``layer_rates`` overrides the fraction of named layers, which
     are then pruned on their own (e.g. ``{"fc.weight": 0.1}`` for an output
-    layer at half of a 20% rate); the other layers follow ``scope``.
+    layer at half of a 20% rate); the other layers follow ``ranking``.
     """
     _check_fraction(fraction)
-    if scope not in ("global", "layerwise"):
-        raise ConfigError(f"unknown pruning scope {scope!r}; valid: global, layerwise")
+    check_ranking(ranking)
     layer_rates = dict(layer_rates or {})
     unknown = sorted(set(layer_rates) - set(mask))
     if unknown:
@@ -75,7 +87,7 @@ def magnitude_prune(model: nn.Module, mask: Mask, fraction: float, *, scope: str
     for name, rate in layer_rates.items():
         keep = mask[name].to(params[name].device)
         result[name] = _prune_smallest(params[name].abs(), keep, round(rate * int(keep.sum())))
-    if scope == "layerwise":
+    if ranking == "layerwise":
         for name in shared:
             keep = mask[name].to(params[name].device)
             result[name] = _prune_smallest(params[name].abs(), keep, round(fraction * int(keep.sum())))
@@ -91,11 +103,12 @@ def magnitude_prune(model: nn.Module, mask: Mask, fraction: float, *, scope: str
     return Mask({n: result[n] for n in mask})
 
 
-def prune_to_sparsity(model: nn.Module, mask: Mask, sparsity: float, *, scope: str = "global") -> Mask:
+def prune_to_sparsity(model: nn.Module, mask: Mask, sparsity: float, *, ranking: str = "global") -> Mask:
     """Magnitude-prune, in one shot, to ``sparsity`` of the masked weights pruned.
 
-    Exact overall for ``scope="global"``; layer-wise prunes every layer by the
-    same fraction of what it keeps, which reaches ``sparsity`` up to rounding.
+    Exact overall for ``ranking="global"``; ``"layerwise"`` prunes every layer
+    by the same fraction of what it keeps, which reaches ``sparsity`` up to
+    rounding.
     """
     _check_fraction(sparsity, "sparsity")
     kept_now = mask.num_kept()
@@ -104,4 +117,7 @@ def prune_to_sparsity(model: nn.Module, mask: Mask, sparsity: float, *, scope: s
         raise ConfigError(f"the mask is already at sparsity {mask.sparsity():.4f} > {sparsity}")
     # round(fraction * kept_now) == kept_now - target_kept: the exact count for global pruning.
     fraction = (kept_now - target_kept) / kept_now if kept_now else 0.0
-    return magnitude_prune(model, mask, fraction, scope=scope)
+    return magnitude_prune(model, mask, fraction, ranking=ranking)
+
+
+__all__ = ["RANKING_CHOICES", "check_ranking", "magnitude_prune", "prune_to_sparsity", "smallest_k"]

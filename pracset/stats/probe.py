@@ -23,7 +23,7 @@ from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
 from pracset.errors import ConfigError
 from pracset.sparse.mask import Mask
-from pracset.sparse.pruning import prune_to_sparsity
+from pracset.sparse.pruning import check_ranking, prune_to_sparsity
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import use_bf16_for
 
@@ -75,18 +75,19 @@ class ProbeResult:
 
 def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[float], *,
                   num_examples: int, pruned_models: Sequence[nn.Module] = (), mask: Mask | None = None,
-                  scope: str = "global", precision: str = "auto", ledger: IterationLedger | None = None,
+                  ranking: str = "global", precision: str = "auto", ledger: IterationLedger | None = None,
                   stage: str = "probe") -> ProbeResult:
     """Compare ``model`` with pruned copies of itself on every example of ``loader``.
 
     Each sparsity in ``sparsities`` gives one pruned copy: one-shot magnitude
-    pruning (``scope`` global or layer-wise) of the prunable weights to that
+    pruning (``ranking`` global or layer-wise) of the prunable weights to that
     sparsity, no fine-tuning. ``pruned_models`` adds models pruned elsewhere
     (e.g. the sparse network of an IMP round), reported under their own
     sparsity. ``num_examples`` is the size of the split the ids index.
     """
     if not sparsities and not pruned_models:
         raise ConfigError("the pruning probe needs at least one sparsity or pruned model")
+    check_ranking(ranking)  # before the dense pass, not after it
     for s in sparsities:
         if not 0 < s < 1:
             raise ConfigError(f"probe sparsities must lie in (0, 1), got {s}")
@@ -99,7 +100,7 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
     base_mask = mask if mask is not None else Mask.ones(model)
     for sparsity in sparsities:
         pruned = copy.deepcopy(model)
-        prune_to_sparsity(pruned, base_mask, sparsity, scope=scope).apply_(pruned)
+        prune_to_sparsity(pruned, base_mask, sparsity, ranking=ranking).apply_(pruned)
         candidates.append((float(sparsity), pruned))
     for pruned in pruned_models:
         kept = Mask({n: p != 0 for n, p in pruned.named_parameters() if n in base_mask})

@@ -1,22 +1,23 @@
-"""A dense training run written to an output directory (``pracset train``)."""
+"""Training written to a run directory: one stage (``train_stage``) and a whole dense run (``pracset train``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
+import torch.nn as nn
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
-from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_json, holds_only_temporaries
+from pracset.fileio import atomic_torch_save
 from pracset.models import InputSpec, build_model, check_model_name, has_convolutions
+from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
-from pracset.train.loop import Callback, Trainer
+from pracset.train.loop import Callback, Trainer, evaluate
 from pracset.train.optim import check_names
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,58 @@ def make_loaders(dataset: ImageDataset, config: TrainConfig, device: torch.devic
 
 
 def input_spec(dataset: ImageDataset) -> InputSpec:
+    """The input shape and class count a model for ``dataset`` is built with."""
     height, width = dataset.image_size
     return InputSpec(dataset.channels, height, width, dataset.num_classes)
 
 
 @dataclass
+class StageResult:
+    """A trained stage whose ``model.pt`` is written but which is not marked done yet.
+
+    ``metrics`` is what :meth:`RunDirectory.complete_stage` will write;
+    ``ledger`` the stage's cost, to be booked before that.
+    """
+
+    stage: StageFiles
+    metrics: dict
+    history: list[dict]
+    ledger: IterationLedger
+
+
+def train_stage_and_save_model(stage: StageFiles, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
+                               callbacks: Sequence[Callback] = (), start_step: int = 0,
+                               progress: bool = False) -> StageResult:
+    """Train ``model`` as ``stage`` (continuing from its checkpoint if one exists) and write its ``model.pt``.
+
+    The checkpoint is written after every epoch; the test split is evaluated
+    once more if the last epoch did not (a run stopped early between
+    evaluations). Nothing is booked or marked done here: the caller writes
+    what the stage adds, then calls :meth:`RunDirectory.complete_stage`.
+    """
+    stage.directory.mkdir(parents=True, exist_ok=True)
+    ledger = IterationLedger()
+    trainer = Trainer(config, ledger=ledger, stage=stage.name, checkpoint=stage.checkpoint, resume=True,
+                      progress=progress)
+    state = trainer.fit(model, train_loader, test_loader, callbacks, start_step=start_step)
+    final = dict(state.history[-1]) if state.history else {}
+    if "test_accuracy" not in final:
+        result = evaluate(model, test_loader, precision=config.precision, ledger=ledger, stage=stage.name)
+        final.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+        if state.history:
+            state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
+    atomic_torch_save(model.state_dict(), stage.model)
+    metrics = {"stage": stage.name, "final": final, "history": state.history, "epochs": config.epochs,
+               "epochs_run": state.epoch, "examples": train_loader.num_examples,
+               "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
+    log.info("%s: test accuracy %.4f", stage.name, final.get("test_accuracy", float("nan")))
+    return StageResult(stage, metrics, state.history, ledger)
+
+
+@dataclass
 class RunResult:
+    """What ``train_dense`` returns: the run's directory, its final metrics, history and ledger."""
+
     out_dir: Path
     metrics: dict
     history: list[dict]
@@ -51,59 +98,31 @@ class RunResult:
     skipped: bool = False
 
 
-def _check_out_dir(out_dir: Path, identity: dict, resume: bool) -> str:
-    """``new``, ``done`` or ``resume``; refuses a directory that holds another run."""
-    config_path = out_dir / "run.json"
-    if not config_path.exists():
-        if out_dir.exists() and not holds_only_temporaries(out_dir):
-            raise ConfigError(f"{out_dir} is not empty and holds no pracset run; choose another --out")
-        return "new"
-    try:
-        previous = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ConfigError(f"{config_path} is unreadable; choose another --out") from None
-    if previous.get("identity") != identity:
-        changed = sorted(k for k in set(identity) | set(previous.get("identity", {}))
-                         if identity.get(k) != previous.get("identity", {}).get(k))
-        raise ConfigError(f"{out_dir} holds another run (different {', '.join(changed)}); choose another --out")
-    if (out_dir / "metrics.json").exists() and (out_dir / "model.pt").exists():
-        return "done"
-    if not resume:
-        raise ConfigError(f"{out_dir} holds an unfinished run; pass --resume to continue it or choose another --out")
-    return "resume"
-
-
 def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str | Path, *,
                 device: torch.device, resume: bool = False, progress: bool = False,
                 callbacks: list[Callback] | None = None, dataset: ImageDataset | None = None) -> RunResult:
-    """Train ``arch`` densely on ``data`` and write the run to ``out_dir``.
+    """Train ``arch`` densely on ``data`` and write the run to ``out_dir`` (locked while it runs).
 
     Writes ``run.json`` (what was asked), ``checkpoint.pt`` (each epoch),
     ``model.pt`` (final weights), ``metrics.json`` (per-epoch history and the
     final test accuracy) and ``ledger.json``. A finished run is not redone.
     """
-    out_dir = Path(out_dir)
     check_names(config)
     check_model_name(arch)
+    layout = TicketLayout(out_dir)
     identity = {"data": to_dict(data), "arch": arch, "train": to_dict(config)}
-    status = _check_out_dir(out_dir, identity, resume)
-    if status == "done":
-        log.info("%s already holds this finished run; not training again", out_dir)
-        saved = json.loads((out_dir / "metrics.json").read_text())
-        return RunResult(out_dir, saved["final"], saved["history"], IterationLedger.load(out_dir / "ledger.json"), True)
+    # The data and the model are checked before anything is written.
     dataset = dataset or load_dataset(data)
     model = build_model(arch, input_spec(dataset), seed=config.seed)
-    train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
-    atomic_write_json(out_dir / "run.json", {"identity": identity, "dataset": dataset.describe(),
-                                             "fingerprint": dataset.fingerprint, "device": str(device),
-                                             "torch": torch.__version__})
-    ledger = IterationLedger()
-    trainer = Trainer(config, ledger=ledger, stage="dense", checkpoint=out_dir / "checkpoint.pt",
-                      resume=status == "resume", progress=progress)
-    state = trainer.fit(model, train_loader, test_loader, callbacks or [])
-    final = dict(state.history[-1])
-    atomic_torch_save(model.state_dict(), out_dir / "model.pt")
-    ledger.save(out_dir / "ledger.json")
-    atomic_write_json(out_dir / "metrics.json", {"final": final, "history": state.history,
-                                                 "ledger": ledger.to_dict()})
-    return RunResult(out_dir, final, state.history, ledger)
+    record = {"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
+              "torch": torch.__version__}
+    with RunDirectory(layout.root, identity, resume=resume, finished="metrics.json", extra_record=record) as run:
+        if run.status == "done":
+            log.info("%s already holds this finished run; not training again", layout.root)
+            saved = layout.dense.read_metrics()
+            return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
+        train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
+        result = train_stage_and_save_model(layout.dense, model, train_loader, test_loader, config,
+                                            callbacks=callbacks or [], progress=progress)
+        run.complete_stage(layout.dense, result.metrics, result.ledger)
+        return RunResult(layout.root, result.metrics["final"], result.history, run.ledger)

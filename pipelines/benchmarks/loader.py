@@ -6,7 +6,8 @@ The wall-clock seconds of one epoch over the 60,000 MNIST training images
 (batch 128, 469 steps) of ``build_model('lenet300', InputSpec(1, 28, 28, 10),
 seed=0)`` trained with SGD (lr 0.1, momentum 0.9, weight decay 1e-4) and
 cross-entropy, by default on the CPU with ``torch.set_num_threads`` set to the
-machine's core count. The same model and optimizer are fed:
+machine's core count (``$OMP_NUM_THREADS`` when set). The same model and
+optimizer are fed:
 
 (a) ``bare``: a plain Python loop over pre-normalised float32 tensors already
     in memory, indexed by a fresh ``torch.randperm`` each epoch. This is the
@@ -31,9 +32,10 @@ Every way gets a warm-up (a few batches, not timed), then ``--repeats`` timed
 epochs, each on a freshly built model and optimizer (built outside the timed
 region; the Trainer builds its optimizer and schedule inside ``fit``, which is
 part of what users pay). The median seconds per epoch is reported, with the
-ratios pracset/bare, dataloader/pracset and dataloader/bare. The target
-checked (PASS/FAIL) is: pracset within 1.2x of bare; the DataLoader speed-up
-(dataloader/pracset, expected >= 6x) is checked and reported too.
+ratios pracset/bare, dataloader/pracset and dataloader/bare.
+
+Target: pracset/bare <= 1.2 (the verdict). Expected and reported, not
+judged: dataloader/pracset >= 6 (how much the per-image DataLoader loses).
 
 On CUDA (``--device cuda``) the data of (a) and (b) lives on the GPU, the
 DataLoader batches of (c) are copied to it per step, and every timing is
@@ -41,22 +43,18 @@ bracketed by ``torch.cuda.synchronize()``.
 
 Run it
 ------
-    cd /work/main && . .venv/bin/activate
-    python pipelines/bench_loader.py --data-dir /work/shared/data/mnist
-    python pipelines/bench_loader.py --data-dir /work/shared/data/mnist --workers 2 --json bench.json
+    python -m pipelines.benchmarks.loader --data-dir DIR      # DIR: the four MNIST idx files
+    python -m pipelines.benchmarks.loader --data-dir DIR --workers 2 --json loader.json
+    python -m pipelines.benchmarks.loader --data-dir DIR --device cuda
+    python -m pipelines.benchmarks.loader --smoke             # a few batches of synthetic data
 
-``--data-dir`` may be left out when ``$PRACSET_DATA_DIR`` names the directory
+``--data-dir`` may be left out when ``$PRACSET_DATA_DIR`` names the folder
 holding the four MNIST idx files (``.gz`` or not).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
 import os
-import platform
-import statistics
 import sys
 from typing import Callable
 
@@ -65,22 +63,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from benchkit import timed
-from pracset.data import DataConfig, DeviceLoader, load_dataset
-from pracset.data.sources import DATA_DIR_ENV
-from pracset.models import InputSpec, build_model
+from pipelines.benchmarks import common
+from pracset.data import DeviceLoader
 from pracset.train import Trainer, TrainConfig
 
 BATCH_SIZE = 128
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
 TORCHVISION_MEAN, TORCHVISION_STD = (0.1307,), (0.3081,)
 TARGET_PRACSET_OVER_BARE = 1.2
-TARGET_DATALOADER_OVER_PRACSET = 6.0
-
-
-# --------------------------------------------------------------------------- helpers
-def new_model(device: torch.device) -> nn.Module:
-    return build_model("lenet300", InputSpec(1, 28, 28, 10), seed=0).to(device).train()
+EXPECTED_DATALOADER_OVER_PRACSET = 6.0
+SMOKE = {"repeats": 1, "warmup_batches": 1, "workers": 0}
 
 
 def new_optimizer(model: nn.Module) -> torch.optim.Optimizer:
@@ -97,13 +89,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 def time_sgd_epochs(device: torch.device, repeats: int, *, warmup: Callable[[nn.Module, torch.optim.Optimizer], object],
                     run: Callable[[nn.Module, torch.optim.Optimizer], object]) -> list[float]:
     """One untimed ``warmup`` call, then ``repeats`` timed ``run`` calls, each on a fresh model and optimizer."""
-    model = new_model(device)
-    timed(device, lambda: warmup(model, new_optimizer(model)))
+    model = common.lenet300(device)
+    common.timed(device, lambda: warmup(model, new_optimizer(model)))
     times = []
     for _ in range(repeats):
-        model = new_model(device)
+        model = common.lenet300(device)
         optimizer = new_optimizer(model)
-        times.append(timed(device, lambda: run(model, optimizer)))
+        times.append(common.timed(device, lambda: run(model, optimizer)))
     return times
 
 
@@ -153,11 +145,11 @@ def bench_pracset(dataset, device: torch.device, repeats: int, warmup_batches: i
     results: dict[str, list[float]] = {"pracset": [], "pracset-loader+bare-loop": [], "pracset-loader-only": []}
 
     # Trainer.fit: what `pracset train` runs.
-    timed(device, lambda: Trainer(config).fit(new_model(device), warm_loader))
+    common.timed(device, lambda: Trainer(config).fit(common.lenet300(device), warm_loader))
     for _ in range(repeats):
-        model = new_model(device)
+        model = common.lenet300(device)
         trainer = Trainer(config)
-        results["pracset"].append(timed(device, lambda: trainer.fit(model, loader)))
+        results["pracset"].append(common.timed(device, lambda: trainer.fit(model, loader)))
 
     # The same loader feeding the bare loop of (a).
     def bare_loop(model, optimizer, source):
@@ -172,9 +164,9 @@ def bench_pracset(dataset, device: torch.device, repeats: int, warmup_batches: i
         for batch in source:
             pass
 
-    timed(device, lambda: drain(warm_loader))
+    common.timed(device, lambda: drain(warm_loader))
     for _ in range(repeats):
-        results["pracset-loader-only"].append(timed(device, lambda: drain(loader)))
+        results["pracset-loader-only"].append(common.timed(device, lambda: drain(loader)))
     return results
 
 
@@ -200,51 +192,28 @@ def bench_dataloader(dataset, device: torch.device, repeats: int, warmup_batches
 
 
 # --------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time one epoch of LeNet-300-100 on MNIST fed three ways: bare tensors, "
-                    "pracset's DeviceLoader + Trainer, and a torch DataLoader with PIL/torchvision transforms.",
-        epilog="example: python pipelines/bench_loader.py --data-dir /work/shared/data/mnist",
-    )
-    parser.add_argument("--data-dir", default=None,
-                        help=f"directory holding the MNIST idx files (default: ${DATA_DIR_ENV})")
-    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda[:N]")
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__)
+    common.add_data_dir(parser, "folder of the four MNIST idx files")
+    common.add_device(parser)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per way; the median is reported (default 3)")
     parser.add_argument("--warmup-batches", type=int, default=5, help="untimed warm-up batches per way (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader num_workers for way (c) (default 0)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads (default: the machine's core count, os.cpu_count())")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.data_dir is None and not os.environ.get(DATA_DIR_ENV):
-        parser.error(f"--data-dir is required unless ${DATA_DIR_ENV} is set")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.warmup_batches < 1:
-        parser.error("--warmup-batches must be at least 1")
+    common.add_threads(parser, "os.cpu_count()")
+    args = common.parse(parser, argv, smoke=SMOKE, needs_data_dir=True, positive=("repeats", "warmup_batches"))
     if args.workers < 0:
         parser.error("--workers must not be negative")
-    return args
+    device, skip = common.open_device(args.device)
+    if skip:
+        return common.finish(args, {}, skip=skip)
+    threads = common.set_threads(args.threads, os.cpu_count())
 
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available", file=sys.stderr)
-        return 2
-    cores = os.cpu_count() or 1
-    threads = args.threads or cores
-    torch.set_num_threads(threads)
-
-    dataset = load_dataset(DataConfig(name="mnist", data_dir=args.data_dir))
+    with common.data_dir(args, common.write_synthetic_mnist) as folder:
+        dataset = common.load_mnist(folder)
     mean, std = dataset.normalization
     n = len(dataset.train)
     steps = -(-n // BATCH_SIZE)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}); "
-          f"torch {torch.__version__}; torch.set_num_threads({threads}) "
-          f"({'the machine core count, os.cpu_count()' if args.threads is None else 'from --threads'}; os.cpu_count()={cores})")
+    print(common.machine_line(device))
     print(f"MNIST train: {n} images, batch {BATCH_SIZE} -> {steps} steps/epoch; "
           f"LeNet-300-100, SGD lr {LR} momentum {MOMENTUM} wd {WEIGHT_DECAY}, cross-entropy; "
           f"warm-up {args.warmup_batches} batches, {args.repeats} timed epochs per way (median reported)")
@@ -262,12 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"timing (c) dataloader (num_workers={args.workers}) ...", flush=True)
     times["dataloader"] = bench_dataloader(dataset, device, args.repeats, args.warmup_batches, args.workers)
 
-    median = {k: statistics.median(v) for k, v in times.items()}
-    print()
-    print(f"{'way':<28}{'median s/epoch':>16}{'images/s':>12}   all runs (s)")
-    for key, value in median.items():
-        runs = ", ".join(f"{t:.3f}" for t in times[key])
-        print(f"{key:<28}{value:>16.3f}{n / value:>12,.0f}   {runs}")
+    median = common.medians(times)
+    common.print_times("way", times, n)
     ratios = {
         "pracset/bare": median["pracset"] / median["bare"],
         "dataloader/pracset": median["dataloader"] / median["pracset"],
@@ -278,27 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key, value in ratios.items():
         print(f"ratio {key:<34}{value:6.2f}x")
-    within = ratios["pracset/bare"] <= TARGET_PRACSET_OVER_BARE
-    faster = ratios["dataloader/pracset"] >= TARGET_DATALOADER_OVER_PRACSET
-    print()
-    print(f"target pracset <= {TARGET_PRACSET_OVER_BARE}x bare: {ratios['pracset/bare']:.2f}x -> {'PASS' if within else 'FAIL'}")
-    print(f"target dataloader >= {TARGET_DATALOADER_OVER_PRACSET:g}x pracset: {ratios['dataloader/pracset']:.2f}x -> "
-          f"{'PASS' if faster else 'FAIL'}")
-
-    if args.json:
-        report = {
-            "device": str(device), "torch": torch.__version__, "threads": threads, "cpu_count": cores,
-            "examples": n, "batch_size": BATCH_SIZE, "steps_per_epoch": steps, "repeats": args.repeats,
-            "warmup_batches": args.warmup_batches, "workers": args.workers,
-            "seconds": times, "median_seconds": median, "ratios": ratios,
-            "targets": {"pracset_over_bare_max": TARGET_PRACSET_OVER_BARE, "pracset_within": within,
-                        "dataloader_over_pracset_min": TARGET_DATALOADER_OVER_PRACSET, "dataloader_faster": faster},
-            "pass": within,
-        }
-        with open(args.json, "w") as handle:
-            json.dump(report, handle, indent=2)
-        print(f"wrote {args.json}")
-    return 0 if within else 1
+    checks = [
+        common.Check("pracset/bare", ratios["pracset/bare"], "<=", TARGET_PRACSET_OVER_BARE, unit="x"),
+        common.Check("dataloader/pracset", ratios["dataloader/pracset"], ">=", EXPECTED_DATALOADER_OVER_PRACSET,
+                     unit="x", gate=False),
+    ]
+    report = {
+        "device": str(device), "torch": torch.__version__, "threads": threads, "cpu_count": os.cpu_count(),
+        "examples": n, "batch_size": BATCH_SIZE, "steps_per_epoch": steps, "repeats": args.repeats,
+        "warmup_batches": args.warmup_batches, "workers": args.workers,
+        "seconds": times, "median_seconds": median, "ratios": ratios,
+    }
+    return common.finish(args, report, checks)
 
 
 if __name__ == "__main__":

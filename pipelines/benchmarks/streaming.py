@@ -28,19 +28,22 @@ here so that only the loaders differ). Then:
    GPU's ceiling, without the Trainer's per-step host work). Images per
    second each, and for (a) and (b) the share of the epoch the training
    thread spent in ``next(loader)``. The GPU waits for data when (b) is
-   clearly slower than (a), the same Trainer loop fed from memory (below 90%
-   of it); (b)/(c) is reported too.
+   clearly slower than (a), the same Trainer loop fed from memory; (b)/(c) is
+   reported too.
+
+Target (CUDA, with the training timed): training fed by the streaming loader
+at >= 0.9x the images per second of the same loop fed from memory. On a CPU
+training is compute-bound, so nothing is judged there (SKIP).
 
 Every number is also written as JSON with ``--json FILE``.
 
 Run it
 ------
-    cd /work/main && . .venv/bin/activate
-    # on this CPU, small settings
-    python pipelines/bench_streaming.py --data-dir /work/shared/data/cifar10-jpeg/cifar10_jpeg_q75.tar.gz \\
-        --batches 40 --workers 2 --repeats 2
+    # DIR/cifar10_jpeg_q75.tar.gz, or the tree extracted from it; small settings for a CPU:
+    python -m pipelines.benchmarks.streaming --data-dir DIR/cifar10_jpeg_q75.tar.gz --batches 40 --workers 2 --repeats 2
     # on a GPU machine: ResNet-18 fed by the streaming loader
-    python pipelines/bench_streaming.py --data-dir .../cifar10_jpeg_q75.tar.gz --device cuda --workers 14
+    python -m pipelines.benchmarks.streaming --data-dir DIR/cifar10_jpeg_q75.tar.gz --device cuda --workers 14
+    python -m pipelines.benchmarks.streaming --smoke      # a few batches of synthetic JPEGs
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -58,16 +60,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipelines.benchmarks import common
+from pracset.data import DataConfig, DeviceLoader, load_dataset
+from pracset.data.streaming import StreamingLoader, estimate_normalization, extract_archive, image_folder_splits
+from pracset.models import build_model, has_convolutions
+from pracset.train import TrainConfig, Trainer
 
-from benchkit import sync  # noqa: E402
-from pracset.data import DataConfig, DeviceLoader, load_dataset  # noqa: E402
-from pracset.data.streaming import (StreamingLoader, estimate_normalization, extract_archive,  # noqa: E402
-                                    image_folder_splits)
-from pracset.models import build_model, has_convolutions  # noqa: E402
-from pracset.train.config import TrainConfig  # noqa: E402
-from pracset.train.loop import Trainer, use_bf16_for  # noqa: E402
-from pracset.train.run import input_spec  # noqa: E402
+TARGET_STREAMING_OVER_MEMORY = 0.9
+SMOKE = {"batch_size": 32, "batches": 2, "workers": 1, "repeats": 1, "train": True, "arch": "lenet5"}
 
 
 class TimedLoader:
@@ -98,13 +98,14 @@ class TimedLoader:
 
 def drain(loader, device: torch.device, epoch: int) -> tuple[float, int]:
     loader.set_epoch(epoch)
-    sync(device)
-    started = time.perf_counter()
     count = 0
-    for batch in loader:
-        count += len(batch.index)
-    sync(device)
-    return time.perf_counter() - started, count
+
+    def run():
+        nonlocal count
+        for batch in loader:
+            count += len(batch.index)
+
+    return common.timed(device, run), count
 
 
 def loader_rate(loader, device: torch.device, repeats: int) -> dict:
@@ -116,7 +117,7 @@ def loader_rate(loader, device: torch.device, repeats: int) -> dict:
 
 
 def train_rates(dataset, streamed, ids, args, device: torch.device, mean, std) -> dict:
-    spec = input_spec(dataset)
+    spec = common.input_spec(dataset)
     config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=0.05, seed=0, precision="auto",
                          crop_padding=4, flip=True)
     conv = has_convolutions(build_model(args.arch, spec, seed=0))
@@ -132,14 +133,10 @@ def train_rates(dataset, streamed, ids, args, device: torch.device, mean, std) -
         rates, waits = [], []
         for _ in range(args.repeats):
             model = build_model(args.arch, spec, seed=0)
-            timed = TimedLoader(loader)
-            sync(device)
-            started = time.perf_counter()
-            Trainer(config, stage=name).fit(model, timed)
-            sync(device)
-            seconds = time.perf_counter() - started
+            waiting = TimedLoader(loader)
+            seconds = common.timed(device, lambda: Trainer(config, stage=name).fit(model, waiting))
             rates.append(len(ids) / seconds)
-            waits.append(timed.waited / seconds)
+            waits.append(waiting.waited / seconds)
         out[name] = {"images_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates],
                      "waiting_in_next_fraction": round(statistics.median(waits), 4)}
 
@@ -149,7 +146,7 @@ def train_rates(dataset, streamed, ids, args, device: torch.device, mean, std) -
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     batch = next(iter(device_loader))
-    bf16 = use_bf16_for("auto", device)
+    bf16 = common.use_bf16_for("auto", device)
     steps = len(device_loader)
 
     def loop(n: int) -> None:
@@ -162,26 +159,25 @@ def train_rates(dataset, streamed, ids, args, device: torch.device, mean, std) -
             optimizer.step()
 
     loop(min(steps, 10))
-    rates = []
-    for _ in range(args.repeats):
-        sync(device)
-        started = time.perf_counter()
-        loop(steps)
-        sync(device)
-        rates.append(steps * args.batch_size / (time.perf_counter() - started))
+    rates = [steps * args.batch_size / common.timed(device, lambda: loop(steps)) for _ in range(args.repeats)]
     out["compute-only"] = {"images_per_s": round(statistics.median(rates), 1), "runs": [round(r, 1) for r in rates]}
     streaming = out["streaming-loader"]["images_per_s"]
     out["streaming_vs_compute"] = round(streaming / out["compute-only"]["images_per_s"], 3)
     out["streaming_vs_device_loader"] = round(streaming / out["device-loader"]["images_per_s"], 3)
-    out["gpu_waits_for_data"] = out["streaming_vs_device_loader"] < 0.9
+    out["gpu_waits_for_data"] = out["streaming_vs_device_loader"] < TARGET_STREAMING_OVER_MEMORY
     return out
 
 
+def write_smoke_tree(folder: Path) -> Path:
+    """Two classes of random 32x32 JPEGs in the layout of the extracted CIFAR-10 archive."""
+    return common.write_synthetic_image_folder(folder, classes=2, train=48, test=8)
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="cifar10_jpeg_q75.tar.gz, or the tree extracted from it")
+    parser = common.make_parser(__doc__)
+    common.add_data_dir(parser, "cifar10_jpeg_q75.tar.gz, or the tree extracted from it")
     parser.add_argument("--extract-to", default=None, help="where the archive is extracted (default: a folder in $TMPDIR)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    common.add_device(parser)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--batches", type=int, default=0, help="batches per timed epoch (0: the whole split)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="streaming decode processes")
@@ -189,27 +185,53 @@ def main(argv=None) -> int:
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=None,
                         help="also time training --arch fed by each loader (default: on CUDA only)")
     parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="write the results here")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    common.add_threads(parser, "torch's own choice")
+    args = common.parse(parser, argv, smoke=SMOKE, needs_data_dir=True, positive=("batch_size", "repeats"))
+    device, skip = common.open_device(args.device)
+    if skip:
+        return common.finish(args, {}, skip=skip)
+    common.set_threads(args.threads, None)
     train = device.type == "cuda" if args.train is None else args.train
     results: dict = {"settings": {**vars(args), "train": train}, "machine": {
-        "python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+        "python": sys.version.split()[0], "torch": torch.__version__, "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}}
 
-    source = Path(args.data_dir)
-    started = time.perf_counter()
-    if source.is_dir():
-        root = source
-    else:
-        extract_to = Path(args.extract_to) if args.extract_to else Path(tempfile.gettempdir()) / "pracset-bench-cifar10-jpeg"
-        root = extract_archive(source, extract_to)
-    results["extract_s"] = round(time.perf_counter() - started, 2)
+    with common.data_dir(args, write_smoke_tree) as folder:
+        source = Path(folder or os.environ[common.DATA_DIR_ENV])
+        started = time.perf_counter()
+        if source.is_dir():
+            root = source
+        else:
+            extract_to = Path(args.extract_to) if args.extract_to else Path(tempfile.gettempdir()) / "pracset-bench-cifar10-jpeg"
+            root = extract_archive(source, extract_to)
+        results["extract_s"] = round(time.perf_counter() - started, 2)
+        measure(args, device, train, root, results)
 
+    print(json.dumps(results, indent=2))
+    loaders = results["loader_only"]
+    count = results["timed_images_per_epoch"]
+    print(f"\nloader only, {count} images/epoch, batch {args.batch_size}, {device}: "
+          f"in-memory {loaders['device-loader']['images_per_s']:.0f} img/s, "
+          f"streaming ({args.workers} workers) {loaders['streaming-loader']['images_per_s']:.0f} img/s")
+    if not train:
+        return common.finish(args, results, skip="the target needs the training timed: --train (on by default on CUDA)")
+    t = results["training"]
+    print(f"{args.arch} training: device loader {t['device-loader']['images_per_s']:.0f} img/s, streaming "
+          f"{t['streaming-loader']['images_per_s']:.0f} img/s (waiting in next() "
+          f"{100 * t['streaming-loader']['waiting_in_next_fraction']:.1f}% of the epoch), compute only "
+          f"{t['compute-only']['images_per_s']:.0f} img/s; streaming/in-memory {t['streaming_vs_device_loader']}"
+          + (f": the GPU waits for data: {t['gpu_waits_for_data']}" if device.type == "cuda" else ""))
+    check = common.Check("streaming/in-memory training", t["streaming_vs_device_loader"], ">=",
+                         TARGET_STREAMING_OVER_MEMORY, unit="x", digits=3)
+    if device.type != "cuda":
+        return common.finish(args, results, [check], skip=f"the target is about a GPU waiting for data; training on "
+                                                          f"{device} is bound by its own compute")
+    return common.finish(args, results, [check])
+
+
+def measure(args, device: torch.device, train: bool, root: Path, results: dict) -> None:
+    """Load, open and time both loaders (and training) over the image-folder tree at ``root``."""
     started = time.perf_counter()
     dataset = load_dataset(DataConfig("imagefolder", data_dir=str(root)))
     results["in_memory_load_s"] = round(time.perf_counter() - started, 2)
@@ -221,11 +243,11 @@ def main(argv=None) -> int:
     results["streaming_normalization_s"] = round(time.perf_counter() - started, 2)
     mean, std = dataset.normalization
     results["normalization"] = {"exact": [mean, std], "sampled_10k": list(sampled)}
-    for i in (0, 12_345, len(dataset.train) - 1):  # the same example ids, the same pixels
+    n = len(dataset.train)
+    for i in (0, n // 3, n - 1):  # the same example ids, the same pixels
         assert torch.equal(streamed.train[i][0], dataset.train.images[i]), i
     assert np.array_equal(streamed.train.labels, dataset.train.labels.numpy())
 
-    n = len(dataset.train)
     count = n if args.batches <= 0 else min(n, args.batches * args.batch_size)
     ids = np.sort(np.random.default_rng(0).permutation(n)[:count])
     results["timed_images_per_epoch"] = count
@@ -237,22 +259,6 @@ def main(argv=None) -> int:
                               "streaming-loader": loader_rate(stream_loader, device, args.repeats)}
     if train:
         results["training"] = {"arch": args.arch, **train_rates(dataset, streamed, ids, args, device, mean, std)}
-
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    loaders = results["loader_only"]
-    print(f"\nloader only, {count} images/epoch, batch {args.batch_size}, {device}: "
-          f"in-memory {loaders['device-loader']['images_per_s']:.0f} img/s, "
-          f"streaming ({args.workers} workers) {loaders['streaming-loader']['images_per_s']:.0f} img/s")
-    if train:
-        t = results["training"]
-        print(f"{args.arch} training: device loader {t['device-loader']['images_per_s']:.0f} img/s, streaming "
-              f"{t['streaming-loader']['images_per_s']:.0f} img/s (waiting in next() "
-              f"{100 * t['streaming-loader']['waiting_in_next_fraction']:.1f}% of the epoch), compute only "
-              f"{t['compute-only']['images_per_s']:.0f} img/s; streaming/in-memory {t['streaming_vs_device_loader']}: "
-              f"the GPU waits for data: {t['gpu_waits_for_data']}")
-    return 0
 
 
 if __name__ == "__main__":

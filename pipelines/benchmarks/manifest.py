@@ -28,44 +28,41 @@ Also timed, as information: ``load_subset`` given the manifest's *path*
 
 One untimed warm-up round on a 10,000-row manifest runs first (imports,
 first-call costs). The median seconds of each stage are printed with every
-run, and each is checked against the target (< 1 s; PASS/FAIL), with the
-manifest file size. With ``--profile auto`` (the default) every stage whose
-median misses the target is run once more under cProfile and the top
-functions by own time and by cumulative time are printed (``--profile all``:
-every stage; ``none``: no profiling).
+run and the manifest file size. With ``--profile auto`` (the default) every
+stage whose median misses the target is run once more under cProfile and the
+top functions by own time and by cumulative time are printed (``--profile
+all``: every stage; ``none``: no profiling).
+
+Target: the median of each of write, read and load_subset < 1 s.
 
 Run it
 ------
-    cd /work/main && . .venv/bin/activate
-    python pipelines/bench_manifest.py
-    python pipelines/bench_manifest.py --rows 50000 --repeats 5 --json manifest.json
+    python -m pipelines.benchmarks.manifest
+    python -m pipelines.benchmarks.manifest --rows 50000 --repeats 5 --json manifest.json
+    python -m pipelines.benchmarks.manifest --smoke       # 2,000 rows, one round
 
-The manifest is written under ``--out-dir`` (default: a temporary directory
-that is removed afterwards). Exit status 0 when every target passes, 1
-otherwise.
+The manifest is written under ``--out-dir`` (default: a temporary folder,
+removed afterwards). No data set is read: everything is synthetic.
 """
 
 from __future__ import annotations
 
-import argparse
 import binascii
 import cProfile
 import io
-import json
 import os
 import platform
 import pstats
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 import pracset
+from pipelines.benchmarks import common
 from pracset.manifest import COLUMNS, read_manifest, write_manifest
 
 ROWS_IMAGENET = 1_281_167
@@ -74,6 +71,7 @@ EPOCHS = 30
 NUM_CLASSES = 1000
 SELECTED_FRACTION = 0.4
 STAGES = ("write", "read", "load_subset")
+SMOKE = {"rows": 2000, "repeats": 1, "profile": "all", "profile_top": 3}
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -148,22 +146,17 @@ def synthetic_dataset(rows: int):
 
 
 # --------------------------------------------------------------------------- timing
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    started = time.perf_counter()
-    result = fn()
-    return time.perf_counter() - started, result
-
-
 def run_round(path: Path, columns: dict, metadata: dict, dataset, expected: int) -> dict[str, float]:
+    timed = common.timed_result
     seconds = {}
-    seconds["write"], _ = timed(lambda: write_manifest(path, columns, metadata))
-    seconds["read"], manifest = timed(lambda: read_manifest(path))
+    seconds["write"], _ = timed(None, lambda: write_manifest(path, columns, metadata))
+    seconds["read"], manifest = timed(None, lambda: read_manifest(path))
     fresh = read_manifest(path)  # untimed: its selected_ids is still to be computed, inside load_subset
-    seconds["load_subset"], subset = timed(lambda: pracset.load_subset(fresh, dataset, match="id"))
+    seconds["load_subset"], subset = timed(None, lambda: pracset.load_subset(fresh, dataset, match="id"))
     if len(subset) != expected or manifest.num_selected != expected:
         raise SystemExit(f"error: load_subset returned {len(subset)} rows, read_manifest {manifest.num_selected}; "
                          f"expected {expected}")
-    seconds["load_subset(path)"], subset = timed(lambda: pracset.load_subset(path, dataset, match="id"))
+    seconds["load_subset(path)"], subset = timed(None, lambda: pracset.load_subset(path, dataset, match="id"))
     if len(subset) != expected:
         raise SystemExit(f"error: load_subset(path) returned {len(subset)} rows, expected {expected}")
     return seconds
@@ -190,31 +183,17 @@ def profile_stage(stage: str, path: Path, columns: dict, metadata: dict, dataset
 
 
 # --------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Time write_manifest, read_manifest and load_subset(match='id') on a synthetic "
-                    "ImageNet-sized PrAC manifest.",
-        epilog="example: python pipelines/bench_manifest.py --rows 1281167 --repeats 3",
-    )
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__)
     parser.add_argument("--rows", type=int, default=ROWS_IMAGENET,
                         help=f"manifest rows = dataset rows (default {ROWS_IMAGENET:,}: ImageNet-1k train)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; medians are reported (default 3)")
     parser.add_argument("--out-dir", default=None,
-                        help="where the manifest is written (default: a temporary directory, removed afterwards)")
+                        help="where the manifest is written (default: a temporary folder, removed afterwards)")
     parser.add_argument("--profile", choices=("auto", "all", "none"), default="auto",
                         help="cProfile the stages that miss the target (auto, default), every stage, or none")
     parser.add_argument("--profile-top", type=int, default=20, help="functions listed per profile (default 20)")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
-    args = parser.parse_args(argv)
-    if args.rows < 1:
-        parser.error("--rows must be at least 1")
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = common.parse(parser, argv, smoke=SMOKE, positive=("rows", "repeats"))
     import datasets
     import pyarrow
 
@@ -248,22 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v:.3f}s" for k, v in seconds.items()),
                   flush=True)
         size = path.stat().st_size
-        median = {stage: statistics.median(values) for stage, values in times.items()}
-
-        print()
-        print(f"{'stage':<20}{'median s':>10}{'rows/s':>14}   all runs (s)")
-        for stage, value in median.items():
-            note = "   (information: read + select)" if stage not in STAGES else ""
-            runs = ", ".join(f"{t:.3f}" for t in times[stage])
-            print(f"{stage:<20}{value:>10.3f}{args.rows / value:>14,.0f}   {runs}{note}")
+        median = common.medians(times)
+        common.print_times("stage", times, args.rows, unit="rows/s",
+                           notes={s: "   (information: read + select)" for s in times if s not in STAGES})
         print(f"manifest file size: {size:,} bytes ({size / 2**20:.1f} MiB, {size / args.rows:.1f} bytes/row)")
-        print()
-        passed = {stage: median[stage] < TARGET_SECONDS for stage in STAGES}
-        for stage in STAGES:
-            print(f"target {stage} < {TARGET_SECONDS:g} s: {median[stage]:.3f} s -> {'PASS' if passed[stage] else 'FAIL'}")
+        checks = [common.Check(stage, median[stage], "<", TARGET_SECONDS, unit=" s", digits=3) for stage in STAGES]
 
         profiles = {}
-        to_profile = [s for s in STAGES if args.profile == "all" or (args.profile == "auto" and not passed[s])]
+        to_profile = [c.name for c in checks if args.profile == "all" or (args.profile == "auto" and not c.passed)]
         for stage in to_profile:
             text = profile_stage(stage, path, columns, metadata, dataset, args.profile_top)
             profiles[stage] = text
@@ -271,18 +242,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"==== cProfile of one {stage} ({args.rows:,} rows) ====")
             print(text)
 
-        if args.json:
-            report = {
-                "rows": args.rows, "selected": expected, "repeats": args.repeats, "seconds": times,
-                "median_seconds": median, "file_bytes": size, "target_seconds": TARGET_SECONDS,
-                "passed": passed, "pass": all(passed.values()), "profiles": profiles or None,
-                "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                             "pyarrow": pyarrow.__version__, "datasets": datasets.__version__},
-            }
-            with open(args.json, "w") as handle:
-                json.dump(report, handle, indent=2)
-            print(f"wrote {args.json}")
-        return 0 if all(passed.values()) else 1
+        report = {
+            "rows": args.rows, "selected": expected, "repeats": args.repeats, "seconds": times,
+            "median_seconds": median, "file_bytes": size, "target_seconds": TARGET_SECONDS,
+            "profiles": profiles or None,
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "pyarrow": pyarrow.__version__, "datasets": datasets.__version__},
+        }
+        return common.finish(args, report, checks)
     finally:
         if temporary:
             shutil.rmtree(out_dir, ignore_errors=True)

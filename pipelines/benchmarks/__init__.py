@@ -1,0 +1,15 @@
+"""Benchmarks of pracset, each checked against a target; run from the repository root.
+
+``python -m pipelines.benchmarks.NAME --help`` says what NAME measures, its
+target and how to run it; ``--smoke`` runs it for a few steps on synthetic
+data. Each ends with a line ``VERDICT PASS|FAIL|SKIP: ...`` (see ``common``).
+
+- ``loader``: one MNIST epoch fed by pracset's DeviceLoader vs bare tensors and a torch DataLoader.
+- ``manifest``: writing, reading and applying an ImageNet-sized PrAC manifest.
+- ``recorder``: the per-example recorder's cost per training epoch, and its host syncs.
+- ``sparse``: the overhead of a static mask, RigL and GraNet over dense training.
+- ``streaming``: the StreamingLoader against the in-memory loader on JPEG CIFAR-10.
+- ``train``: the training loop's speed and its host syncs per step.
+"""
+
+NAMES = ("loader", "manifest", "recorder", "sparse", "streaming", "train")

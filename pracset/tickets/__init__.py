@@ -1,0 +1,83 @@
+"""Finding tickets: IMP with rewinding, PrAC-IMP, RigL, GraNet, and the sanity-check controls.
+
+:func:`find_tickets` runs a method of :data:`TICKET_METHODS` into one output
+directory (:class:`~pracset.runs.TicketLayout` names its files), stage by
+stage; a finished stage is not redone, so an interrupted run continues where
+it stopped (``resume``), and a directory that holds another run is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pracset.config import to_dict
+from pracset.data import DataConfig, ImageDataset, load_dataset
+from pracset.fileio import atomic_write_json
+from pracset.manifest import read_manifest
+from pracset.models import build_model, check_model_name
+from pracset.runs import RunDirectory, TicketLayout
+from pracset.selection import SelectionConfig
+from pracset.sparse import GraNetConfig, RigLConfig
+from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
+from pracset.tickets.context import Snapshot, TicketContext
+from pracset.tickets.controls import CONTROLS, Control
+from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
+from pracset.train.config import TrainConfig
+from pracset.train.optim import check_names
+from pracset.train.run import input_spec
+
+log = logging.getLogger(__name__)
+
+
+def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig = TrainConfig(),
+                 imp: IMPConfig = IMPConfig(), early_bird: EarlyBirdConfig = EarlyBirdConfig(),
+                 rigl: RigLConfig | None = None, granet: GraNetConfig | None = None,
+                 selection: SelectionConfig = SelectionConfig(), manifest: str | Path | None = None,
+                 device: torch.device = torch.device("cpu"), resume: bool = False, progress: bool = False,
+                 dataset: ImageDataset | None = None) -> dict:
+    """Find tickets of ``arch`` on ``data`` with ``method`` and write them into ``out``.
+
+    With ``manifest``, the method trains on the manifest's selected examples
+    (PrAC-IMP: a fixed PrAC set, e.g. built on another architecture). Returns
+    the summary written to ``tickets.json``: one row per ticket (sparsity,
+    test accuracy, iterations, controls and verdict), the run's ledger and
+    where the final mask and weights are.
+    """
+    runner = TICKET_METHODS.get(method)
+    check_names(train)
+    check_model_name(arch)
+    settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
+    dataset = dataset or load_dataset(data)
+    fixed_ids, manifest_info = None, None
+    if manifest is not None:
+        m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
+        fixed_ids = m.selected_ids
+        manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
+                         "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
+    identity = {"method": method, "data": to_dict(data), "arch": arch, "train": to_dict(train),
+                "manifest": manifest_info, **runner.identity(settings)}
+    build_model(arch, input_spec(dataset))  # the architecture must fit the data before anything is written
+    runner.check(settings, train, len(dataset.train), fixed_ids)
+    layout = TicketLayout(out)
+    with RunDirectory(layout.root, identity, resume=resume, finished=layout.summary.name) as run:
+        if run.status == "done":
+            log.info("%s already holds this finished run", layout.root)
+            return {**json.loads(layout.summary.read_text()), "skipped": True}
+        ctx = TicketContext(dataset, arch, train, device, run, layout, progress)
+        rows = runner.run(ctx, settings, fixed_ids)
+        final = rows[-1]
+        mask_stage = layout.round(final["round"]) if final["round"] is not None else layout.sparse
+        summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
+                   "tickets": rows, "final": final, "ledger": run.ledger.to_dict(),
+                   "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model)}
+        atomic_write_json(layout.summary, summary)
+        return summary
+
+
+__all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "Snapshot", "TICKET_METHODS", "TicketContext",
+           "TicketMethod", "TicketSettings", "find_tickets", "round_budget"]

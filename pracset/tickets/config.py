@@ -1,0 +1,74 @@
+"""Configuration of IMP with rewinding and of PrAC-IMP's additions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from pracset.config import option, require
+from pracset.sparse.mask import PRUNABLE_CHOICES
+from pracset.sparse.pruning import RANKING_CHOICES
+from pracset.train.config import TrainConfig
+
+#: How a PrAC-IMP round on a subset P of N examples is budgeted.
+BUDGET_RULES = ("official", "linear")
+
+
+@dataclass(frozen=True)
+class IMPConfig:
+    """Iterative magnitude pruning with rewinding (and PrAC-IMP's additions).
+
+    Early-Bird's own settings (eps, queue length, ...) are an
+    :class:`~pracset.sparse.early_bird.EarlyBirdConfig`, shared with
+    ``pracset build``; here is only whether PrAC-IMP's rounds use it.
+    """
+
+    sparsity: float = option(0.9, "target sparsity: IMP runs enough rounds to reach it (unless --rounds)")
+    rounds: int | None = option(None, "pruning rounds (default: enough to reach --sparsity)")
+    prune_fraction: float = option(0.2, "fraction of the remaining weights pruned per round")
+    ranking: str = option("global", "how weights are ranked for pruning: all masked tensors together (global) "
+                                    "or each on its own (layerwise)", choices=RANKING_CHOICES)
+    prunable: str = option("all", "which weights may be pruned: all conv+linear, or conv only (official PrAC code)",
+                           choices=PRUNABLE_CHOICES)
+    dense_layers: tuple[str, ...] = option((), "layers left dense (module or parameter names)")
+    output_rate: float | None = option(None, "prune the output layer at this fraction per round instead "
+                                             "(the LTH paper: half the rate)")
+    rewind_step: int = option(0, "rewind to the weights at this training iteration (0 = initialisation)")
+    controls: bool = option(False, "also train the sanity-check controls of every ticket (random re-init, random mask)")
+    tolerance: float = option(0.005, "a ticket matches dense when its accuracy is at most this much lower")
+    budget: str = option("official", "PrAC-IMP round budget on a subset P: official = epochs x |P|/N "
+                                     "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
+                                     "fall as |P|/N)", choices=BUDGET_RULES)
+    early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
+
+    def __post_init__(self) -> None:
+        require(0 < self.sparsity < 1, f"sparsity must lie in (0, 1), got {self.sparsity}")
+        require(self.rounds is None or self.rounds > 0, f"rounds must be a positive integer, got {self.rounds}")
+        require(0 < self.prune_fraction < 1, f"prune_fraction must lie in (0, 1), got {self.prune_fraction}")
+        require(self.output_rate is None or 0 <= self.output_rate < 1,
+                f"output_rate must lie in [0, 1), got {self.output_rate}")
+        require(self.rewind_step >= 0, f"rewind_step must not be negative, got {self.rewind_step}")
+        require(self.budget in BUDGET_RULES, f"budget must be one of {', '.join(BUDGET_RULES)}, got {self.budget!r}")
+        require(self.ranking in RANKING_CHOICES,
+                f"ranking must be one of {', '.join(RANKING_CHOICES)}, got {self.ranking!r}")
+        require(self.prunable in PRUNABLE_CHOICES,
+                f"prunable must be one of {', '.join(PRUNABLE_CHOICES)}, got {self.prunable!r}")
+
+    @property
+    def num_rounds(self) -> int:
+        """Rounds whose compound pruning first reaches ``sparsity``."""
+        if self.rounds is not None:
+            return self.rounds
+        return max(1, math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.prune_fraction) - 1e-9))
+
+
+def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:
+    """The recipe of a PrAC-IMP round on a subset holding ``fraction`` of the training split.
+
+    ``official`` scales the epochs by the fraction (the official code; with
+    fewer iterations per epoch too, iterations fall as the fraction squared),
+    ``linear`` keeps the epochs (iterations fall as the fraction).
+    """
+    if rule == "linear":
+        return train
+    return replace(train, epochs=max(1, int(train.epochs * fraction)))

@@ -1,0 +1,105 @@
+"""What every stage of a ticket run shares: the data, the architecture, the recipe, the run directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from pracset.data import DeviceLoader, ImageDataset
+from pracset.fileio import atomic_torch_save
+from pracset.models import build_model, has_convolutions
+from pracset.runs import RunDirectory, StageFiles, TicketLayout
+from pracset.sparse.mask import Mask
+from pracset.train.config import TrainConfig
+from pracset.train.loop import Callback, StepOutput, TrainState
+from pracset.train.run import StageResult, input_spec, make_loaders, train_stage_and_save_model
+
+
+class Snapshot(Callback):
+    """Keeps a copy of the model's whole state (BN statistics included) at a given global step."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.state: dict | None = None
+
+    def _take(self, model: nn.Module) -> None:
+        self.state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.step == 0 and self.state is None:
+            self._take(state.model)
+
+    def on_batch_end(self, state: TrainState, out: StepOutput) -> None:
+        if state.step == self.step and self.state is None:
+            self._take(state.model)
+
+    def state_dict(self) -> dict:
+        return {"state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state["state"]
+
+
+@dataclass
+class TicketContext:
+    """The shared pieces of one ticket run, and the few operations every method needs."""
+
+    dataset: ImageDataset
+    arch: str
+    train: TrainConfig
+    device: torch.device
+    run: RunDirectory
+    layout: TicketLayout
+    progress: bool = False
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.dataset.train)
+
+    def model(self, seed: int | None = None) -> nn.Module:
+        """A freshly initialised model (on the CPU), seeded with the recipe's seed unless ``seed`` is given."""
+        return build_model(self.arch, input_spec(self.dataset), seed=self.train.seed if seed is None else seed)
+
+    def loaders(self, ids=None, train: TrainConfig | None = None) -> tuple[DeviceLoader, DeviceLoader]:
+        return make_loaders(self.dataset, train or self.train, self.device, ids=ids,
+                            conv_net=has_convolutions(self.model()))
+
+    def full_split_loader(self) -> DeviceLoader:
+        """The whole training split in id order, without augmentation (for probes)."""
+        return DeviceLoader(self.dataset.train.to(self.device), 512, *self.dataset.normalization)
+
+    def train_stage(self, stage: StageFiles, model: nn.Module, *, ids=None, train: TrainConfig | None = None,
+                    callbacks: Sequence[Callback] = (), start_step: int = 0) -> StageResult:
+        """Train ``model`` as ``stage`` and write its ``model.pt``; the caller completes the stage."""
+        config = train or self.train
+        train_loader, test_loader = self.loaders(ids, config)
+        return train_stage_and_save_model(stage, model, train_loader, test_loader, config, callbacks=callbacks,
+                                          start_step=start_step, progress=self.progress)
+
+    def train_and_complete_stage(self, stage: StageFiles, model: nn.Module, **kwargs) -> dict:
+        """:meth:`train_stage`, then book its cost and write its ``metrics.json``; returns the metrics."""
+        result = self.train_stage(stage, model, **kwargs)
+        return self.run.complete_stage(stage, result.metrics, result.ledger)
+
+    def load_model(self, stage: StageFiles) -> nn.Module:
+        """The trained model of a finished stage, on the run's device."""
+        model = self.model()
+        model.load_state_dict(torch.load(stage.model, map_location="cpu", weights_only=True))
+        return model.to(self.device)
+
+    def rewound(self, mask: Mask, rewind: dict, seed: int | None = None) -> nn.Module:
+        """A model at the rewind point (or freshly initialised with ``seed``) with ``mask`` applied."""
+        model = self.model(seed)
+        if seed is None:
+            model.load_state_dict(rewind)
+        mask.apply_(model)
+        return model.to(self.device)
+
+    def save_rewind_point(self, state: dict) -> None:
+        atomic_torch_save(state, self.layout.rewind)
+
+    def load_rewind_point(self) -> dict:
+        return torch.load(self.layout.rewind, map_location="cpu", weights_only=True)

@@ -1,0 +1,148 @@
+"""The ticket methods, by name: what each checks before a run and how it runs.
+
+A method is a small object with two hooks, :meth:`TicketMethod.check` and
+:meth:`TicketMethod.run`; :data:`TICKET_METHODS` is the registry the command
+line and the TOML pipelines take their choices from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pracset.config import to_dict
+from pracset.data import num_batches
+from pracset.errors import ConfigError
+from pracset.registry import Registry
+from pracset.selection import SelectionConfig
+from pracset.sparse import GraNet, GraNetConfig, RigL, RigLConfig
+from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.sparse.mask import Mask
+from pracset.tickets.config import IMPConfig, round_budget
+from pracset.tickets.context import TicketContext
+from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds
+from pracset.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class TicketSettings:
+    """Every method's settings; a method reads (and records in the run's identity) only its own."""
+
+    imp: IMPConfig = IMPConfig()
+    early_bird: EarlyBirdConfig = EarlyBirdConfig()
+    selection: SelectionConfig = SelectionConfig()
+    rigl: RigLConfig | None = None
+    granet: GraNetConfig | None = None
+
+
+def _steps(num_examples: int, train: TrainConfig) -> int:
+    return num_batches(num_examples, train.batch_size, train.drop_last) * train.epochs
+
+
+class TicketMethod:
+    """How one method finds tickets. Subclasses override :meth:`run`, and :meth:`check` / :meth:`identity`."""
+
+    name = ""
+
+    def identity(self, settings: TicketSettings) -> dict:
+        """The settings that make two runs of this method the same run."""
+        return {"imp": to_dict(settings.imp)}
+
+    def check(self, settings: TicketSettings, train: TrainConfig, num_examples: int,
+              fixed_ids: np.ndarray | None) -> None:
+        """Refuse settings that cannot work for a run of this length, before anything is written."""
+
+    def run(self, ctx: TicketContext, settings: TicketSettings, fixed_ids: np.ndarray | None) -> list[dict]:
+        raise NotImplementedError
+
+
+class IMP(TicketMethod):
+    """Full-data IMP with rewinding: round r trains the mask of r prunes from the rewind point."""
+
+    name = "imp"
+
+    def check(self, settings, train, num_examples, fixed_ids):
+        # Tickets continue the full-data schedule from the rewind step, so it must lie inside it.
+        full = _steps(num_examples, train)
+        if settings.imp.rewind_step >= full:
+            raise ConfigError(f"rewind step {settings.imp.rewind_step} lies beyond the dense run's {full} steps "
+                              f"(it must be below {full})")
+
+    def run(self, ctx, settings, fixed_ids):
+        return run_rounds(RoundPolicy(ctx, settings.imp))
+
+
+class PracIMP(IMP):
+    """PrAC-IMP (Zhang et al. 2021, DESIGN 2.2): IMP whose rounds train on the PrAC set, then full-data tickets."""
+
+    name = "prac-imp"
+
+    def identity(self, settings):
+        return {**super().identity(settings), "early_bird": to_dict(settings.early_bird),
+                "selection": to_dict(settings.selection)}
+
+    def check(self, settings, train, num_examples, fixed_ids):
+        super().check(settings, train, num_examples, fixed_ids)
+        imp = settings.imp
+        if fixed_ids is not None:  # round 0 on the fixed subset is shorter: the scaled rewind step must fit it
+            n0 = len(fixed_ids)
+            k0 = round(imp.rewind_step * n0 / num_examples)
+            steps0 = _steps(n0, round_budget(train, n0 / num_examples, imp.budget))
+            if k0 > steps0:
+                raise ConfigError(f"rewind step {imp.rewind_step}, scaled to the manifest's {n0} examples ({k0}), "
+                                  f"lies beyond round 0's {steps0} steps")
+
+    def run(self, ctx, settings, fixed_ids):
+        return run_rounds(PracSetPolicy(ctx, settings.imp, settings.early_bird, settings.selection, fixed_ids))
+
+
+class DynamicSparse(TicketMethod):
+    """RigL / GraNet: one training run whose mask changes as it trains (on the full split or a manifest's set)."""
+
+    method_class: type = RigL
+
+    def config(self, settings: TicketSettings):
+        """The method's configuration: the one given, or its default at IMP's target sparsity."""
+        raise NotImplementedError
+
+    def identity(self, settings):
+        return {"sparse": to_dict(self.config(settings))}
+
+    def check(self, settings, train, num_examples, fixed_ids):
+        n = len(fixed_ids) if fixed_ids is not None else num_examples
+        self.method_class(self.config(settings)).check_schedule(_steps(n, train))
+
+    def run(self, ctx, settings, fixed_ids):
+        stage = ctx.layout.sparse
+        metrics = ctx.run.stage_done(stage)
+        if metrics is None:
+            callback = self.method_class(self.config(settings))
+            result = ctx.train_stage(stage, ctx.model(), ids=fixed_ids, callbacks=[callback])
+            callback.mask.save(stage.mask)
+            metrics = ctx.run.complete_stage(stage, result.metrics, result.ledger)
+        mask = Mask.load(stage.mask)
+        return [{"stage": stage.name, "round": None, "sparsity": round(mask.sparsity(), 6),
+                 "test_accuracy": metrics["final"].get("test_accuracy"),
+                 "iterations": metrics["ledger"].get("train_iterations")}]
+
+
+class RigLMethod(DynamicSparse):
+    name, method_class = "rigl", RigL
+
+    def config(self, settings):
+        return settings.rigl or RigLConfig(sparsity=settings.imp.sparsity)
+
+
+class GraNetMethod(DynamicSparse):
+    name, method_class = "granet", GraNet
+
+    def config(self, settings):
+        # GraNet starts sparser than dense but below its final sparsity.
+        return settings.granet or GraNetConfig(sparsity=settings.imp.sparsity,
+                                               init_sparsity=min(0.5, settings.imp.sparsity))
+
+
+#: Ticket methods by name; the CLI's ``--method`` choices and the pipelines' ``methods`` come from here.
+TICKET_METHODS: Registry[TicketMethod] = Registry("ticket method", {
+    m.name: m for m in (IMP(), PracIMP(), RigLMethod(), GraNetMethod())})

@@ -1,0 +1,236 @@
+"""IMP with rewinding, one round loop for full-data IMP and PrAC-IMP.
+
+Round 0 trains densely from the initialisation and keeps the whole state at
+the rewind step; every later round prunes the previous round's trained
+weights, rewinds and trains again. The two methods differ only in their
+:class:`RoundPolicy`: which examples a round trains on, with what budget and
+callbacks, what a finished round writes (PrAC-IMP: the next round's set), and
+which training is the round's ticket (IMP: the round itself; PrAC-IMP: the
+round's mask trained again on the full split).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from pracset.errors import ConfigError
+from pracset.fileio import atomic_np_save
+from pracset.runs import StageFiles
+from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.sparse import StaticMask
+from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
+from pracset.sparse.mask import Mask
+from pracset.sparse.pruning import magnitude_prune
+from pracset.stats import ExampleRecorder, pruning_probe
+from pracset.tickets.config import IMPConfig, round_budget
+from pracset.tickets.context import Snapshot, TicketContext
+from pracset.tickets.controls import train_controls, verdict
+from pracset.train.config import TrainConfig
+from pracset.train.ledger import IterationLedger
+from pracset.train.loop import Callback
+
+log = logging.getLogger(__name__)
+
+
+class RoundPolicy:
+    """What full-data IMP does; :class:`PracSetPolicy` overrides the hooks where PrAC-IMP differs."""
+
+    def __init__(self, ctx: TicketContext, config: IMPConfig):
+        self.ctx = ctx
+        self.config = config
+
+    def training_ids(self, r: int, previous: StageFiles) -> np.ndarray | None:
+        """The example ids round ``r`` trains on (``None``: the whole split)."""
+        return None
+
+    def recipe(self, ids: np.ndarray | None) -> TrainConfig:
+        return self.ctx.train
+
+    def rewind_step(self, ids: np.ndarray | None) -> int:
+        """The step of round 0 whose state later rounds rewind to."""
+        return self.config.rewind_step
+
+    def start_step(self) -> int:
+        """Where a pruned round's learning-rate schedule starts: it continues from the rewind step (open_lth)."""
+        return self.config.rewind_step
+
+    def callbacks(self, mask: Mask) -> list[Callback]:
+        return []
+
+    def write_round_outputs(self, r: int, stage: StageFiles, model, mask: Mask,
+                            callbacks: Sequence[Callback]) -> tuple[dict, IterationLedger]:
+        """Write what a trained round adds before it is marked done; returns extra metrics and their cost."""
+        return {}, IterationLedger()
+
+    def train_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask, rewind: dict) -> tuple[StageFiles, dict]:
+        """The ticket of round ``r``'s mask and its metrics: for IMP, the round's own training."""
+        return stage, metrics
+
+
+class PracSetPolicy(RoundPolicy):
+    """PrAC-IMP (Zhang et al. 2021): rounds train on the PrAC set, and each mask's ticket on the full split.
+
+    Every round records per-example forgetting, stops with Early-Bird, and
+    selects the next round's set: CET (this round's forgetting) union CEP
+    (dense vs. this round's sparse predictions, from round 1 on). With
+    ``fixed_ids`` (a manifest's set, e.g. built on another architecture) every
+    round, round 0 included, trains on that set and nothing is recomputed.
+    """
+
+    def __init__(self, ctx: TicketContext, config: IMPConfig, early_bird: EarlyBirdConfig,
+                 selection: SelectionConfig, fixed_ids: np.ndarray | None = None):
+        super().__init__(ctx, config)
+        self.early_bird = early_bird
+        self.selection = selection
+        self.fixed_ids = fixed_ids
+        self._dense_model = None
+
+    @property
+    def recomputes(self) -> bool:
+        return self.fixed_ids is None
+
+    def training_ids(self, r, previous):
+        if not self.recomputes:
+            return self.fixed_ids
+        return None if r == 0 else np.load(previous.next_ids)
+
+    def recipe(self, ids):
+        if ids is None:
+            return self.ctx.train
+        return round_budget(self.ctx.train, len(ids) / self.ctx.num_examples, self.config.budget)
+
+    def rewind_step(self, ids):
+        # On a fixed subset, round 0 sees |P|/N of the examples per epoch: rewind to the same point of
+        # training in epochs (k x |P|/N of its steps), not to a step it may never reach.
+        if ids is None:
+            return self.config.rewind_step
+        return round(self.config.rewind_step * len(ids) / self.ctx.num_examples)
+
+    def start_step(self):
+        return 0  # as the official code, a round restarts its (scaled) schedule at the rewound weights
+
+    def callbacks(self, mask):
+        out: list[Callback] = []
+        if self.recomputes:
+            out.append(ExampleRecorder(self.ctx.num_examples, self.ctx.device))
+        if self.config.early_bird:
+            out.append(EarlyBirdStop(self.early_bird, mask, warmup_epochs=int(self.ctx.train.warmup_epochs)))
+        return out
+
+    def write_round_outputs(self, r, stage, model, mask, callbacks):
+        bird = next((c for c in callbacks if isinstance(c, EarlyBirdStop)), None)
+        extra = {"early_bird_epoch": bird.stopped_epoch if bird else None}
+        probe_ledger = IterationLedger()
+        if not self.recomputes:
+            return extra, probe_ledger
+        recorder = next(c for c in callbacks if isinstance(c, ExampleRecorder))
+        disagreements = None
+        if r == 0:
+            atomic_np_save(stage.forgetting, recorder.statistics().forgetting_events)
+        else:
+            # The probe's cost is booked as a stage of its own, merged by replacement: a resume that probes
+            # again (killed before metrics.json) counts it once.
+            probe = pruning_probe(self.dense_model(), self.ctx.full_split_loader(), [], pruned_models=[model],
+                                  num_examples=self.ctx.num_examples, mask=mask, precision=self.ctx.train.precision,
+                                  ledger=probe_ledger, stage=self.ctx.layout.probe_stage(r))
+            disagreements = probe.disagreements
+            extra["cep"] = int(probe.critical.sum())
+        labels = self.ctx.dataset.train.labels.cpu().numpy()
+        inputs = SelectionInputs.from_statistics(labels, recorder.statistics(), disagreements)
+        next_ids = select(inputs, self.selection).ids
+        atomic_np_save(stage.next_ids, next_ids)
+        extra["next_set"] = len(next_ids)
+        return extra, probe_ledger
+
+    def dense_model(self):
+        if self._dense_model is None:
+            self._dense_model = self.ctx.load_model(self.ctx.layout.round(0))
+        return self._dense_model
+
+    def train_ticket(self, r, stage, metrics, mask, rewind):
+        ticket = self.ctx.layout.ticket(r)
+        done = self.ctx.run.stage_done(ticket)
+        if done is None:
+            done = self.ctx.train_and_complete_stage(ticket, self.ctx.rewound(mask, rewind),
+                                                     callbacks=[StaticMask(mask)], start_step=self.config.rewind_step)
+        return ticket, done
+
+
+def _train_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
+                 extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
+    """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
+    ctx = policy.ctx
+    if ids is not None:
+        atomic_np_save(stage.ids, ids)
+    hooks = policy.callbacks(mask)
+    result = ctx.train_stage(stage, model, ids=ids, train=policy.recipe(ids),
+                             callbacks=[*extra_callbacks, *hooks], start_step=start_step)
+    if r == 0:
+        snapshot = next(c for c in extra_callbacks if isinstance(c, Snapshot))
+        if snapshot.state is None:
+            raise ConfigError(f"rewind step {snapshot.step} lies beyond the dense run's steps")
+        ctx.save_rewind_point(snapshot.state)
+    extra, probe_ledger = policy.write_round_outputs(r, stage, model, mask, hooks)
+    if ids is not None:
+        extra["set_size"] = int(len(ids))
+    cost = IterationLedger({**result.ledger.stages, **probe_ledger.stages})
+    return ctx.run.complete_stage(stage, {**result.metrics, **extra}, cost)
+
+
+def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
+    """The next round's mask: ``prune_fraction`` of the previous mask's weights, by magnitude of its trained weights."""
+    model = ctx.load_model(previous)
+    mask = Mask.load(previous.mask).to(ctx.device)
+    # The last prunable tensor is the output layer; the LTH paper prunes it at half the rate.
+    rates = {} if config.output_rate is None else {list(mask)[-1]: config.output_rate}
+    return magnitude_prune(model, mask, config.prune_fraction, ranking=config.ranking, layer_rates=rates).to("cpu")
+
+
+def run_rounds(policy: RoundPolicy) -> list[dict]:
+    """The IMP round loop; returns one row per ticket (round 0: the dense network)."""
+    ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
+    dense = layout.round(0)
+    base = Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
+    dense_metrics = ctx.run.stage_done(dense)
+    if dense_metrics is None:
+        ids = policy.training_ids(0, dense)
+        base.save(dense.mask)
+        dense_metrics = _train_round(policy, 0, dense, ctx.model(), base, ids,
+                                     extra_callbacks=[Snapshot(policy.rewind_step(ids))])
+    rewind = ctx.load_rewind_point()
+    rows = [_row(dense, 0, base, dense_metrics, dense_metrics, None, config.tolerance)]
+    previous = dense
+    for r in range(1, config.num_rounds + 1):
+        stage = layout.round(r)
+        metrics = ctx.run.stage_done(stage)
+        if metrics is None:
+            mask = prune_next(ctx, previous, config)
+            mask.save(stage.mask)
+            metrics = _train_round(policy, r, stage, ctx.rewound(mask, rewind), mask, policy.training_ids(r, previous),
+                                   extra_callbacks=[StaticMask(mask)], start_step=policy.start_step())
+        mask = Mask.load(stage.mask)
+        ticket, ticket_metrics = policy.train_ticket(r, stage, metrics, mask, rewind)
+        controls = train_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls else None
+        row = _row(ticket, r, mask, ticket_metrics, dense_metrics, controls, config.tolerance)
+        if ticket != stage:  # the round that found the mask, apart from its ticket
+            row.update(set_size=metrics.get("set_size"), round_iterations=metrics["ledger"].get("train_iterations"),
+                       round_test_accuracy=metrics["final"].get("test_accuracy"),
+                       early_bird_epoch=metrics.get("early_bird_epoch"))
+        rows.append(row)
+        previous = stage
+    return rows
+
+
+def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict, dense: dict, controls: dict | None,
+         tolerance: float) -> dict:
+    accuracy = metrics["final"].get("test_accuracy")
+    dense_accuracy = dense["final"].get("test_accuracy")
+    row = {"stage": stage.name, "round": r, "sparsity": round(mask.sparsity(), 6), "test_accuracy": accuracy,
+           "dense_accuracy": dense_accuracy, "iterations": metrics.get("ledger", {}).get("train_iterations")}
+    if controls is not None:
+        row["controls"] = controls
+        row["verdict"] = verdict(accuracy, dense_accuracy, controls, tolerance)
+    return row

@@ -43,7 +43,7 @@ from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
-from pracset.train.run import input_spec, make_loaders, train_stage_and_save_model
+from pracset.train.run import input_spec, make_loaders, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,13 @@ def stats_path(manifest_path: Path) -> Path:
     return BuildLayout(manifest_path).statistics
 
 
+def build_identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig,
+                   early_bird: EarlyBirdConfig) -> dict:
+    """What makes two builds the same build (recorded in the manifest and compared before building again)."""
+    return {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
+            "selection": to_dict(selection), "early_bird": to_dict(early_bird) if build.early_bird else None}
+
+
 def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig = TrainConfig(),
                    build: BuildConfig = BuildConfig(), selection: SelectionConfig = SelectionConfig(),
                    early_bird: EarlyBirdConfig = EarlyBirdConfig(), device: torch.device = torch.device("cpu"),
@@ -100,8 +107,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     SELECTION_RULES.get(selection.rule)
     if selection.rule == "cep" and not build.probe_sparsities:
         raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
-    identity = {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
-                "selection": to_dict(selection), "early_bird": to_dict(early_bird) if build.early_bird else None}
+    identity = build_identity(data, arch, train, build, selection, early_bird)
     if layout.manifest.exists():
         return _existing_build(layout, identity)
     started = time.time()
@@ -119,8 +125,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
             bird = EarlyBirdStop(early_bird, mask, warmup_epochs=int(train.warmup_epochs))
             callbacks.append(bird)
         dense = StageFiles("dense", layout.work)
-        trained = train_stage_and_save_model(dense, model, train_loader, test_loader, train, callbacks=callbacks,
-                                             progress=progress)
+        trained = train_stage(dense, model, train_loader, test_loader, train, callbacks=callbacks, progress=progress)
         ledger = trained.ledger
         statistics = recorder.statistics()
         probe_result = None

@@ -6,11 +6,26 @@ import argparse
 import json
 import logging
 import os
+import select
 import sys
 from typing import NoReturn, Sequence
 
 from pracset import __version__
+from pracset.build import BuildConfig, build_manifest
+from pracset.config import add_arguments, from_args
+from pracset.data import SOURCES, DataConfig
+from pracset.device import resolve_device
+from pracset.distributed import init_from_env, is_main
 from pracset.errors import PracsetError
+from pracset.manifest import read_manifest
+from pracset.models import MODELS, torchvision_names
+from pracset.pipeline import load_pipeline, run_pipeline
+from pracset.selection import SelectionConfig
+from pracset.sparse import GraNetConfig, RigLConfig
+from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
+from pracset.train import TrainConfig
+from pracset.train.run import train_dense
 
 log = logging.getLogger("pracset")
 
@@ -37,8 +52,6 @@ def _positive_int(text: str) -> int:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    from pracset.data import SOURCES
-
     width = max(len(n) for n in SOURCES.names())
     for name, source in SOURCES.items():
         print(f"{name:<{width}}  {source.description}")
@@ -48,8 +61,6 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from pracset.models import MODELS, torchvision_names
-
     width = max(len(n) for n in MODELS.names())
     for name, entry in MODELS.items():
         print(f"{name:<{width}}  {entry.description}")
@@ -60,12 +71,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pracset.config import from_args
-    from pracset.data import DataConfig
-    from pracset.device import resolve_device
-    from pracset.train import TrainConfig
-    from pracset.train.run import train_dense
-
     data = from_args(DataConfig, args)
     config = from_args(TrainConfig, args)
     device = resolve_device(args.device)
@@ -81,18 +86,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from pracset.build import BuildConfig, build_manifest
-    from pracset.config import from_args
-    from pracset.data import DataConfig
-    from pracset.device import resolve_device
-    from pracset.selection import SelectionConfig
-    from pracset.sparse.early_bird import EarlyBirdConfig
-    from pracset.train import TrainConfig
-
     result = build_manifest(
         from_args(DataConfig, args), args.arch, args.out, train=from_args(TrainConfig, args),
         build=from_args(BuildConfig, args), selection=from_args(SelectionConfig, args),
-        early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"), device=resolve_device(args.device), resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+        early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"), device=resolve_device(args.device),
+        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     s = result.summary
     what = "already built" if result.skipped else "built"
     accuracy = s["provenance"].get("dense_test_accuracy")
@@ -103,15 +101,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_ticket(args: argparse.Namespace) -> int:
-    from pracset.config import from_args
-    from pracset.data import DataConfig
-    from pracset.device import resolve_device
-    from pracset.selection import SelectionConfig
-    from pracset.sparse import GraNetConfig, RigLConfig
-    from pracset.sparse.early_bird import EarlyBirdConfig
-    from pracset.tickets import IMPConfig, find_tickets
-    from pracset.train import TrainConfig
-
     imp = from_args(IMPConfig, args)
     # A method's own settings are read only when that method is asked for.
     rigl = from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity) if args.method == "rigl" else None
@@ -147,9 +136,6 @@ def format_tickets(summary: dict) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pracset.device import resolve_device
-    from pracset.pipeline import load_pipeline, run_pipeline
-
     pipeline = load_pipeline(args.pipeline, data_dir=args.data_dir)
     out = args.out or f"runs/{pipeline.name}"
     report = run_pipeline(pipeline, out, device=resolve_device(args.device), resume=args.resume,
@@ -164,8 +150,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from pracset.manifest import read_manifest
-
     summary = read_manifest(args.manifest).summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -196,15 +180,7 @@ def format_summary(s: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pracset.build import BuildConfig
-    from pracset.config import add_arguments
-    from pracset.data import DataConfig
-    from pracset.selection import SelectionConfig
-    from pracset.sparse import GraNetConfig, RigLConfig
-    from pracset.sparse.early_bird import EarlyBirdConfig
-    from pracset.tickets import TICKET_METHODS, IMPConfig
-    from pracset.train import TrainConfig
-
+    """The ``pracset`` argument parser: one subcommand per task, flags generated from the configs."""
     parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
     parser.add_argument("--version", action="version", version=f"pracset {__version__}")
     common = argparse.ArgumentParser(add_help=False)
@@ -293,8 +269,6 @@ def _positive_counts(parser: argparse.ArgumentParser) -> None:
 
 def _stdout_reader_gone() -> bool:
     """Whether stdout is a pipe whose reading end is closed (poll reports an error on the writing end)."""
-    import select
-
     try:
         poller = select.poll()
         poller.register(sys.stdout.fileno(), select.POLLOUT)
@@ -304,12 +278,12 @@ def _stdout_reader_gone() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``pracset`` command line; returns the exit code (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if os.environ.get("WORLD_SIZE", "1") != "1":  # issue 7: under torchrun, join the process group
-        from pracset.distributed import init_from_env, is_main
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: join the process group
         if init_from_env() and not is_main():
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
     try:

@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from pracset.errors import PracsetError
 
@@ -299,8 +301,6 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """
     if not is_distributed():
         return model
-    from torch.nn.parallel import DistributedDataParallel
-
     device_ids = None
     if device.type == "cuda":
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -343,6 +343,7 @@ def run_on_main(action: Callable[[], Any], what: str = "write") -> Any:
 
 # ----------------------------------------------------------------------------- local launches (tests, CPU)
 def free_port() -> int:
+    """A TCP port on localhost that is free right now (for a test's rendezvous)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -365,8 +366,6 @@ def spawn(fn: Callable, world: int, *args: Any, backend: str = "gloo", timeout_m
     ``fn`` must be importable (a module-level function); collectives that wait
     longer than ``timeout_minutes`` fail instead of hanging. Raises if any rank fails.
     """
-    import torch.multiprocessing as mp
-
     mp.spawn(_spawned, args=(fn, world, free_port(), backend, timeout_minutes, args), nprocs=world, join=True)
 
 

@@ -10,8 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
+import numpy as np
 import torch
 
+from pracset.distributed import is_distributed, run_on_main
 from pracset.errors import ConfigError
 
 
@@ -26,13 +28,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     returns once the file is in place (see :func:`pracset.distributed.run_on_main`).
     """
     path = Path(path)
-    # --- distributed (issue 7): rank 0 writes, the others wait; nothing changes in one process
+    # Under torch.distributed rank 0 writes and the others wait; nothing changes in one process.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        from pracset.distributed import is_distributed, run_on_main
-
         if is_distributed():
             return run_on_main(lambda: _atomic_write(path, write), f"write {path}")
-    # --- end distributed
     return _atomic_write(path, write)
 
 
@@ -107,8 +106,6 @@ class DirectoryLock:
 
     def __enter__(self) -> "DirectoryLock":
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            from pracset.distributed import is_distributed, run_on_main
-
             if is_distributed():  # rank 0 locks; a refusal is raised on every rank (run_on_main)
                 run_on_main(self._acquire, f"lock {self.path.parent}")
                 return self
@@ -116,7 +113,7 @@ class DirectoryLock:
         return self
 
     def _acquire(self) -> None:
-        import fcntl
+        import fcntl  # POSIX only: imported where the lock is taken, so the rest of the module loads anywhere
 
         fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
@@ -166,15 +163,18 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda handle: handle.write(data))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
     return atomic_write_bytes(path, text.encode())
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` of ``obj`` to ``path`` through :func:`atomic_write`."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
@@ -182,8 +182,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def atomic_np_save(path: str | os.PathLike, array: Any) -> Path:
     """``np.save`` through :func:`atomic_write` (rank 0 only under torch.distributed)."""
-    import numpy as np
-
     buffer = io.BytesIO()
     np.save(buffer, array)
     return atomic_write_bytes(path, buffer.getvalue())

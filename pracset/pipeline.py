@@ -145,6 +145,7 @@ def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
 
 
 def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir: str | None = None) -> Pipeline:
+    """Validate a parsed pipeline table (``where`` names it in errors); ``data_dir`` overrides ``[data] data_dir``."""
     unknown = sorted(set(raw) - set(_SECTIONS) - set(_TOP))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join([*_TOP, *_SECTIONS])}")

@@ -188,7 +188,7 @@ def _plots(layout: PipelineLayout, pipeline, curves, headline, prac_rounds, hist
     import matplotlib  # imported here: only a report with plots needs it, and it is slow to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after choosing the non-interactive backend
 
     made = []
 

@@ -87,6 +87,24 @@ def _write(name: str, text: str) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _unfinished_build(work: Path, argv: list[str]) -> None:
+    """The work directory a killed ``pracset build ARGV`` leaves: its identity record, no manifest yet."""
+    from pracset.build import BuildConfig, build_identity
+    from pracset.cli import build_parser
+    from pracset.config import from_args
+    from pracset.data import DataConfig
+    from pracset.selection import SelectionConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
+    from pracset.train import TrainConfig
+
+    args = build_parser().parse_args([*argv, "--out", "m.parquet"])
+    identity = build_identity(from_args(DataConfig, args), args.arch, from_args(TrainConfig, args),
+                              from_args(BuildConfig, args), from_args(SelectionConfig, args),
+                              from_args(EarlyBirdConfig, args, prefix="early-bird"))
+    work.mkdir()
+    (work / "run.json").write_text(json.dumps({"identity": identity}))
+
+
 def _copy(source: str, name: str | None = None) -> Callable[[Path, Path], None]:
     def setup(case: Path, shared: Path) -> None:
         src = shared / source
@@ -262,15 +280,15 @@ CASES: list[Case] = [
          message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
     Case("unknown-ticket-method", "a ticket method that does not exist (argparse lists the choices)",
          ["ticket", "--method", "snip", "--arch", "mlp", "--out", "t", *TINY],
-         message="argument --method: invalid choice: 'snip' (choose from 'imp', 'prac-imp', 'rigl', 'granet')"),
+         message="argument --method: invalid choice: 'snip' (choose from 'granet', 'imp', 'prac-imp', 'rigl')"),
     Case("unknown-distribution", "a RigL density distribution that does not exist",
          ["ticket", "--method", "rigl", "--arch", "mlp", "--rigl-distribution", "erdos", "--out", "t", *TINY],
          message="unknown density distribution 'erdos'; valid names: erk, uniform"),
     Case("unknown-pipeline-method", "a pipeline naming a ticket method that does not exist",
          ["run", "p.toml", "--device", "cpu", "-q"],
          setup=_toml(replace=('methods = ["imp"]', 'methods = ["imp", "snip"]')),
-         message="p.toml: unknown method 'snip' in methods; valid names: imp, prac-imp, rigl, granet, rigl-prac, "
-                 "granet-prac"),
+         message="p.toml: unknown method 'snip' in methods; valid names: granet, imp, prac-imp, rigl, granet-prac, "
+                 "rigl-prac"),
     Case("unknown-device", "a device that does not exist",
          ["build", "--arch", "mlp", "--out", "m.parquet", "--epochs", "1", "--device", "tpu", "-q"],
          message="unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
@@ -426,7 +444,8 @@ CASES: list[Case] = [
     Case("build-out-other-settings", "build --out naming a manifest built with other settings",
          ["build", "--arch", "mlp", "--out", "digits.parquet", "--epochs", "2", "--batch-size", "64", "--device", "cpu",
           "-q"], setup=_copy("digits.parquet"),
-         message="digits.parquet exists and was built with other settings; choose another --out or remove it"),
+         message="digits.parquet exists and was built with other settings (changed train.epochs: 1 -> 2); choose "
+                 "another --out or remove it"),
     Case("build-out-directory", "build --out naming a directory",
          ["build", "--arch", "mlp", "--out", "d.parquet", *TINY], setup=lambda c, s: (c / "d.parquet").mkdir(),
          message="d.parquet exists and is not a readable manifest (manifest d.parquet is a directory, not a Parquet "
@@ -436,12 +455,12 @@ CASES: list[Case] = [
          message="notes.txt is not a directory", exact=False),
     Case("build-unfinished-no-resume", "an unfinished build's work directory, without --resume",
          ["build", "--arch", "mlp", "--out", "m.parquet", *TINY],
-         setup=lambda c, s: (c / "m.parquet.partial").mkdir(),
-         message="m.parquet.partial holds an unfinished build; pass --resume to continue it or remove it"),
+         setup=lambda c, s: _unfinished_build(c / "m.parquet.partial", ["build", "--arch", "mlp", *TINY]),
+         message="m.parquet.partial holds an unfinished build; pass --resume to continue it or choose another --out"),
     Case("ticket-out-other-run", "ticket --out holding a run with other settings",
          ["ticket", "--method", "imp", "--arch", "mlp", "--rounds", "1", "--out", "ticket-run", "--epochs", "2",
           "--batch-size", "64", "--device", "cpu", "-q"], setup=_copy("ticket-run"),
-         message="ticket-run holds another run (different train); choose another --out"),
+         message="ticket-run holds another run (changed train.epochs: 1 -> 2); choose another --out"),
     Case("ticket-out-user-files", "ticket --out naming a directory of the user's files",
          ["ticket", "--method", "imp", "--arch", "mlp", "--out", "mine", *TINY],
          setup=lambda c, s: ((c / "mine").mkdir(), (c / "mine" / "notes.txt").write_text("mine")),
@@ -452,12 +471,11 @@ CASES: list[Case] = [
     Case("run-out-other-pipeline", "run --out holding another pipeline's results",
          ["run", "p.toml", "--out", "pipeline-run", "--device", "cpu", "-q"],
          setup=_both(_toml(), _copy("pipeline-run")),
-         message="pipeline-run holds results of another configuration (changed: train); choose another --out or "
-                 "remove it"),
+         message="pipeline-run holds another run (changed train.epochs: 2 -> 1); choose another --out"),
     Case("run-out-user-files", "run --out naming a directory of the user's files",
          ["run", "p.toml", "--out", "mine", "--device", "cpu", "-q"],
          setup=_both(_toml(), lambda c, s: ((c / "mine").mkdir(), (c / "mine" / "notes.txt").write_text("mine"))),
-         message="mine is not empty and holds no pipeline run; choose another --out"),
+         message="mine is not empty and holds no pracset pipeline run; choose another --out"),
     Case("run-out-is-file", "run --out naming a file of the user",
          ["run", "p.toml", "--out", "notes.txt", "--device", "cpu", "-q"],
          setup=_both(_toml(), _write("notes.txt", "mine")),
@@ -471,7 +489,7 @@ CASES: list[Case] = [
     Case("pipeline-unknown-top-key", "a pipeline with an unknown top-level key",
          ["run", "p.toml", "-q"], setup=_toml(extra_top='colour = "red"\n'),
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, description, "
-                 "controls_on, data, train, build, selection, imp, rigl, granet, report"),
+                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("pipeline-unknown-section-key", "a pipeline with an unknown key in [train]",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
          message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
@@ -480,7 +498,7 @@ CASES: list[Case] = [
     Case("pipeline-unknown-section", "a pipeline with an unknown section",
          ["run", "p.toml", "-q"], setup=_toml(replace=("[report]", "[reporting]")),
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, description, "
-                 "controls_on, data, train, build, selection, imp, rigl, granet, report"),
+                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("pipeline-wrong-type", "a pipeline with a string where [train] epochs wants an integer",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", 'epochs = "1"')),
          message="p.toml: train.epochs must be an integer, got '1'"),
@@ -549,7 +567,7 @@ CASES: list[Case] = [
          call=_build_to("m.parquet", rule="best"), error=UnknownNameError,
          message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
     Case("api-find-tickets-unknown-method", "find_tickets with an unknown method", call=_tickets("snip"),
-         error=ConfigError, message="unknown ticket method 'snip'; valid names: imp, prac-imp, rigl, granet"),
+         error=UnknownNameError, message="unknown ticket method 'snip'; valid names: granet, imp, prac-imp, rigl"),
     Case("api-rigl-sparsity-1", "RigLConfig(sparsity=1.0)",
          call=_config("pracset.sparse.rigl.RigLConfig", sparsity=1.0), error=ConfigError,
          message="sparsity must lie in [0, 1), got 1.0"),
@@ -574,7 +592,7 @@ CASES: list[Case] = [
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",
          call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "colour": "red"}), error=ConfigError,
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, description, "
-                 "controls_on, data, train, build, selection, imp, rigl, granet, report"),
+                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("api-load-unknown-data-set", "load_dataset of an unknown name", call=_load_data(name="svhn"),
          error=UnknownNameError, message="unknown data set 'svhn'; valid names: cifar10, cifar100, digits, "
                                          "fashion-mnist, hf, imagefolder, mnist, tiny-imagenet"),
@@ -758,7 +776,7 @@ def shared(tmp_path_factory) -> Path:
                  imp=IMPConfig(rounds=1), device=cpu)
     other = pipeline_from_dict(tomllib.loads(TOML_OK.replace("epochs = 1", "epochs = 2")), where="other.toml")
     (root / "pipeline-run").mkdir()
-    atomic_write_json(root / "pipeline-run" / "pipeline.json", other.to_dict())
+    atomic_write_json(root / "pipeline-run" / "pipeline.json", {"identity": other.to_dict()})
     shutil.copy2(root / "digits.parquet", root / "pipeline-run" / "manifest.parquet")
     return root
 

@@ -347,12 +347,13 @@ def test_manifest_records_what_rebuilds_it(reference, tmp_path):
     from pracset.data import DataConfig
     from pracset.manifest import read_manifest
     from pracset.selection import SelectionConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
     from pracset.train import TrainConfig
 
     ref = reference("build")
     record = read_manifest(ref.out / "m.parquet").provenance
     identity = record["build_identity"]
-    assert set(identity) == {"data", "arch", "train", "build", "selection"}
+    assert set(identity) == {"data", "arch", "train", "build", "selection", "early_bird"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the command's process
     try:
@@ -360,6 +361,7 @@ def test_manifest_records_what_rebuilds_it(reference, tmp_path):
                                  train=from_dict(TrainConfig, identity["train"]),
                                  build=from_dict(BuildConfig, identity["build"]),
                                  selection=from_dict(SelectionConfig, identity["selection"]),
+                                 early_bird=from_dict(EarlyBirdConfig, identity["early_bird"] or {}),
                                  device=torch.device(record["device"]))
     finally:
         torch.set_num_threads(threads)
@@ -639,7 +641,7 @@ def test_a_kill_inside_a_report_plot_leaves_no_truncated_file(reference, tmp_pat
 def test_a_kill_right_after_a_stage_finishes_loses_nothing_and_leaves_nothing(reference, tmp_path, in_process):
     """Killed right after a stage's metrics.json: its cost is already in the ledger, its checkpoint goes."""
     ref = reference("ticket")
-    done = killed_inside("pracset.tickets.atomic_write_json", "round-02/metrics.json", COMMANDS["ticket"], tmp_path)
+    done = killed_inside("pracset.runs.atomic_write_json", "round-02/metrics.json", COMMANDS["ticket"], tmp_path)
     assert done.returncode == -signal.SIGKILL, done.stderr
     done = in_process(COMMANDS["ticket"] + ["--resume"], tmp_path)
     assert done.returncode == 0, done.stderr

@@ -1,4 +1,4 @@
-"""The streaming loader against the in-memory path on small synthetic image trees (issue 7)."""
+"""The streaming loader against the in-memory path on small synthetic image trees."""
 
 from __future__ import annotations
 

@@ -47,9 +47,6 @@ Run it
     python -m pipelines.benchmarks.loader --data-dir DIR --workers 2 --json loader.json
     python -m pipelines.benchmarks.loader --data-dir DIR --device cuda
     python -m pipelines.benchmarks.loader --smoke             # a few batches of synthetic data
-
-``--data-dir`` may be left out when ``$PRACSET_DATA_DIR`` names the folder
-holding the four MNIST idx files (``.gz`` or not).
 """
 
 from __future__ import annotations
@@ -65,7 +62,7 @@ import torch.nn.functional as F
 
 from pipelines.benchmarks import common
 from pracset.data import DeviceLoader
-from pracset.train import Trainer, TrainConfig
+from pracset.train import TrainConfig
 
 BATCH_SIZE = 128
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 1e-4
@@ -145,11 +142,9 @@ def bench_pracset(dataset, device: torch.device, repeats: int, warmup_batches: i
     results: dict[str, list[float]] = {"pracset": [], "pracset-loader+bare-loop": [], "pracset-loader-only": []}
 
     # Trainer.fit: what `pracset train` runs.
-    common.timed(device, lambda: Trainer(config).fit(common.lenet300(device), warm_loader))
+    common.timed(device, common.lenet300_fit(config, warm_loader, device))
     for _ in range(repeats):
-        model = common.lenet300(device)
-        trainer = Trainer(config)
-        results["pracset"].append(common.timed(device, lambda: trainer.fit(model, loader)))
+        results["pracset"].append(common.timed(device, common.lenet300_fit(config, loader, device)))
 
     # The same loader feeding the bare loop of (a).
     def bare_loop(model, optimizer, source):
@@ -193,9 +188,7 @@ def bench_dataloader(dataset, device: torch.device, repeats: int, warmup_batches
 
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = common.make_parser(__doc__)
-    common.add_data_dir(parser, "folder of the four MNIST idx files")
-    common.add_device(parser)
+    parser = common.mnist_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per way; the median is reported (default 3)")
     parser.add_argument("--warmup-batches", type=int, default=5, help="untimed warm-up batches per way (default 5)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader num_workers for way (c) (default 0)")

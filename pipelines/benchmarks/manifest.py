@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {platform.python_version()}; numpy {np.__version__}; pyarrow {pyarrow.__version__}; "
           f"datasets {datasets.__version__}; pracset {pracset.__version__}; os.cpu_count()={os.cpu_count()}")
     temporary = args.out_dir is None
-    out_dir = Path(tempfile.mkdtemp(prefix="bench_manifest.")) if temporary else Path(args.out_dir)
+    out_dir = Path(tempfile.mkdtemp(prefix="pracset-bench-manifest.")) if temporary else Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "bench.parquet"
     try:

@@ -58,9 +58,6 @@ Run it
     python -m pipelines.benchmarks.recorder --data-dir DIR --history --repeats 9 --json rec.json
     python -m pipelines.benchmarks.recorder --data-dir DIR --device cuda --history
     python -m pipelines.benchmarks.recorder --smoke               # a few steps on synthetic data
-
-``--data-dir`` may be left out when ``$PRACSET_DATA_DIR`` names the folder
-holding the four MNIST idx files (``.gz`` or not).
 """
 
 from __future__ import annotations
@@ -74,7 +71,7 @@ import torch.nn.functional as F
 
 from pipelines.benchmarks import common
 from pracset.stats import ExampleRecorder
-from pracset.train import Callback, TrainConfig, Trainer
+from pracset.train import Callback, TrainConfig
 
 BATCH_SIZE = 128
 TARGET_RATIO = 1.03
@@ -93,10 +90,7 @@ def make_callbacks(variant: str, n: int, device: torch.device) -> list[Callback]
 
 def one_epoch(variant: str, config: TrainConfig, loader, n: int, device: torch.device) -> float:
     """Seconds of one ``Trainer.fit`` epoch of ``variant`` (model and callbacks built untimed)."""
-    model = common.lenet300(device)
-    callbacks = make_callbacks(variant, n, device)
-    trainer = Trainer(config)
-    return common.timed(device, lambda: trainer.fit(model, loader, callbacks=callbacks))
+    return common.timed(device, common.lenet300_fit(config, loader, device, make_callbacks(variant, n, device)))
 
 
 def prepare_batches(loader, config: TrainConfig, device: torch.device, steps: int) -> list[tuple]:
@@ -147,11 +141,9 @@ def check_update_syncs(recorder: ExampleRecorder, batches: list[tuple]) -> tuple
 
 def count_epoch_syncs(variant: str, config: TrainConfig, loader, n: int, device: torch.device) -> int:
     """Synchronising calls in one ``fit`` epoch of ``variant``."""
-    model = common.lenet300(device)
-    callbacks = make_callbacks(variant, n, device)
-    trainer = Trainer(config)
+    fit = common.lenet300_fit(config, loader, device, make_callbacks(variant, n, device))
     with common.SyncCounter() as counter:
-        trainer.fit(model, loader, callbacks=callbacks)
+        fit()
     return counter.count
 
 
@@ -179,9 +171,7 @@ def sync_checks(variants: list[str], batches: list[tuple], config: TrainConfig, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.make_parser(__doc__)
-    common.add_data_dir(parser, "folder of the four MNIST idx files")
-    common.add_device(parser)
+    parser = common.mnist_parser(__doc__)
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed rounds, one epoch of every variant each; medians are reported (default 5)")
     parser.add_argument("--history", action="store_true", help="also time the recorder with keep_history=True")

@@ -53,17 +53,12 @@ def callbacks_for(variant: str, static_mask, delta_t: int) -> list:
 
 
 def run_once(variant: str, config, loader, device, static_mask, delta_t: int) -> float:
-    from pracset.train import Trainer
-
-    model = common.lenet300(device)
     callbacks = callbacks_for(variant, static_mask, delta_t)
-    return common.timed(device, lambda: Trainer(config).fit(model, loader, callbacks=callbacks))
+    return common.timed(device, common.lenet300_fit(config, loader, device, callbacks))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common.make_parser(__doc__)
-    common.add_data_dir(parser, "folder of the four MNIST idx files")
-    common.add_device(parser)
+    parser = common.mnist_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per timed run (default 1)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--delta-t", type=int, default=100, help="steps between RigL/GraNet mask updates (default 100)")

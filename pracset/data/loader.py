@@ -144,7 +144,7 @@ class DeviceLoader:
         if self.shuffle:
             order = self.ids[torch.randperm(len(self.ids), generator=generator, device=self.device)]
         stop = len(self) * self.batch_size if self.drop_last else len(order)
-        if self.sharded:  # distributed (issue 7)
+        if self.sharded:  # torch.distributed: this rank yields only its slice of each batch
             yield from self._iter_shard(order, stop, generator)
             return
         for start in range(0, stop, self.batch_size):
@@ -159,7 +159,7 @@ class DeviceLoader:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield Batch(x, self.split.labels[index], index)
 
-    # --- distributed (issue 7): this rank's slice of every global batch
+    # --- torch.distributed: this rank's slice of every global batch
     def _iter_shard(self, order: torch.Tensor, stop: int, generator: torch.Generator) -> Iterator[Batch]:
         """Like the one-process loop, but yield rows ``shard_bounds`` of each batch.
 

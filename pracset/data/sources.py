@@ -137,6 +137,7 @@ def _as_tensor(images: np.ndarray) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- digits
 class DigitsSource(DataSource):
+    """scikit-learn's 8x8 digits (embedded, nothing to download); every 5th example is the test split."""
     name = "digits"
     description = "scikit-learn's 8x8 handwritten digits (1,797 images, shipped inside scikit-learn: no download)"
     id_order = (
@@ -145,7 +146,7 @@ class DigitsSource(DataSource):
     )
 
     def load_splits(self, config: DataConfig):
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # here: scikit-learn loads only for the digits source
 
         digits = load_digits()
         # Pixel values are 0..16; map them onto 0..255 so all sources share one scale.
@@ -240,6 +241,7 @@ class IdxSource(DataSource):
 
 # --------------------------------------------------------------------------- CIFAR (python pickles)
 class CifarSource(DataSource):
+    """CIFAR-10 / CIFAR-100 from torchvision's python-pickle folders (``--download`` where online)."""
     crop_padding = 4
     flip = True
 
@@ -334,6 +336,7 @@ def hf_split_arrays(split, image_column: str | None, label_column: str | None, i
 
 
 class HuggingFaceSource(DataSource):
+    """Any Hugging Face ``datasets`` dataset: a hub name (``--hf-dataset``) or a ``save_to_disk`` folder."""
     name = "hf"
     description = "any Hugging Face datasets dataset: --hf-dataset NAME (online) or a save_to_disk directory"
     id_order = "row order of the training split as datasets returns it"

@@ -230,9 +230,10 @@ class StreamingLoader:
 
     A :class:`~pracset.data.protocol.BatchLoader`, as
     :class:`~pracset.data.loader.DeviceLoader` is, so the Trainer, the
-    recorder and the probe take either. ``workers=0`` decodes in the training process. Under CUDA the
-    workers' batches are pinned and copied with ``non_blocking=True``.
-    ``rank``/``world_size`` override the process group's (tests, custom launchers).
+    recorder and the probe take either. ``workers=0`` decodes in the training
+    process. Under CUDA the workers' batches are pinned and copied with
+    ``non_blocking=True``. ``rank``/``world_size`` override the process
+    group's (tests, custom launchers).
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,

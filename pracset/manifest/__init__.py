@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, Any
 from pracset.manifest.subset import load_subset
 
 if TYPE_CHECKING:
-    from pracset.manifest.schema import (
-        COLUMNS, REASONS, REQUIRED_METADATA, SCHEMA, SCHEMA_VERSION, Manifest, ManifestError, build_table,
-        read_manifest, write_manifest,
-    )
+    from pracset.manifest.columns import COLUMNS, REASONS, REQUIRED_METADATA, SCHEMA, SCHEMA_VERSION, ManifestError
+    from pracset.manifest.schema import Manifest, build_table, read_manifest, write_manifest
 
 _FROM_SCHEMA = (
     "COLUMNS", "REASONS", "REQUIRED_METADATA", "SCHEMA", "SCHEMA_VERSION", "Manifest", "ManifestError",
@@ -31,7 +29,7 @@ __all__ = [*_FROM_SCHEMA, "load_subset"]
 
 def __getattr__(name: str) -> Any:  # PEP 562: pyarrow is imported on first use only
     if name in _FROM_SCHEMA:
-        from pracset.manifest import schema
+        from pracset.manifest import schema  # schema imports columns: every name is reachable from it
 
         value = getattr(schema, name)
         globals()[name] = value

@@ -26,202 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pracset.errors import ConfigError, PracsetError
+from pracset.errors import ConfigError
+from pracset.manifest.columns import (  # noqa: F401  (REASONS, REQUIRED_METADATA, SCHEMA: re-exported)
+    COLUMNS, COMPRESSION, METADATA_KEY, REASONS, REQUIRED_METADATA, SCHEMA, SCHEMA_VERSION, ManifestError,
+)
+from pracset.manifest.validate import validate_table
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-METADATA_KEY = b"pracset"
-COMPRESSION = "zstd"
-
-#: The required columns, in file order, with their Parquet/Arrow types.
-COLUMNS: dict[str, pa.DataType] = {
-    "example_id": pa.int64(),
-    "content_hash": pa.string(),
-    "label": pa.int64(),
-    "forgetting_events": pa.int32(),
-    "presentations": pa.int32(),
-    "times_correct": pa.int32(),
-    "first_learned_epoch": pa.int32(),
-    "never_learned": pa.bool_(),
-    "last_correct": pa.bool_(),
-    "last_loss": pa.float32(),
-    "margin": pa.float32(),
-    "cep_disagreements": pa.int32(),
-    "score": pa.float64(),
-    "selected": pa.bool_(),
-    "reason": pa.string(),
-}
-SCHEMA = pa.schema(list(COLUMNS.items()))
-
-#: The values ``reason`` may take on a selected row ("" on every other row).
-REASONS: tuple[str, ...] = ("cet", "cep", "both", "random", "topk", "balance")
-
-#: Keys the ``pracset`` metadata must hold (the writer adds ``schema_version``).
-REQUIRED_METADATA: dict[str, tuple[str, ...]] = {
-    "dataset": ("name", "split", "size", "fingerprint"),
-    "selection": ("rule",),
-    "provenance": (),
-}
-
-_NONNEGATIVE = ("label", "forgetting_events", "presentations", "times_correct", "cep_disagreements")
-_HEX16 = "^[0-9a-f]{16}$"
-
-
-class ManifestError(PracsetError):
-    """A manifest file is missing, unreadable, invalid, or for another data set."""
-
-
-# --------------------------------------------------------------------------- validation
-def _check_metadata(meta: Any, error: type[Exception], where: str) -> None:
-    if not isinstance(meta, dict):
-        raise error(f"{where}: the pracset metadata must be a dict, got {type(meta).__name__}")
-    for key, fields in REQUIRED_METADATA.items():
-        if key not in meta:
-            raise error(f"{where}: the pracset metadata lacks {key!r}")
-        if not isinstance(meta[key], dict):
-            raise error(f"{where}: metadata {key!r} must be a dict, got {type(meta[key]).__name__}")
-        for name in fields:
-            if name not in meta[key]:
-                raise error(f"{where}: the pracset metadata lacks {key}.{name}")
-    size = meta["dataset"]["size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise error(f"{where}: metadata dataset.size must be a positive integer, got {size!r}")
-    for name in ("name", "split", "fingerprint"):
-        if not isinstance(meta["dataset"][name], str) or not meta["dataset"][name]:
-            raise error(f"{where}: metadata dataset.{name} must be a non-empty string, got {meta['dataset'][name]!r}")
-
-
-def _check_version(meta: Any, error: type[Exception], where: str) -> None:
-    version = meta.get("schema_version") if isinstance(meta, dict) else None
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise error(f"{where}: the pracset metadata has no valid schema_version (got {version!r})")
-    if version > SCHEMA_VERSION:
-        raise error(f"{where} was written by a newer pracset: schema version {version}, "
-                    f"this one reads up to {SCHEMA_VERSION}; upgrade pracset")
-
-
-def _conform(table: pa.Table, error: type[Exception], where: str) -> pa.Table:
-    """Cast the required columns to their schema types; extra columns are kept after them."""
-    names = table.column_names
-    if len(set(names)) != len(names):
-        dups = sorted({n for n in names if names.count(n) > 1})
-        raise error(f"{where}: duplicate column names {', '.join(dups)}")
-    missing = [n for n in COLUMNS if n not in names]
-    if missing:
-        raise error(f"{where}: missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    arrays, fields = [], []
-    for name, kind in COLUMNS.items():
-        column = table.column(name)
-        if column.type != kind:
-            try:
-                column = column.cast(kind, safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                first = str(exc).splitlines()[0]
-                raise error(f"{where}: column {name} has type {table.column(name).type}, expected {kind}, "
-                            f"and cannot be cast ({first})") from None
-        if column.null_count:
-            raise error(f"{where}: column {name} holds {column.null_count} null value(s)")
-        arrays.append(column)
-        fields.append(pa.field(name, kind, nullable=False))
-    for name in names:
-        if name not in COLUMNS:
-            arrays.append(table.column(name))
-            fields.append(table.schema.field(name))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields, metadata=table.schema.metadata))
-
-
-_HEX_BYTES = np.zeros(256, dtype=bool)
-_HEX_BYTES[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = True
-
-
-def _hashes_look_right(column: pa.ChunkedArray) -> np.ndarray:
-    """Per row: is the content hash 16 lowercase hex characters?
-
-    The common all-good case is checked on the raw Arrow buffers (a byte
-    lookup, ~10x faster than a regex over a million rows); the regex only
-    runs to find the bad rows.
-    """
-    if column.type == pa.string() and column.null_count == 0:
-        lengths_ok = pc.equal(pc.binary_length(column), 16).to_numpy(zero_copy_only=False)
-        if lengths_ok.all():
-            all_hex = True
-            for chunk in column.chunks:
-                if len(chunk) == 0:
-                    continue
-                offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
-                data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-                all_hex = all_hex and bool(_HEX_BYTES[data].all())
-            if all_hex:
-                return lengths_ok
-    return pc.match_substring_regex(column, _HEX16).to_numpy(zero_copy_only=False)
-
-
-def _first_row(table: pa.Table, mask: np.ndarray) -> int:
-    """The example_id of the first row where ``mask`` holds."""
-    return int(table.column("example_id").to_numpy()[np.flatnonzero(mask)[0]])
-
-
-def _check_rows(table: pa.Table, meta: dict, error: type[Exception], where: str) -> pa.Table:
-    """Check ids, counts, hashes and selection; return the table sorted by example_id."""
-    size = meta["dataset"]["size"]
-    ids = table.column("example_id").to_numpy()
-    ordered = np.sort(ids, kind="stable")
-    repeated = ordered[1:] == ordered[:-1]
-    if repeated.any():
-        raise error(f"{where}: {int(repeated.sum())} duplicate example_id value(s) "
-                    f"(first: {int(ordered[1:][repeated][0])})")
-    outside = (ids < 0) | (ids >= size)
-    if outside.any():
-        raise error(f"{where}: {int(outside.sum())} example_id value(s) outside 0..{size - 1} "
-                    f"(dataset.size is {size}; first: {int(ids[outside][0])})")
-    if len(ids) != size:
-        # No duplicates and all in range, so fewer rows than examples: some ids are absent.
-        absent = np.setdiff1d(np.arange(size), ids)
-        raise error(f"{where}: holds {len(ids)} rows but dataset.size is {size} "
-                    f"({len(absent)} example ids absent, first: {int(absent[0])})")
-    if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
-        log.debug("%s: rows not sorted by example_id; sorting them", where)
-        table = table.sort_by("example_id")
-
-    good_hash = _hashes_look_right(table.column("content_hash"))
-    if not good_hash.all():
-        first = np.flatnonzero(~good_hash)[0]
-        raise error(f"{where}: content_hash of example_id {_first_row(table, ~good_hash)} is not 16 lowercase "
-                    f"hex characters: {table.column('content_hash')[int(first)].as_py()!r}")
-    for name in _NONNEGATIVE:
-        bad = table.column(name).to_numpy() < 0
-        if bad.any():
-            raise error(f"{where}: column {name} is negative at example_id {_first_row(table, bad)}")
-    bad = table.column("first_learned_epoch").to_numpy() < -1
-    if bad.any():
-        raise error(f"{where}: first_learned_epoch is below -1 at example_id {_first_row(table, bad)}")
-
-    reason = table.column("reason")
-    known = pc.is_in(reason, value_set=pa.array(("",) + REASONS)).to_numpy(zero_copy_only=False)
-    if not known.all():
-        value = reason[int(np.flatnonzero(~known)[0])].as_py()
-        raise error(f"{where}: reason {value!r} at example_id {_first_row(table, ~known)} is not one of "
-                    f"{', '.join(REASONS)} (or '' on unselected rows)")
-    selected = table.column("selected").to_numpy(zero_copy_only=False)
-    empty = pc.equal(reason, "").to_numpy(zero_copy_only=False)
-    if (selected & empty).any():
-        raise error(f"{where}: example_id {_first_row(table, selected & empty)} is selected but has no reason")
-    if (~selected & ~empty).any():
-        row = np.flatnonzero(~selected & ~empty)[0]
-        raise error(f"{where}: example_id {_first_row(table, ~selected & ~empty)} is not selected "
-                    f"but has reason {reason[int(row)].as_py()!r}")
-    if not selected.any():
-        raise error(f"{where}: no rows are selected")
-    return table
-
-
-def _validate(table: pa.Table, meta: Any, error: type[Exception], where: str) -> pa.Table:
-    _check_version(meta, error, where)
-    _check_metadata(meta, error, where)
-    table = _conform(table, error, where)
-    return _check_rows(table, meta, error, where)
-
 
 # --------------------------------------------------------------------------- writer
 def _json_default(value: Any) -> Any:
@@ -274,7 +85,7 @@ def build_table(columns: Mapping[str, Any], metadata: Mapping) -> pa.Table:
         arrays.append(array)
     table = pa.Table.from_arrays(arrays, names=names)
     meta = {"schema_version": SCHEMA_VERSION, **{k: v for k, v in _json_ready(metadata).items() if k != "schema_version"}}
-    table = _validate(table, meta, ConfigError, "manifest")
+    table = validate_table(table, meta, ConfigError, "manifest")
     text = json.dumps(meta, allow_nan=True)
     return table.replace_schema_metadata({METADATA_KEY: text.encode()})
 
@@ -357,7 +168,7 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"{path}: the pracset metadata is not valid JSON ({exc})") from None
     where = f"manifest {path}"
-    table = _validate(table, meta, ManifestError, where)
+    table = validate_table(table, meta, ManifestError, where)
     data = meta["dataset"]
     if (fingerprint is not None and fingerprint != data["fingerprint"]) or (
             dataset_name is not None and dataset_name != data["name"]):
@@ -463,7 +274,7 @@ class Manifest:
 
     def to_hf(self):
         """All rows as a ``datasets.Dataset``; the metadata is JSON in ``info.description``."""
-        import datasets
+        import datasets  # here: importing it takes most of a second, and only this method needs it
 
         # Drop the Parquet metadata: datasets keeps its own under b"huggingface".
         table = self.table.replace_schema_metadata(None)

@@ -53,7 +53,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
     """
     import datasets  # lazily: importing datasets takes most of a second
 
-    from pracset.errors import ConfigError
+    from pracset.errors import ConfigError  # with the lines below: see the module docstring
     from pracset.manifest.schema import Manifest, ManifestError, read_manifest
 
     if match not in MATCH_MODES:
@@ -85,7 +85,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
 
 
 def _dataset_hashes(dataset: "datasets.Dataset", image_column: str | None, label_column: str | None) -> "np.ndarray":
-    import numpy as np
+    import numpy as np  # with the lines below: see the module docstring
     import torch
 
     from pracset.data.base import content_hashes
@@ -105,7 +105,7 @@ def _match_hashes(hashes: "np.ndarray", wanted: "np.ndarray", wanted_ids: "np.nd
     Identical examples share a hash: the k-th wanted copy of a hash takes the
     k-th dataset row holding it, so duplicates are matched as a multiset.
     """
-    import numpy as np
+    import numpy as np  # see the module docstring
 
     order = np.argsort(hashes, kind="stable")
     have = hashes[order]

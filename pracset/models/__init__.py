@@ -56,13 +56,13 @@ MODELS: Registry[ModelEntry] = Registry("model", {
 
 def torchvision_names() -> list[str]:
     """The torchvision classification models, usable as ``torchvision/NAME``."""
-    import torchvision
+    import torchvision  # here: only torchvision/NAME models need it, and it is slow to import
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def _build_torchvision(name: str, spec: InputSpec) -> nn.Module:
-    import torchvision
+    import torchvision  # see torchvision_names
 
     valid = torchvision_names()
     if name not in valid:
@@ -113,6 +113,7 @@ def build_model(name: str, spec: InputSpec, seed: int | None = None) -> nn.Modul
 
 
 def has_convolutions(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution (conv nets train in channels-last memory on CUDA)."""
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 

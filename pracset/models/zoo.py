@@ -25,6 +25,7 @@ class InputSpec:
 
 
 def init_weights(model: nn.Module) -> nn.Module:
+    """Kaiming-normal conv/linear weights, zero biases, BN at weight 1 and bias 0 (open_lth's initialisation)."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
@@ -125,6 +126,7 @@ VGG_PLANS = {
 
 
 class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 convolutions with a 1x1 projection shortcut when the shape changes."""
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int):
@@ -143,6 +145,7 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """A ResNet bottleneck block (1x1, 3x3, 1x1) with a projection shortcut when the shape changes."""
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int):

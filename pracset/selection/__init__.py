@@ -207,6 +207,7 @@ def _finish(rule: str, config: SelectionConfig, inputs: SelectionInputs, selecte
 
 
 def select_prac(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """PrAC: CET (forgotten more than the threshold) union CEP (a pruned model disagrees with the dense one)."""
     cet, fscores = _cet(inputs, config)
     cep = _cep(inputs) > 0 if inputs.cep_disagreements is not None else np.zeros(len(inputs), dtype=bool)
     selected = cet | cep
@@ -222,6 +223,7 @@ def select_prac(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
 
 
 def select_cet(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """CET only: examples forgotten more than the threshold (never-learned ones by the policy)."""
     cet, scores = _cet(inputs, config)
     if not cet.any():
         raise _empty("cet", f"no example was forgotten more than E_F={config.forgetting_threshold} times")
@@ -229,6 +231,7 @@ def select_cet(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
 
 
 def select_cep(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """CEP only: examples on which a pruned model's prediction differs from the dense model's."""
     disagreements = _cep(inputs)
     cep = disagreements > 0
     if not cep.any():
@@ -255,6 +258,7 @@ def _budget(inputs: SelectionInputs, config: SelectionConfig) -> int:
 
 
 def select_random(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """A seeded uniform random subset (PrAC's size unless ``size`` is given): the control a PrAC set must beat."""
     k = _budget(inputs, config)
     draw = np.random.default_rng(config.random_seed).random(len(inputs))
     selected = np.zeros(len(inputs), dtype=bool)
@@ -263,6 +267,7 @@ def select_random(inputs: SelectionInputs, config: SelectionConfig) -> Selection
 
 
 def select_topk_forgetting(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """The ``size`` examples with the most forgetting events (ties: smaller margin first, then lower id)."""
     k = _budget(inputs, config)
     scores = forgetting_scores(inputs, config.never_learned)
     selected = np.zeros(len(inputs), dtype=bool)

@@ -44,7 +44,7 @@ def predict(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     model.eval()
     bf16 = use_bf16_for(precision, loader.device)
     out, index = [], []
-    sharded = ddp.is_sharded(loader)  # distributed (issue 7)
+    sharded = ddp.is_sharded(loader)  # under torch.distributed each rank probes its slices
     for position, batch in enumerate(loader):
         with torch.autocast(device_type=loader.device.type, dtype=torch.bfloat16, enabled=bf16):
             out.append(model(batch.x).argmax(1))

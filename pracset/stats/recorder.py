@@ -200,7 +200,7 @@ class ExampleRecorder(Callback):
         else:
             correct, margin = torch.cat(parts[1]), torch.cat(parts[2])
         index = torch.cat(parts[0])
-        if is_distributed():  # distributed (issue 7): apply the whole job's presentations on every rank
+        if is_distributed():  # under torch.distributed: apply the whole job's presentations on every rank
             index, correct, margin, losses = all_gather_cat_many([index, correct, margin, losses])
         self._apply(index, correct, margin, losses, epoch)
 

@@ -15,7 +15,7 @@ from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, StepOutput, TrainState
-from pracset.train.run import StageResult, input_spec, make_loaders, train_stage_and_save_model
+from pracset.train.run import StageResult, input_spec, make_loaders, train_stage
 
 
 class Snapshot(Callback):
@@ -76,8 +76,10 @@ class TicketContext:
         """Train ``model`` as ``stage`` and write its ``model.pt``; the caller completes the stage."""
         config = train or self.train
         train_loader, test_loader = self.loaders(ids, config)
-        return train_stage_and_save_model(stage, model, train_loader, test_loader, config, callbacks=callbacks,
-                                          start_step=start_step, progress=self.progress)
+        result = train_stage(stage, model, train_loader, test_loader, config, callbacks=callbacks,
+                             start_step=start_step, progress=self.progress)
+        atomic_torch_save(model.state_dict(), stage.model)
+        return result
 
     def train_and_complete_stage(self, stage: StageFiles, model: nn.Module, **kwargs) -> dict:
         """:meth:`train_stage`, then book its cost and write its ``metrics.json``; returns the metrics."""

@@ -128,6 +128,7 @@ class DynamicSparse(TicketMethod):
 
 
 class RigLMethod(DynamicSparse):
+    """RigL (Evci et al. 2020) as a ticket method."""
     name, method_class = "rigl", RigL
 
     def config(self, settings):
@@ -135,6 +136,7 @@ class RigLMethod(DynamicSparse):
 
 
 class GraNetMethod(DynamicSparse):
+    """GraNet (Liu et al. 2021) as a ticket method."""
     name, method_class = "granet", GraNet
 
     def config(self, settings):

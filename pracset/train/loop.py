@@ -90,6 +90,7 @@ def use_bf16_for(precision: str, device: torch.device) -> bool:
 
 
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether ``config``'s precision means bf16 autocast on ``device``."""
     return use_bf16_for(config.precision, device)
 
 
@@ -103,7 +104,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     bf16 = use_bf16_for(precision, device)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.int64)
-    sharded = ddp.is_sharded(loader)  # distributed (issue 7): each rank evaluates its slices; sums all-reduced
+    sharded = ddp.is_sharded(loader)  # under torch.distributed each rank evaluates its slices; sums all-reduced
     for position, batch in enumerate(loader):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch.x)
@@ -153,11 +154,10 @@ class Trainer:
         if device.type == "cuda" and has_convolutions(model):
             model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-        # --- distributed (issue 7): DDP all-reduces the gradients; callbacks keep seeing the bare ``model``
+        # Under torch.distributed, DDP all-reduces the gradients; callbacks keep seeing the bare ``model``.
         sharded = ddp.is_sharded(train_loader)
         forward = ddp.wrap_ddp(model, device) if sharded else model
         world = ddp.world_size() if sharded else 1
-        # --- end distributed
         optimizer = make_optimizer(model, config)
         steps_per_epoch = len(train_loader)
         total_steps = steps_per_epoch * config.epochs

@@ -22,10 +22,12 @@ OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer", {
 
 
 def step_factor(progress: float, config: TrainConfig) -> float:
+    """The step schedule's learning-rate factor at ``progress`` (fraction of training done)."""
     return config.gamma ** sum(progress >= m for m in config.milestones)
 
 
 def cosine_factor(progress: float, config: TrainConfig) -> float:
+    """The cosine schedule's learning-rate factor at ``progress`` (fraction of training done)."""
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -55,11 +57,13 @@ def check_names(config: TrainConfig) -> None:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer ``config`` names, over ``model``'s trainable parameters."""
     return OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
                    config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` with ``config``'s warm-up and schedule, indexed by optimizer step."""
     SCHEDULES.get(config.schedule)  # fail early on an unknown name
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, steps_per_epoch, config))

@@ -46,7 +46,7 @@ def input_spec(dataset: ImageDataset) -> InputSpec:
 
 @dataclass
 class StageResult:
-    """A trained stage whose ``model.pt`` is written but which is not marked done yet.
+    """A trained stage, not marked done yet.
 
     ``metrics`` is what :meth:`RunDirectory.complete_stage` will write;
     ``ledger`` the stage's cost, to be booked before that.
@@ -58,15 +58,15 @@ class StageResult:
     ledger: IterationLedger
 
 
-def train_stage_and_save_model(stage: StageFiles, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
-                               callbacks: Sequence[Callback] = (), start_step: int = 0,
-                               progress: bool = False) -> StageResult:
-    """Train ``model`` as ``stage`` (continuing from its checkpoint if one exists) and write its ``model.pt``.
+def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
+                callbacks: Sequence[Callback] = (), start_step: int = 0, progress: bool = False) -> StageResult:
+    """Train ``model`` as ``stage``, continuing from its checkpoint if one exists.
 
-    The checkpoint is written after every epoch; the test split is evaluated
-    once more if the last epoch did not (a run stopped early between
+    Writes only the stage's checkpoint (after every epoch). The test split is
+    evaluated once more if the last epoch did not (a run stopped early between
     evaluations). Nothing is booked or marked done here: the caller writes
-    what the stage adds, then calls :meth:`RunDirectory.complete_stage`.
+    what the stage adds (its ``model.pt``, ...), then calls
+    :meth:`RunDirectory.complete_stage`.
     """
     stage.directory.mkdir(parents=True, exist_ok=True)
     ledger = IterationLedger()
@@ -79,7 +79,6 @@ def train_stage_and_save_model(stage: StageFiles, model: nn.Module, train_loader
         final.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
         if state.history:
             state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
-    atomic_torch_save(model.state_dict(), stage.model)
     metrics = {"stage": stage.name, "final": final, "history": state.history, "epochs": config.epochs,
                "epochs_run": state.epoch, "examples": train_loader.num_examples,
                "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
@@ -122,7 +121,8 @@ def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str |
             saved = layout.dense.read_metrics()
             return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
         train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
-        result = train_stage_and_save_model(layout.dense, model, train_loader, test_loader, config,
-                                            callbacks=callbacks or [], progress=progress)
+        result = train_stage(layout.dense, model, train_loader, test_loader, config, callbacks=callbacks or [],
+                             progress=progress)
+        atomic_torch_save(model.state_dict(), layout.dense.model)
         run.complete_stage(layout.dense, result.metrics, result.ledger)
         return RunResult(layout.root, result.metrics["final"], result.history, run.ledger)

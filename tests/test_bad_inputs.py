@@ -25,7 +25,7 @@ message, and writes nothing.
 A library bug the table finds is marked ``xfail`` (strict) with the reason
 ``library bug: ...`` until it is fixed: ``Case.xfail`` where the message
 checks fail, ``Case.leaves`` where the command writes files before it
-refuses. (The ten it found in issue 6 are fixed; none is marked now.)
+refuses. (None is marked now: every bug this table found is fixed.)
 
 Placeholders in argv and messages: ``{shared}`` is the directory of the shared
 inputs (a digits manifest, damaged Parquet files, a synthetic MNIST idx

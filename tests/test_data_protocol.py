@@ -9,7 +9,7 @@ from functools import cached_property
 import numpy as np
 import pytest
 import torch
-from test_streaming import CLASSES, write_tree
+from test_streaming import save_as_hf, write_tree
 
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.data.protocol import BatchLoader, LabelledSplit, SplitDataset
@@ -102,17 +102,7 @@ def test_both_loaders_implement_the_protocol_with_the_same_kinds(pair):
 
 
 def test_hugging_face_data_sets_agree_too(tmp_path, tree):
-    datasets = pytest.importorskip("datasets")
-    from PIL import Image
-
-    rows = {"train": [], "test": []}
-    for split in rows:
-        for label, name in enumerate(sorted(CLASSES)):
-            for path in sorted((tree / split / name).rglob("*.png")):
-                rows[split].append({"image": Image.open(path).convert("RGB"), "label": label})
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(CLASSES))})
-    datasets.DatasetDict({split: datasets.Dataset.from_list(r, features=features) for split, r in rows.items()}
-                         ).save_to_disk(tmp_path / "hf")
+    save_as_hf(tree, tmp_path / "hf")
     in_memory = load_dataset(DataConfig("hf", data_dir=str(tmp_path / "hf")))
     streamed = hf_splits(str(tmp_path / "hf"))
     streamed.workers = 0

@@ -1,4 +1,4 @@
-"""torch.distributed: two gloo ranks on the CPU against one process (issue 7).
+"""torch.distributed: two gloo ranks on the CPU against one process.
 
 One spawn of two ranks runs every distributed scenario (process start-up is the
 expensive part) and each rank saves what it saw; the tests compare the ranks

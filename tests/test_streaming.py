@@ -243,7 +243,8 @@ def test_small_sources_are_refused():
         open_streaming(DataConfig("digits"))
 
 
-def test_hugging_face_rows(tmp_path, tree):
+def save_as_hf(tree, saved):
+    """The image tree as a Hugging Face ``save_to_disk`` folder (train and test splits, image + label)."""
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
@@ -253,9 +254,13 @@ def test_hugging_face_rows(tmp_path, tree):
             for path in sorted((tree / split / name).rglob("*.png")):
                 rows[split].append({"image": Image.open(path).convert("RGB"), "label": label})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=sorted(CLASSES))})
-    saved = tmp_path / "hf"
     datasets.DatasetDict({split: datasets.Dataset.from_list(r, features=features) for split, r in rows.items()}
                          ).save_to_disk(saved)
+    return saved
+
+
+def test_hugging_face_rows(tmp_path, tree):
+    saved = save_as_hf(tree, tmp_path / "hf")
     in_memory = load_dataset(DataConfig("hf", data_dir=str(saved)))
     streamed = hf_splits(str(saved))
     assert streamed.class_names == in_memory.class_names

@@ -48,6 +48,10 @@ from pracset.train.run import input_spec, make_loaders, train_stage
 log = logging.getLogger(__name__)
 
 
+#: How ``pracset build`` finds the critical examples for pruning (see BuildConfig.cep).
+CEP_CHOICES = ("one-shot", "trained")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """What ``pracset build`` adds to dense training (Early-Bird's own settings: ``EarlyBirdConfig``)."""
@@ -61,8 +65,14 @@ class BuildConfig:
                                   "(official PrAC code)", choices=PRUNABLE_CHOICES)
     early_bird: bool = option(False, "stop dense training early once the pruning mask settles (settings: --early-bird-*)")
     keep_history: bool = option(False, "also store the per-epoch correctness history (bit-packed) in the statistics")
+    cep: str = option("one-shot", "how CEP is found: one-shot (the trained dense model against one-shot pruned "
+                                  "copies of it, no retraining: cheap) or trained (the paper's: run PrAC-IMP's "
+                                  "rounds and keep the set its last trained round selects)", choices=CEP_CHOICES)
+    cep_rounds: int = option(1, "--cep trained: how many pruning rounds to run (20% each by default)")
 
     def __post_init__(self) -> None:
+        require(self.cep in CEP_CHOICES, f"cep must be one of {', '.join(CEP_CHOICES)}, got {self.cep!r}")
+        require(self.cep_rounds >= 1, f"cep_rounds must be a positive integer, got {self.cep_rounds}")
         require(all(0 < s < 1 for s in self.probe_sparsities),
                 f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
 
@@ -79,6 +89,27 @@ class BuildResult:
 def stats_path(manifest_path: Path) -> Path:
     """Where the full statistics of the manifest at ``manifest_path`` are written."""
     return BuildLayout(manifest_path).statistics
+
+
+def manifest_columns(dataset: ImageDataset, statistics, disagreements: np.ndarray | None, chosen) -> dict:
+    """A manifest's columns: one row per training example, its statistics, its CEP count and the selection."""
+    n = len(dataset.train)
+    return {
+        "example_id": np.arange(n, dtype=np.int64),
+        "content_hash": dataset.train_hashes,
+        "label": dataset.train.labels.cpu().numpy(),
+        **statistics.columns(),
+        "cep_disagreements": disagreements if disagreements is not None else np.zeros(n, dtype=np.int32),
+        "score": chosen.scores,
+        "selected": chosen.selected,
+        "reason": chosen.reasons,
+    }
+
+
+def dataset_metadata(dataset: ImageDataset) -> dict:
+    """The ``dataset`` table of a manifest's metadata (what a reader checks the data against)."""
+    return {"name": dataset.name, "split": "train", "size": len(dataset.train), "fingerprint": dataset.fingerprint,
+            "class_names": list(dataset.class_names), **dataset.describe()}
 
 
 def build_identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig,
@@ -137,29 +168,18 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
                                          mask=mask, ranking=build.probe_ranking, precision=train.precision,
                                          ledger=ledger, stage="probe")
         labels = dataset.train.labels.cpu().numpy()
-        inputs = SelectionInputs.from_statistics(labels, statistics,
-                                                 probe_result.disagreements if probe_result else None)
-        chosen = select(inputs, selection)
+        disagreements = probe_result.disagreements if probe_result else None
+        chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), selection)
+        columns = manifest_columns(dataset, statistics, disagreements, chosen)
         n = len(labels)
-        columns = {
-            "example_id": np.arange(n, dtype=np.int64),
-            "content_hash": dataset.train_hashes,
-            "label": labels,
-            **statistics.columns(),
-            "cep_disagreements": (probe_result.disagreements if probe_result
-                                  else np.zeros(n, dtype=np.int32)),
-            "score": chosen.scores,
-            "selected": chosen.selected,
-            "reason": chosen.reasons,
-        }
         history = trained.history
         final = trained.metrics["final"]
         metadata = {
-            "dataset": {"name": dataset.name, "split": "train", "size": n, "fingerprint": dataset.fingerprint,
-                        "class_names": list(dataset.class_names), **dataset.describe()},
+            "dataset": dataset_metadata(dataset),
             "selection": chosen.describe(),
             "provenance": {
                 "command": "build",
+                "cep": "one-shot-probe" if probe_result is not None else "none",
                 "arch": arch,
                 "seed": train.seed,
                 "train": to_dict(train),

@@ -116,7 +116,7 @@ def _cmd_ticket(args: argparse.Namespace) -> int:
 
 
 def format_tickets(summary: dict) -> str:
-    """The tickets of a run as a small table."""
+    """The tickets of a run as a small table, with the search and evaluation costs apart."""
     lines = [f"{'stage':<12} {'sparsity':>8} {'test acc':>8} {'iters':>7}  controls / verdict"]
     for row in summary["tickets"]:
         extra = ""
@@ -126,10 +126,17 @@ def format_tickets(summary: dict) -> str:
                      + ("winning ticket" if v["winning_ticket"] else
                         ("matches dense" if v["matches_dense"] else "below dense")
                         + (", beats controls" if v["beats_controls"] else ", does not beat controls")))
+        elif row.get("evaluated") is False:
+            extra = "mask only (not trained on the full split; --evaluate every-round trains it)"
         iterations = row.get("round_iterations", row.get("iterations"))
-        lines.append(f"{row['stage']:<12} {row['sparsity']:>8.4f} {row['test_accuracy']:>8.4f} {iterations or 0:>7}  {extra}")
+        accuracy = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        lines.append(f"{row['stage']:<12} {row['sparsity']:>8.4f} {accuracy:>8} {iterations or 0:>7}  {extra}")
+    costs = summary.get("costs") or {}
     total = summary["ledger"]["total"]
     what = "already found" if summary.get("skipped") else "found"
+    if costs:
+        lines.append(f"search {costs['search']} + evaluation {costs['evaluation']} = {costs['search'] + costs['evaluation']} "
+                     f"training iterations (probe forward passes: {costs['probe_examples']} examples)")
     lines.append(f"{what} {summary['method']} tickets for {summary['arch']} on {summary['data']}: "
                  f"{total['train_iterations']} training iterations in all; mask {summary['mask']}")
     return "\n".join(lines)

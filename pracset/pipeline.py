@@ -5,8 +5,9 @@ A pipeline file holds the same typed configurations as the command line::
     name = "mnist-lenet300"
     arch = "lenet300"                 # the architecture that builds the manifest
     methods = ["imp", "prac-imp"]     # ticket methods on that architecture
-    transfer = ["lenet5"]             # architectures the manifest is reused on
-    seeds = [0]
+    transfer = ["lenet5"]             # architectures the sets are reused on
+    seeds = [0, 1, 2]                 # seeds of initialisation and data order
+    transfer_seeds = [0]              # the seeds the transfer runs use (default: all)
     controls_on = ["imp"]             # methods whose tickets get the controls (default: all; [imp] switches them on)
 
     [data]       # DataConfig: name, data_dir, ...
@@ -22,14 +23,17 @@ A pipeline file holds the same typed configurations as the command line::
 Stages (each skipped when its output exists; the pipeline's output directory
 remembers its configuration and refuses to mix results of another one):
 
-1. ``manifest.parquet``: ``pracset build`` on ``arch``;
-2. ``manifest-random.parquet``: a seeded random subset of the same size,
-   drawn from the same statistics (the control a PrAC set must beat);
-3. for each seed and each method on ``arch``: ``ARCH/METHOD-sSEED/``
-   (``rigl-prac`` and ``granet-prac`` train on the PrAC set);
-4. for each transfer architecture: full-data IMP, PrAC-IMP on the fixed
-   manifest set, and the same on the random subset of equal size (without
-   the sanity-check controls, which run on ``arch`` only);
+1. ``manifest.parquet``: ``pracset build`` on ``arch`` (one-shot CEP);
+2. for each seed and each method on ``arch``: ``ARCH/METHOD-sSEED/``
+   (``rigl-prac`` and ``granet-prac`` train on the build's set); every
+   PrAC-IMP round writes the set it selected as ``round-RR/prac-set.parquet``
+   (the paper's CEP: dense vs. that round's trained sparse model);
+3. ``manifest-random.parquet``: a seeded random subset as large as the
+   paper's set (PrAC-IMP's last set, first seed), drawn from the same
+   statistics: the control a PrAC set must beat;
+4. for each transfer seed and architecture: full-data IMP, and PrAC-IMP on
+   each fixed set: the paper's set, the build's set, the random subset
+   (without the sanity-check controls, which run on ``arch`` only);
 5. ``report.json``, ``report.md`` and the plots.
 """
 
@@ -93,6 +97,7 @@ class Pipeline:
     methods: tuple[str, ...] = ("imp", "prac-imp")
     transfer: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
+    transfer_seeds: tuple[int, ...] | None = None
     controls_on: tuple[str, ...] | None = None
     description: str = ""
 
@@ -101,15 +106,23 @@ class Pipeline:
         require(not unknown, f"unknown method {unknown[0] if unknown else ''!r} in methods; valid names: "
                              f"{', '.join(PIPELINE_METHODS)}")
         require(len(self.seeds) > 0, "seeds must name at least one seed")
+        require(self.transfer_seeds is None or set(self.transfer_seeds) <= set(self.seeds),
+                "transfer_seeds must be some of the seeds")
         odd = [m for m in (self.controls_on or ()) if m not in self.methods]
         require(not odd, f"controls_on names {odd[0] if odd else ''!r}, which is not in methods")
         check_model_name(self.arch)
         for arch in self.transfer:
             check_model_name(arch)
 
+    @property
+    def transfer_seed_list(self) -> tuple[int, ...]:
+        """The seeds the transfer runs use (all seeds unless ``transfer_seeds`` names fewer)."""
+        return self.seeds if self.transfer_seeds is None else self.transfer_seeds
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "arch": self.arch, "methods": list(self.methods), "transfer": list(self.transfer),
                "seeds": list(self.seeds), "description": self.description,
+               "transfer_seeds": None if self.transfer_seeds is None else list(self.transfer_seeds),
                "controls_on": None if self.controls_on is None else list(self.controls_on)}
         for key in _SECTIONS:
             value = getattr(self, key)
@@ -126,8 +139,8 @@ class Pipeline:
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "selection": SelectionConfig,
              "imp": IMPConfig, "early_bird": EarlyBirdConfig, "rigl": RigLConfig, "granet": GraNetConfig,
              "report": ReportConfig}
-_TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "description": str,
-        "controls_on": list}
+_TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "transfer_seeds": list,
+        "description": str, "controls_on": list}
 
 
 def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
@@ -170,7 +183,7 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
                 raise ConfigError(f"{where}: {text}" if f"{key}." in text else f"{where}: [{key}] {text}") from None
     if data_dir is not None and "data" in sections and sections["data"].data_dir != data_dir:
         sections["data"] = replace(sections["data"], data_dir=data_dir)
-    for key in ("seeds",):
+    for key in ("seeds", "transfer_seeds"):
         if key in raw and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw[key]):
             raise ConfigError(f"{where}: seeds must be integers, got {raw[key]!r}")
     for key in ("methods", "transfer", "controls_on"):
@@ -179,20 +192,21 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
     try:
         return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
                         transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
+                        transfer_seeds=tuple(raw["transfer_seeds"]) if "transfer_seeds" in raw else None,
                         controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
                         description=raw.get("description", ""), **sections)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _random_manifest(manifest_path: Path, out: Path, seed: int) -> None:
-    """A manifest of a seeded random subset of the same size as the PrAC set, from the same statistics."""
+def _random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
+    """A manifest of a seeded random subset of ``size`` examples, with the statistics of ``manifest_path``."""
     m = read_manifest(manifest_path)
     columns = {name: m.column(name) for name in m.table.column_names}
     inputs = SelectionInputs(labels=columns["label"], forgetting_events=columns["forgetting_events"],
                              presentations=columns["presentations"], never_learned=columns["never_learned"],
                              margin=columns["margin"], cep_disagreements=columns["cep_disagreements"])
-    chosen = select(inputs, SelectionConfig(rule="random", size=m.num_selected, random_seed=seed))
+    chosen = select(inputs, SelectionConfig(rule="random", size=size, random_seed=seed))
     columns.update(score=chosen.scores, selected=chosen.selected, reason=chosen.reasons)
     metadata = dict(m.metadata)
     metadata["selection"] = chosen.describe()
@@ -229,34 +243,49 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     build_manifest(pipeline.data, pipeline.arch, manifest, train=pipeline.train, build=pipeline.build,
                    selection=pipeline.selection, early_bird=pipeline.early_bird, device=device, resume=True,
                    progress=progress, dataset=dataset)
-    random_manifest = layout.random_manifest
-    if not random_manifest.exists():
-        _random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed)
-    results: dict[str, Any] = {"manifest": str(manifest), "random_manifest": str(random_manifest), "runs": []}
+    results: dict[str, Any] = {"manifest": str(manifest), "runs": []}
 
     def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None,
-               controls: bool = True):
+               controls: bool = True) -> dict:
         label = label or method
         directory = layout.ticket_run(arch, label, seed).root
         base = method.removesuffix("-prac")
         train = replace(pipeline.train, seed=seed)
         log.info("pipeline %s: %s %s seed %d", pipeline.name, arch, label, seed)
-        imp = pipeline.imp if controls else replace(pipeline.imp, controls=False)
+        # The report's curves need every round's ticket trained on the full split.
+        imp = replace(pipeline.imp, controls=pipeline.imp.controls and controls, evaluate="every-round")
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
                                early_bird=pipeline.early_bird, rigl=pipeline.rigl, granet=pipeline.granet,
                                selection=pipeline.selection, manifest=manifest_path, device=device,
                                resume=True, progress=progress, dataset=dataset)
         results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),
                                 "summary": {k: v for k, v in summary.items() if k != "skipped"}})
+        return summary
 
     for seed in pipeline.seeds:
         for method in pipeline.methods:
             prac_set = manifest if method.endswith("-prac") else None
             controls = pipeline.controls_on is None or method in pipeline.controls_on
             ticket(pipeline.arch, method, seed, manifest_path=prac_set, controls=controls)
+    if not pipeline.transfer:
+        return results
+    # The sets reused on other architectures: PrAC-IMP's own last set (the paper's CEP, first seed), build's
+    # set (one-shot CEP), and a random subset as large as the first of them.
+    sets = {"one-shot-set-transfer": manifest}
+    if "prac-imp" in pipeline.methods:
+        prac_run = layout.ticket_run(pipeline.arch, "prac-imp", pipeline.seeds[0])
+        # the set selected after the last trained round (PrAC-IMP does not train its last round on a subset)
+        sets = {"paper-set-transfer": prac_run.round(pipeline.imp.num_rounds - 1).prac_set, **sets}
+    first = next(iter(sets.values()))
+    random_manifest = layout.random_manifest
+    if not random_manifest.exists():
+        _random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
+                         size=read_manifest(first).num_selected)
+    results["sets"] = {label: str(path) for label, path in {**sets, "random-subset": random_manifest}.items()}
+    for seed in pipeline.transfer_seed_list:
         for arch in pipeline.transfer:
             # The sanity-check controls run on the building architecture only (they double the cost).
             ticket(arch, "imp", seed, controls=False)
-            ticket(arch, "prac-imp", seed, manifest_path=manifest, label="prac-imp-transfer", controls=False)
-            ticket(arch, "prac-imp", seed, manifest_path=random_manifest, label="random-subset", controls=False)
+            for label, path in {**sets, "random-subset": random_manifest}.items():
+                ticket(arch, "prac-imp", seed, manifest_path=path, label=label, controls=False)
     return results

@@ -105,6 +105,11 @@ class StageFiles:
         return self.directory / "next_ids.npy"
 
     @property
+    def prac_set(self) -> Path:
+        """PrAC-IMP: the set this round selected, as a manifest."""
+        return self.directory / "prac-set.parquet"
+
+    @property
     def forgetting(self) -> Path:
         return self.directory / "forgetting.npy"
 
@@ -125,6 +130,7 @@ class TicketLayout:
         round-RR/                IMP round RR (00 = dense): mask.pt, model.pt, metrics.json, [ids.npy, next_ids.npy]
         ticket-RR/               PrAC-IMP: round RR's mask trained on the full split
         control-STAGE-KIND/      a sanity-check control of STAGE's ticket
+        dense-reference/         PrAC-IMP: the full-data dense network tickets are judged against
         sparse/                  RigL / GraNet
         ledger.json              every training iteration and forward pass, per stage
         tickets.json             the summary; its presence marks the run finished
@@ -161,6 +167,11 @@ class TicketLayout:
     @property
     def sparse(self) -> StageFiles:
         return self.stage("sparse")
+
+    @property
+    def dense_reference(self) -> StageFiles:
+        """PrAC-IMP: a full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
+        return self.stage("dense-reference")
 
     def probe_stage(self, r: int) -> str:
         """The ledger stage of round ``r``'s pruning probe."""

@@ -61,14 +61,20 @@ def test_a_tiny_pipeline_writes_its_report(finished):
     assert (out / "mlp" / "imp-s0" / "tickets.json").exists()
     assert (out / "lenet300" / "random-subset-s0" / "tickets.json").exists()
     text = (out / "report.md").read_text()
-    assert text.startswith("# tiny") and "![Test accuracy against sparsity](accuracy_vs_sparsity.png)" in text
+    assert text.startswith("# tiny") and "![Test accuracy against sparsity (mean ± std over seeds)](accuracy_vs_sparsity.png)" in text
     saved = report["iterations_saved"]["per_round"]
     assert [round(r["sparsity"], 2) for r in saved] == [0.2, 0.36]
-    # cumulative iterations grow round by round, and the random subset has the PrAC set's size
-    assert saved[1]["imp_iterations"] > saved[0]["imp_iterations"] > 0
+    # search costs grow round by round; IMP's mask at s_1 costs exactly its dense round (2 epochs of 12 batches)
+    assert saved[1]["imp_search"] > saved[0]["imp_search"] == 2 * 12
     from pracset.manifest import read_manifest
 
-    assert read_manifest(out / "manifest-random.parquet").num_selected == read_manifest(out / "manifest.parquet").num_selected
+    # the random subset is as large as the paper's set (PrAC-IMP's set after its last trained round, seed 0)
+    paper_set = out / "mlp" / "prac-imp-s0" / "round-01" / "prac-set.parquet"
+    assert read_manifest(paper_set).provenance["cep"] == "trained-round"
+    assert read_manifest(out / "manifest-random.parquet").num_selected == read_manifest(paper_set).num_selected
+    assert read_manifest(out / "manifest.parquet").provenance["cep"] == "one-shot-probe"
+    assert {r["method"] for r in report["runs"] if r["arch"] == "lenet300"} == {
+        "imp", "paper-set-transfer", "one-shot-set-transfer", "random-subset"}
     assert report["transfer"][0]["arch"] == "lenet300"
     assert "controls" in report["curves"]["mlp/imp"][1] and "controls" not in report["curves"]["lenet300/imp"][1]
 

@@ -111,20 +111,45 @@ def test_prac_imp_on_a_fixed_manifest_set(tmp_path, digits):
     kept = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_table(manifest).schema.metadata[b"pracset"])
     kept = kept["selection"]["selected"]
     summary = find_tickets("prac-imp", DATA, "lenet300", tmp_path / "prac", train=TRAIN,
-                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=60), manifest=manifest,
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=60,
+                                         evaluate="every-round"), manifest=manifest,
                            device=torch.device("cpu"), dataset=digits)
     rows = summary["tickets"]
     assert [r["stage"] for r in rows] == ["round-00", "ticket-01", "ticket-02"]
-    assert all(r["set_size"] == kept for r in rows[1:])
+    assert rows[1]["set_size"] == kept  # round 2, the last, is not trained on the subset: its mask is the ticket's
+    assert not (tmp_path / "prac" / "round-02" / "metrics.json").exists()
+    ids = np.load(tmp_path / "prac" / "round-01" / "ids.npy")
+    assert len(ids) == kept
+    round_metrics = json.loads((tmp_path / "prac" / "round-01" / "metrics.json").read_text())
+    assert round_metrics["examples"] == kept
     for r in (1, 2):
-        ids = np.load(tmp_path / "prac" / f"round-0{r}" / "ids.npy")
-        assert len(ids) == kept
-        round_metrics = json.loads((tmp_path / "prac" / f"round-0{r}" / "metrics.json").read_text())
         ticket_metrics = json.loads((tmp_path / "prac" / f"ticket-0{r}" / "metrics.json").read_text())
-        assert round_metrics["examples"] == kept and ticket_metrics["examples"] == len(digits.train)
+        assert ticket_metrics["examples"] == len(digits.train)
     # the rounds on the subset cost |P|/N of the full-data rounds (linear budget)
     steps_subset = 3 * -(-kept // 64)
     assert summary["ledger"]["stages"]["round-01"]["train_iterations"] == steps_subset
+    # search = rounds 0 and 1 (both on the subset), evaluation = the two tickets on the full split (69 - 60 steps)
+    assert summary["costs"] == {"search": 2 * steps_subset, "evaluation": 2 * (3 * 23 - 60), "controls": 0,
+                                "probe_examples": 0}
+
+
+def test_prac_imp_trains_only_the_final_ticket_on_full_data_by_default(tmp_path, digits):
+    summary = find_tickets("prac-imp", DATA, "mlp", tmp_path / "prac", train=TRAIN,
+                           imp=IMPConfig(rounds=3, budget="linear", early_bird=False, rewind_step=20),
+                           device=torch.device("cpu"), dataset=digits)
+    rows = summary["tickets"]
+    assert [(r["stage"], r["evaluated"]) for r in rows] == [
+        ("round-00", True), ("round-01", False), ("round-02", False), ("ticket-03", True)]
+    assert rows[1]["test_accuracy"] is None and rows[3]["test_accuracy"] > 0.5
+    assert not (tmp_path / "prac" / "ticket-01").exists() and not (tmp_path / "prac" / "round-03" / "metrics.json").exists()
+    stages = summary["ledger"]["stages"]
+    rounds = [stages[f"round-0{r}"]["train_iterations"] for r in range(3)]
+    assert rounds[0] == 3 * 23  # the dense round on all 1,438 examples: 23 batches of 64, 3 epochs
+    assert summary["costs"]["search"] == sum(rounds)
+    assert summary["costs"]["evaluation"] == stages["ticket-03"]["train_iterations"] == 3 * 23 - 20
+    assert summary["ledger"]["total"]["train_iterations"] == summary["costs"]["search"] + summary["costs"]["evaluation"]
+    # the dense round ran its full budget on the full split: it is the reference tickets are judged against
+    assert rows[3]["dense_reference"] == "round-00"
 
 
 def test_prac_imp_recomputes_its_set_every_round(tmp_path, digits):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
 
 from pracset.config import option, require
 from pracset.sparse.mask import Mask
@@ -21,7 +24,7 @@ class EarlyBirdConfig:
     eps: float = option(0.08, "stop once every mask distance in the queue is below this "
                               "(0.08 in the official code, 0.07 in the paper's appendix)")
     queue_length: int = option(5, "number of recent epoch-to-epoch mask distances that must all be below eps")
-    prune_fraction: float = option(0.2, "fraction of the remaining weights the probe mask prunes (global magnitude)")
+    prune_fraction: float = option(0.2, "pracset build: fraction of the remaining weights the judged mask prunes (global magnitude); PrAC-IMP judges the mask its own prune gives")
     wait_for_change: bool = option(True, "start counting only once a distance first exceeds eps (the official rule; "
                                          "small networks whose mask never moves that much then never stop)")
 
@@ -48,9 +51,13 @@ class EarlyBirdStop(Callback):
     (``None`` if it ran to the end).
     """
 
-    def __init__(self, config: EarlyBirdConfig, mask: Mask, *, warmup_epochs: int = 0):
+    def __init__(self, config: EarlyBirdConfig, mask: Mask, *, warmup_epochs: int = 0,
+                 prune: Callable[[nn.Module, Mask], Mask] | None = None):
         self.config = config
         self.base_mask = mask
+        # The mask to judge: by default global magnitude pruning of ``prune_fraction``; IMP passes its own
+        # prune (its fraction, ranking and per-layer rates), so the mask that settles is the one it prunes with.
+        self.prune = prune or (lambda model, base: magnitude_prune(model, base, config.prune_fraction))
         self.remaining = mask.num_kept()
         self.warmup_epochs = warmup_epochs
         self.reset()
@@ -64,8 +71,7 @@ class EarlyBirdStop(Callback):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
-        current = magnitude_prune(state.model, self.base_mask.to(next(state.model.parameters()).device),
-                                  self.config.prune_fraction)
+        current = self.prune(state.model, self.base_mask.to(next(state.model.parameters()).device))
         self.mask = current
         if self.previous is None:  # the first epoch has nothing to compare with
             self.previous = current

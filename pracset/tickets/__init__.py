@@ -27,6 +27,7 @@ from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
+from pracset.tickets.rounds import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import input_spec
@@ -72,8 +73,10 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
         rows = runner.run(ctx, settings, fixed_ids)
         final = rows[-1]
         mask_stage = layout.round(final["round"]) if final["round"] is not None else layout.sparse
+        ledger = run.ledger.to_dict()
+        costs = split_costs(layout, ledger["stages"], imp.num_rounds) if final["round"] is not None else None
         summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
-                   "tickets": rows, "final": final, "ledger": run.ledger.to_dict(),
+                   "tickets": rows, "final": final, "ledger": ledger, "costs": costs,
                    "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model)}
         atomic_write_json(layout.summary, summary)
         return summary

@@ -12,6 +12,8 @@ from pracset.train.config import TrainConfig
 
 #: How a PrAC-IMP round on a subset P of N examples is budgeted.
 BUDGET_RULES = ("official", "linear")
+#: Which PrAC-IMP masks are trained on the full split as tickets.
+EVALUATE_CHOICES = ("final", "every-round")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class IMPConfig:
                                      "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
                                      "fall as |P|/N)", choices=BUDGET_RULES)
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
+    evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, or the "
+                                    "ticket of every round (for an accuracy-against-sparsity curve)",
+                           choices=EVALUATE_CHOICES)
 
     def __post_init__(self) -> None:
         require(0 < self.sparsity < 1, f"sparsity must lie in (0, 1), got {self.sparsity}")
@@ -48,6 +53,8 @@ class IMPConfig:
         require(self.output_rate is None or 0 <= self.output_rate < 1,
                 f"output_rate must lie in [0, 1), got {self.output_rate}")
         require(self.rewind_step >= 0, f"rewind_step must not be negative, got {self.rewind_step}")
+        require(self.evaluate in EVALUATE_CHOICES,
+                f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {self.evaluate!r}")
         require(self.budget in BUDGET_RULES, f"budget must be one of {', '.join(BUDGET_RULES)}, got {self.budget!r}")
         require(self.ranking in RANKING_CHOICES,
                 f"ranking must be one of {', '.join(RANKING_CHOICES)}, got {self.ranking!r}")

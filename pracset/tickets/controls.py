@@ -70,9 +70,13 @@ def train_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: d
     return out
 
 
-def verdict(accuracy: float, dense_accuracy: float, controls: dict[str, float], tolerance: float) -> dict:
-    """Whether a ticket matches dense within ``tolerance`` and beats every control by more than it."""
-    matches = accuracy >= dense_accuracy - tolerance
+def verdict(accuracy: float, dense_accuracy: float | None, controls: dict[str, float], tolerance: float, *,
+            collapsed: bool = False) -> dict:
+    """Whether a ticket matches dense within ``tolerance`` and beats every control by more than it.
+
+    A ticket never matches a dense network that collapsed (or a missing one).
+    """
+    matches = dense_accuracy is not None and not collapsed and accuracy >= dense_accuracy - tolerance
     beats = accuracy > max(controls.values()) + tolerance
     return {"matches_dense": bool(matches), "beats_controls": bool(beats),
             "winning_ticket": bool(matches and beats), "tolerance": tolerance}

@@ -79,7 +79,9 @@ class PracIMP(IMP):
     name = "prac-imp"
 
     def identity(self, settings):
-        return {**super().identity(settings), "early_bird": to_dict(settings.early_bird),
+        # Early-Bird's settings are part of the run only when it is on (as in a build's identity).
+        return {**super().identity(settings),
+                "early_bird": to_dict(settings.early_bird) if settings.imp.early_bird else None,
                 "selection": to_dict(settings.selection)}
 
     def check(self, settings, train, num_examples, fixed_ids):

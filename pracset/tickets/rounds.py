@@ -15,9 +15,14 @@ import logging
 from typing import Sequence
 
 import numpy as np
+import torch
 
+from pracset import __version__
+from pracset.build import dataset_metadata, manifest_columns
+from pracset.config import to_dict
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save
+from pracset.manifest import write_manifest
 from pracset.runs import StageFiles
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse import StaticMask
@@ -27,7 +32,7 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.controls import train_controls, verdict
+from pracset.tickets.controls import CONTROLS, train_controls, verdict
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
@@ -37,6 +42,10 @@ log = logging.getLogger(__name__)
 
 class RoundPolicy:
     """What full-data IMP does; :class:`PracSetPolicy` overrides the hooks where PrAC-IMP differs."""
+
+    #: whether the last round is trained: for IMP it *is* the final ticket; PrAC-IMP's last round on its
+    #: subset would only find a next mask and set, which nobody uses
+    trains_last_round = True
 
     def __init__(self, ctx: TicketContext, config: IMPConfig):
         self.ctx = ctx
@@ -65,9 +74,21 @@ class RoundPolicy:
         """Write what a trained round adds before it is marked done; returns extra metrics and their cost."""
         return {}, IterationLedger()
 
-    def train_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask, rewind: dict) -> tuple[StageFiles, dict]:
-        """The ticket of round ``r``'s mask and its metrics: for IMP, the round's own training."""
+    def train_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask,
+                     rewind: dict) -> tuple[StageFiles | None, dict | None]:
+        """Train (or read back) the ticket of round ``r``'s mask; ``(None, None)`` when it is not evaluated.
+
+        For IMP the round's own training is the ticket.
+        """
         return stage, metrics
+
+    def dense_reference(self, dense: dict, needed: bool) -> tuple[str, dict] | None:
+        """The fully trained dense network tickets are compared with: the stage name and its metrics.
+
+        For IMP it is round 0 (full data, full budget). ``needed`` says whether
+        a verdict will read it (another policy may have to train one).
+        """
+        return self.ctx.layout.round(0).name, dense
 
 
 class PracSetPolicy(RoundPolicy):
@@ -79,6 +100,8 @@ class PracSetPolicy(RoundPolicy):
     ``fixed_ids`` (a manifest's set, e.g. built on another architecture) every
     round, round 0 included, trains on that set and nothing is recomputed.
     """
+
+    trains_last_round = False
 
     def __init__(self, ctx: TicketContext, config: IMPConfig, early_bird: EarlyBirdConfig,
                  selection: SelectionConfig, fixed_ids: np.ndarray | None = None):
@@ -117,7 +140,8 @@ class PracSetPolicy(RoundPolicy):
         if self.recomputes:
             out.append(ExampleRecorder(self.ctx.num_examples, self.ctx.device))
         if self.config.early_bird:
-            out.append(EarlyBirdStop(self.early_bird, mask, warmup_epochs=int(self.ctx.train.warmup_epochs)))
+            out.append(EarlyBirdStop(self.early_bird, mask, warmup_epochs=int(self.ctx.train.warmup_epochs),
+                                     prune=lambda model, base: imp_prune(model, base, self.config)))
         return out
 
     def write_round_outputs(self, r, stage, model, mask, callbacks):
@@ -139,11 +163,44 @@ class PracSetPolicy(RoundPolicy):
             disagreements = probe.disagreements
             extra["cep"] = int(probe.critical.sum())
         labels = self.ctx.dataset.train.labels.cpu().numpy()
-        inputs = SelectionInputs.from_statistics(labels, recorder.statistics(), disagreements)
-        next_ids = select(inputs, self.selection).ids
+        statistics = recorder.statistics()
+        chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), self.selection)
+        next_ids = chosen.ids
+        self._write_set_manifest(r, stage, mask, statistics, disagreements, chosen)
         atomic_np_save(stage.next_ids, next_ids)
         extra["next_set"] = len(next_ids)
         return extra, probe_ledger
+
+    def _write_set_manifest(self, r, stage, mask, statistics, disagreements, chosen) -> None:
+        """Write the set this round selected as a manifest (``round-RR/prac-set.parquet``): the paper's PrAC set.
+
+        Its CEP compares the dense model with this round's *trained* sparse
+        model (the paper's definition; round 0 has no CEP), unlike ``pracset
+        build``'s one-shot probe; the provenance says which, with the round
+        and its sparsity.
+        """
+        ctx = self.ctx
+        write_manifest(stage.prac_set, manifest_columns(ctx.dataset, statistics, disagreements, chosen), {
+            "dataset": dataset_metadata(ctx.dataset),
+            "selection": chosen.describe(),
+            "provenance": {"command": "ticket --method prac-imp", "cep": "trained-round" if r > 0 else "none",
+                           "arch": ctx.arch, "seed": ctx.train.seed, "train": to_dict(ctx.train),
+                           "imp": to_dict(self.config), "round": r, "sparsity": round(mask.sparsity(), 6),
+                           "pracset_version": __version__, "torch_version": torch.__version__},
+        })
+
+    def dense_reference(self, dense, needed):
+        # Round 0 is the reference only if it trained on the full split for the full budget; an Early-Bird
+        # stopped or subset-trained round 0 is under-trained, and matching it would be too easy.
+        if self.recomputes and dense.get("early_bird_epoch") is None:
+            return super().dense_reference(dense, needed)
+        if not needed:
+            return None
+        stage = self.ctx.layout.dense_reference
+        metrics = self.ctx.run.stage_done(stage)
+        if metrics is None:
+            metrics = self.ctx.train_and_complete_stage(stage, self.ctx.model())
+        return stage.name, metrics
 
     def dense_model(self):
         if self._dense_model is None:
@@ -151,6 +208,8 @@ class PracSetPolicy(RoundPolicy):
         return self._dense_model
 
     def train_ticket(self, r, stage, metrics, mask, rewind):
+        if self.config.evaluate == "final" and r < self.config.num_rounds:
+            return None, None  # only the ticket the user asked for is trained on the full split
         ticket = self.ctx.layout.ticket(r)
         done = self.ctx.run.stage_done(ticket)
         if done is None:
@@ -180,13 +239,16 @@ def _train_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Ma
     return ctx.run.complete_stage(stage, {**result.metrics, **extra}, cost)
 
 
-def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
-    """The next round's mask: ``prune_fraction`` of the previous mask's weights, by magnitude of its trained weights."""
-    model = ctx.load_model(previous)
-    mask = Mask.load(previous.mask).to(ctx.device)
+def imp_prune(model, mask: Mask, config: IMPConfig) -> Mask:
+    """One IMP prune: ``prune_fraction`` of ``mask``'s weights by magnitude (``ranking``, per-layer rates)."""
     # The last prunable tensor is the output layer; the LTH paper prunes it at half the rate.
     rates = {} if config.output_rate is None else {list(mask)[-1]: config.output_rate}
-    return magnitude_prune(model, mask, config.prune_fraction, ranking=config.ranking, layer_rates=rates).to("cpu")
+    return magnitude_prune(model, mask, config.prune_fraction, ranking=config.ranking, layer_rates=rates)
+
+
+def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
+    """The next round's mask: one IMP prune of the previous round's mask, by its trained weights."""
+    return imp_prune(ctx.load_model(previous), Mask.load(previous.mask).to(ctx.device), config).to("cpu")
 
 
 def run_rounds(policy: RoundPolicy) -> list[dict]:
@@ -201,21 +263,27 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         dense_metrics = _train_round(policy, 0, dense, ctx.model(), base, ids,
                                      extra_callbacks=[Snapshot(policy.rewind_step(ids))])
     rewind = ctx.load_rewind_point()
-    rows = [_row(dense, 0, base, dense_metrics, dense_metrics, None, config.tolerance)]
+    reference = policy.dense_reference(dense_metrics, needed=config.controls)
+    rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, ctx.dataset.num_classes)]
     previous = dense
     for r in range(1, config.num_rounds + 1):
         stage = layout.round(r)
         metrics = ctx.run.stage_done(stage)
-        if metrics is None:
+        trained = r < config.num_rounds or policy.trains_last_round
+        if metrics is None and not (stage.mask.exists() and not trained):
             mask = prune_next(ctx, previous, config)
             mask.save(stage.mask)
-            metrics = _train_round(policy, r, stage, ctx.rewound(mask, rewind), mask, policy.training_ids(r, previous),
-                                   extra_callbacks=[StaticMask(mask)], start_step=policy.start_step())
+            if trained:
+                metrics = _train_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
+                                       policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
+                                       start_step=policy.start_step())
         mask = Mask.load(stage.mask)
         ticket, ticket_metrics = policy.train_ticket(r, stage, metrics, mask, rewind)
-        controls = train_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls else None
-        row = _row(ticket, r, mask, ticket_metrics, dense_metrics, controls, config.tolerance)
-        if ticket != stage:  # the round that found the mask, apart from its ticket
+        evaluated = ticket is not None
+        controls = train_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls and evaluated else None
+        row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
+                   ctx.dataset.num_classes)
+        if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket
             row.update(set_size=metrics.get("set_size"), round_iterations=metrics["ledger"].get("train_iterations"),
                        round_test_accuracy=metrics["final"].get("test_accuracy"),
                        early_bird_epoch=metrics.get("early_bird_epoch"))
@@ -224,13 +292,45 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     return rows
 
 
-def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict, dense: dict, controls: dict | None,
-         tolerance: float) -> dict:
-    accuracy = metrics["final"].get("test_accuracy")
-    dense_accuracy = dense["final"].get("test_accuracy")
-    row = {"stage": stage.name, "round": r, "sparsity": round(mask.sparsity(), 6), "test_accuracy": accuracy,
-           "dense_accuracy": dense_accuracy, "iterations": metrics.get("ledger", {}).get("train_iterations")}
+def split_costs(layout, stages: dict, num_rounds: int) -> dict:
+    """A ticket run's ledger split as DESIGN 2.2a counts it: search (rounds 0..R-1), evaluation, controls, probes.
+
+    Evaluation is the full-split training of tickets (IMP's round R, PrAC-IMP's
+    ``ticket-RR`` and its dense reference); controls are reported apart.
+    """
+    def iterations(name: str) -> int:
+        return stages.get(name, {}).get("train_iterations", 0)
+
+    tickets = [layout.round(num_rounds), *(layout.ticket(r) for r in range(1, num_rounds + 1))]
+    controls = [layout.control(t, c.stage_suffix) for t in [layout.round(r) for r in range(1, num_rounds + 1)]
+                + tickets[1:] for _, c in CONTROLS.items()]
+    return {"search": sum(iterations(layout.round(r).name) for r in range(num_rounds)),
+            "evaluation": sum(iterations(t.name) for t in tickets) + iterations(layout.dense_reference.name),
+            "controls": sum(iterations(c.name) for c in controls),
+            "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0)
+                                  for r in range(1, num_rounds + 1))}
+
+
+def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,
+         controls: dict | None, tolerance: float, num_classes: int) -> dict:
+    """One ticket's row; a round whose mask was not evaluated on the full split has no accuracy."""
+    dense_accuracy = reference[1]["final"].get("test_accuracy") if reference is not None else None
+    row = {"stage": stage.name, "round": r, "sparsity": round(mask.sparsity(), 6), "evaluated": metrics is not None,
+           "test_accuracy": metrics["final"].get("test_accuracy") if metrics is not None else None,
+           "dense_accuracy": dense_accuracy, "dense_reference": reference[0] if reference is not None else None,
+           "iterations": metrics.get("ledger", {}).get("train_iterations") if metrics is not None else None}
+    if dense_accuracy is not None and dense_collapsed(dense_accuracy, num_classes):
+        row["dense_collapsed"] = True
+        if r == 0:
+            log.warning("the dense network collapsed (test accuracy %.4f, chance %.4f): it is no reference, and "
+                        "no ticket is said to match it", dense_accuracy, 1 / num_classes)
     if controls is not None:
         row["controls"] = controls
-        row["verdict"] = verdict(accuracy, dense_accuracy, controls, tolerance)
+        row["verdict"] = verdict(row["test_accuracy"], dense_accuracy, controls, tolerance,
+                                 collapsed=row.get("dense_collapsed", False))
     return row
+
+
+def dense_collapsed(accuracy: float, num_classes: int) -> bool:
+    """A dense network at most twice chance accuracy has collapsed (e.g. diverged at too high a learning rate)."""
+    return accuracy <= 2.0 / num_classes

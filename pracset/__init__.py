@@ -10,8 +10,8 @@ The user-facing names are importable from here::
 
 __version__ = "0.1.0"
 
-# Names are resolved on first use (PEP 562): `import pracset` and `pracset --version` stay fast, and
-# torch, pyarrow and datasets load only when a name that needs them is touched.
+# Names are resolved on first use (PEP 562): `import pracset` stays fast, and torch, pyarrow and
+# datasets load only when a name that needs them is touched.
 _EXPORTS = {
     "build_manifest": "pracset.build", "build_identity": "pracset.build", "BuildConfig": "pracset.build",
     "BuildResult": "pracset.build",
@@ -38,7 +38,7 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pracset' has no attribute {name!r}")
-    import importlib  # here, not at the top: only the first use of a name pays for it
+    import importlib
 
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value

@@ -35,7 +35,7 @@ from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.models import build_model, check_model_name, has_convolutions
-from pracset.runs import BuildLayout, RunDirectory, StageFiles, check_output_parent, refuse_changed
+from pracset.runs import BuildLayout, RunDirectory, check_output_parent, refuse_changed
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
@@ -142,12 +142,13 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     if layout.manifest.exists():
         return _existing_build(layout, identity)
     started = time.time()
-    # Data and model are checked before anything is written, so a refused build leaves nothing behind.
-    dataset = dataset or load_dataset(data)
-    check_size(selection, len(dataset.train))
-    model = build_model(arch, input_spec(dataset), seed=train.seed)
-    mask = Mask.ones(model, prunable=build.prunable)
-    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build"):
+    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build") as run:
+        # Data and model are checked before anything is written, so a refused build leaves nothing behind.
+        dataset = dataset or load_dataset(data)
+        check_size(selection, len(dataset.train))
+        model = build_model(arch, input_spec(dataset), seed=train.seed)
+        mask = Mask.ones(model, prunable=build.prunable)
+        run.claim()
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
         callbacks = [recorder]
@@ -155,8 +156,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
         if build.early_bird:
             bird = EarlyBirdStop(early_bird, mask, warmup_epochs=int(train.warmup_epochs))
             callbacks.append(bird)
-        dense = StageFiles("dense", layout.work)
-        trained = train_stage(dense, model, train_loader, test_loader, train, callbacks=callbacks, progress=progress)
+        trained = train_stage(layout.dense, model, train_loader, test_loader, train, callbacks=callbacks, progress=progress)
         ledger = trained.ledger
         statistics = recorder.statistics()
         probe_result = None
@@ -214,7 +214,8 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
 
 
 def _existing_build(layout: BuildLayout, identity: dict) -> BuildResult:
-    """Skip a build whose manifest exists with the same settings; refuse one with others, naming them."""
+    """Skip a build whose manifest exists with the same settings (removing a work directory a kill left behind);
+    refuse one with other settings, naming them."""
     try:
         existing = read_manifest(layout.manifest)
     except ManifestError as exc:

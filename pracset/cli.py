@@ -20,6 +20,7 @@ from pracset.errors import PracsetError
 from pracset.manifest import read_manifest
 from pracset.models import MODELS, torchvision_names
 from pracset.pipeline import load_pipeline, run_pipeline
+from pracset.runs import PipelineLayout
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
@@ -102,9 +103,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_ticket(args: argparse.Namespace) -> int:
     imp = from_args(IMPConfig, args)
-    # A method's own settings are read only when that method is asked for.
-    rigl = from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity) if args.method == "rigl" else None
-    granet = from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity) if args.method == "granet" else None
+    # A method's own settings are read only when that method is asked for; without any of its flags it takes
+    # find_tickets' default at the target sparsity (GraNet's initial sparsity then stays below it).
+    def given(prefix: str) -> bool:
+        return any(v is not None for k, v in vars(args).items() if k.startswith(prefix + "_"))
+
+    rigl = (from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity)
+            if args.method == "rigl" and given("rigl") else None)
+    granet = (from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity)
+              if args.method == "granet" and given("granet") else None)
     summary = find_tickets(args.method, from_args(DataConfig, args), args.arch, args.out,
                            train=from_args(TrainConfig, args), imp=imp, rigl=rigl, granet=granet,
                            early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"),
@@ -152,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"pipeline {pipeline.name}: PrAC set {m['selected']} of {m['size']} examples "
           f"({100 * m['fraction']:.1f}%)" + (f"; iterations saved {100 * saved['saved']:.1f}% at "
                                              f"{100 * saved['sparsity']:.1f}% sparsity" if saved else ""))
-    print(f"report: {out}/report.md")
+    print(f"report: {PipelineLayout(out).report_md}")
     return 0
 
 

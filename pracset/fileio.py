@@ -152,7 +152,10 @@ def locked_output_directory(directory: str | os.PathLike) -> Iterator[Path]:
             yield path
     except BaseException:
         if created and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+            try:
+                path.rmdir()
+            except OSError:  # under torch.distributed another rank may have removed it (or added to it) first
+                pass
         raise
 
 

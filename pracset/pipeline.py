@@ -199,7 +199,7 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
+def _write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
     """A manifest of a seeded random subset of ``size`` examples, with the statistics of ``manifest_path``."""
     m = read_manifest(manifest_path)
     columns = {name: m.column(name) for name in m.table.column_names}
@@ -218,12 +218,13 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
                  progress: bool = False) -> dict:
     """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report."""
     layout = PipelineLayout(out)
-    dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
-    for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
-        build_model(arch, input_spec(dataset))
-    _check_settings(pipeline, len(dataset.train))
     with RunDirectory(layout.root, pipeline.to_dict(), resume=resume, finished=layout.report_json.name,
-                      record=layout.record.name, kind="pipeline run"):
+                      record=layout.record.name, kind="pipeline run") as run:
+        dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
+        for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
+            build_model(arch, input_spec(dataset))
+        _check_settings(pipeline, len(dataset.train))
+        run.claim()
         results = _run_stages(pipeline, layout, dataset, device=device, progress=progress)
         return write_report(pipeline, layout, results)
 
@@ -279,7 +280,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     first = next(iter(sets.values()))
     random_manifest = layout.random_manifest
     if not random_manifest.exists():
-        _random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
+        _write_random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
                          size=read_manifest(first).num_selected)
     results["sets"] = {label: str(path) for label, path in {**sets, "random-subset": random_manifest}.items()}
     for seed in pipeline.transfer_seed_list:

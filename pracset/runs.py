@@ -4,7 +4,8 @@ Every command that writes a run (``train``, ``build``, ``ticket``, ``run``)
 opens its output through :class:`RunDirectory`, so they all behave alike:
 
 * the directory is locked first (:class:`~pracset.fileio.DirectoryLock`), so a
-  second process is told about the lock, not about anything else;
+  second process is told about the lock, not about anything else, and a
+  finished run is found before any data is loaded;
 * the identity record (``run.json``: what was asked) is compared with the
   new request, and a difference is refused with every changed setting and
   both values named (``train.lr: 0.1 -> 0.05``);
@@ -131,6 +132,7 @@ class TicketLayout:
         ticket-RR/               PrAC-IMP: round RR's mask trained on the full split
         control-STAGE-KIND/      a sanity-check control of STAGE's ticket
         dense-reference/         PrAC-IMP: the full-data dense network tickets are judged against
+        STAGE/mask.pt, mask.json a stage's mask and its readable sparsity report (written by Mask.save)
         sparse/                  RigL / GraNet
         ledger.json              every training iteration and forward pass, per stage
         tickets.json             the summary; its presence marks the run finished
@@ -141,8 +143,6 @@ class TicketLayout:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    record = property(lambda self: self.root / "run.json")
-    ledger = property(lambda self: self.root / "ledger.json")
     rewind = property(lambda self: self.root / "rewind.pt")
     summary = property(lambda self: self.root / "tickets.json")
 
@@ -225,34 +225,37 @@ class BuildLayout:
         return self.manifest.with_name(self.manifest.name + ".partial")
 
     @property
-    def checkpoint(self) -> Path:
-        return self.work / "checkpoint.pt"
+    def dense(self) -> StageFiles:
+        """The dense training's files (its checkpoint) in the work directory."""
+        return StageFiles("dense", self.work)
 
 
 # ----------------------------------------------------------------------------- the directory itself
 
 class RunDirectory:
-    """An output directory owned by one run; use it as a context manager.
+    """An output directory owned by one run; use it as a context manager, then :meth:`claim` it.
 
     ``identity`` is what makes two requests the same run (compared on every
     open); ``finished`` is the file whose presence marks the run finished
     (relative to the root; ``None`` for a work directory that is removed
-    instead); ``record`` the identity record's name. On entry
-    the directory is created and locked, then checked (see the module
-    docstring); :attr:`status` is ``"new"``, ``"resume"`` or ``"done"``. If
-    the run fails before writing anything, a directory this call created is
-    removed again.
+    instead); ``record`` the identity record's name.
+
+    Entering creates and locks the directory, then checks it (see the module
+    docstring) without writing anything: :attr:`status` is ``"new"``,
+    ``"resume"`` or ``"done"``. A command can then return at once on
+    ``"done"``, or load its data, and calls :meth:`claim` before its first
+    write. A refusal, or a failure before :meth:`claim`, leaves no trace: a
+    directory this call created is removed again.
     """
 
     def __init__(self, root: str | Path, identity: Mapping[str, Any], *, resume: bool, finished: str | None,
-                 record: str = "run.json", kind: str = "run", extra_record: Mapping[str, Any] | None = None):
+                 record: str = "run.json", kind: str = "run"):
         self.root = Path(root)
         self.identity = dict(identity)
         self.resume = resume
         self.finished = None if finished is None else self.root / finished
         self.record = self.root / record
         self.kind = kind
-        self.extra_record = dict(extra_record or {})
         self.status = "new"
         self.ledger = IterationLedger()
         self._locked = None
@@ -261,7 +264,7 @@ class RunDirectory:
         self._locked = locked_output_directory(self.root)
         self._locked.__enter__()
         try:
-            self._check_and_claim()
+            self._check()
         except BaseException as exc:
             self._locked.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -270,13 +273,15 @@ class RunDirectory:
     def __exit__(self, *exc) -> None:
         self._locked.__exit__(*exc)
 
-    def _check_and_claim(self) -> None:
+    def _check(self) -> None:
         if self.record.exists():
             try:
                 previous = json.loads(self.record.read_text())
             except (OSError, json.JSONDecodeError):
                 raise ConfigError(f"{self.record} is unreadable; choose another --out") from None
-            refuse_changed(f"{self.root} holds another run", previous.get("identity", {}), self.identity,
+            if not isinstance(previous, dict) or "identity" not in previous:
+                raise ConfigError(f"{self.root} holds a run written by an older pracset; choose another --out")
+            refuse_changed(f"{self.root} holds another run", previous["identity"], self.identity,
                            "choose another --out")
             if self.finished is not None and self.finished.exists():
                 self.status = "done"
@@ -288,16 +293,19 @@ class RunDirectory:
         elif not holds_only_temporaries(self.root, also=(DirectoryLock.NAME,)):
             raise ConfigError(f"{self.root} is not empty and holds no pracset {self.kind}; choose another --out")
         remove_temporaries(self.root)  # left by a killed run; the lock makes this directory ours
-        if self.status == "new":
-            atomic_write_json(self.record, {"identity": self.identity, **self.extra_record})
         self.ledger = IterationLedger.load(self.ledger_path) if self.ledger_path.exists() else IterationLedger()
+
+    def claim(self, extra_record: Mapping[str, Any] | None = None) -> None:
+        """Write the identity record (with ``extra_record``) of a new run: from here on the directory is this run's."""
+        if self.status == "new" and not self.record.exists():
+            atomic_write_json(self.record, {"identity": self.identity, **(extra_record or {})})
 
     @property
     def ledger_path(self) -> Path:
         return self.root / "ledger.json"
 
-    def stage_done(self, stage: StageFiles) -> dict | None:
-        """The metrics of a finished stage (removing a checkpoint a kill left behind), else ``None``."""
+    def finished_stage_metrics(self, stage: StageFiles) -> dict | None:
+        """The metrics of a finished stage, else ``None``; removes the checkpoint a kill after it left behind."""
         metrics = stage.read_metrics()
         if metrics is not None:
             stage.checkpoint.unlink(missing_ok=True)  # left by a kill after the stage finished

@@ -43,6 +43,8 @@ def test_a_run_directory_records_refuses_and_resumes(tmp_path):
     identity = {"train": {"lr": 0.1}, "arch": "mlp"}
     with RunDirectory(root, identity, resume=False, finished="done.json") as run:
         assert run.status == "new"
+        assert not (root / "run.json").exists()  # nothing is written before the run claims the directory
+        run.claim()
         assert json.loads((root / "run.json").read_text()) == {"identity": identity}
         assert (root / DirectoryLock.NAME).exists()
     assert not (root / DirectoryLock.NAME).exists()  # released and removed on exit
@@ -78,9 +80,8 @@ def test_a_directory_of_other_files_or_held_by_another_process_is_refused_untouc
     assert not (held / "run.json").exists()
     gone = tmp_path / "new"
     with pytest.raises(RuntimeError):
-        with RunDirectory(gone, {}, resume=False, finished="x") as run:
-            (gone / "run.json").unlink()  # as if nothing had been written yet
-            raise RuntimeError("failed before writing anything")
+        with RunDirectory(gone, {}, resume=False, finished="x"):
+            raise RuntimeError("failed before claiming the directory (say, the data set is missing)")
     assert not gone.exists()  # a directory this run created and left empty is removed
 
 
@@ -88,7 +89,8 @@ def test_a_stage_is_booked_before_it_is_marked_done(tmp_path, monkeypatch):
     root = tmp_path / "run"
     stage = TicketLayout(root).round(1)
     with RunDirectory(root, {}, resume=False, finished="tickets.json") as run:
-        assert run.stage_done(stage) is None
+        run.claim()
+        assert run.finished_stage_metrics(stage) is None
         stage.directory.mkdir()
         stage.checkpoint.write_bytes(b"epoch 3")
         ledger = IterationLedger()
@@ -106,7 +108,7 @@ def test_a_stage_is_booked_before_it_is_marked_done(tmp_path, monkeypatch):
         # the same stage booked again (a resume that redid it) replaces its entry instead of adding to it
         run.book_and_save_ledger(ledger)
         assert run.ledger.total().train_iterations == 10
-        assert run.stage_done(stage) == {"final": {"test_accuracy": 0.5}}
+        assert run.finished_stage_metrics(stage) == {"final": {"test_accuracy": 0.5}}
     saved = json.loads((root / "ledger.json").read_text())
     assert saved["stages"]["round-01"]["train_iterations"] == 10
 

@@ -159,8 +159,7 @@ def test_prac_imp_recomputes_its_set_every_round(tmp_path, digits):
     first = np.load(tmp_path / "prac" / "round-00" / "next_ids.npy")
     used = np.load(tmp_path / "prac" / "round-01" / "ids.npy")
     np.testing.assert_array_equal(first, used)
-    metrics = json.loads((tmp_path / "prac" / "round-01" / "metrics.json").read_text())
-    assert metrics["next_set"] == len(np.load(tmp_path / "prac" / "round-01" / "next_ids.npy"))
+    # (what the next set holds is checked against a plain reference in test_science.py)
     assert "probe-01" in summary["ledger"]["stages"]
     assert summary["ledger"]["stages"]["probe-01"]["probe_examples"] == 2 * len(digits.train)
 

@@ -69,6 +69,7 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
         if run.status == "done":
             log.info("%s already holds this finished run", layout.root)
             return {**json.loads(layout.summary.read_text()), "skipped": True}
+        run.claim()
         ctx = TicketContext(dataset, arch, train, device, run, layout, progress)
         rows = runner.run(ctx, settings, fixed_ids)
         final = rows[-1]

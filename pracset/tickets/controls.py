@@ -56,12 +56,12 @@ class RandomMask(Control):
 CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": RandomReinit(), "random-mask": RandomMask()})
 
 
-def train_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict, start_step: int) -> dict[str, float]:
+def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict, start_step: int) -> dict[str, float]:
     """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key."""
     out = {}
     for _, control in CONTROLS.items():
         stage = ctx.layout.control(ticket, control.stage_suffix)
-        metrics = ctx.run.stage_done(stage)
+        metrics = ctx.run.finished_stage_metrics(stage)
         if metrics is None:
             model, control_mask = control.start(ctx, mask, rewind)
             metrics = ctx.train_and_complete_stage(stage, model, callbacks=[StaticMask(control_mask)],

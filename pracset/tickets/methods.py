@@ -102,7 +102,7 @@ class PracIMP(IMP):
 class DynamicSparse(TicketMethod):
     """RigL / GraNet: one training run whose mask changes as it trains (on the full split or a manifest's set)."""
 
-    method_class: type = RigL
+    method_class: type | None = None  # set by each subclass
 
     def config(self, settings: TicketSettings):
         """The method's configuration: the one given, or its default at IMP's target sparsity."""
@@ -117,7 +117,7 @@ class DynamicSparse(TicketMethod):
 
     def run(self, ctx, settings, fixed_ids):
         stage = ctx.layout.sparse
-        metrics = ctx.run.stage_done(stage)
+        metrics = ctx.run.finished_stage_metrics(stage)
         if metrics is None:
             callback = self.method_class(self.config(settings))
             result = ctx.train_stage(stage, ctx.model(), ids=fixed_ids, callbacks=[callback])

@@ -32,7 +32,7 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.controls import CONTROLS, train_controls, verdict
+from pracset.tickets.controls import CONTROLS, train_and_complete_controls, verdict
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
@@ -74,7 +74,7 @@ class RoundPolicy:
         """Write what a trained round adds before it is marked done; returns extra metrics and their cost."""
         return {}, IterationLedger()
 
-    def train_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask,
+    def train_and_complete_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask,
                      rewind: dict) -> tuple[StageFiles | None, dict | None]:
         """Train (or read back) the ticket of round ``r``'s mask; ``(None, None)`` when it is not evaluated.
 
@@ -197,7 +197,7 @@ class PracSetPolicy(RoundPolicy):
         if not needed:
             return None
         stage = self.ctx.layout.dense_reference
-        metrics = self.ctx.run.stage_done(stage)
+        metrics = self.ctx.run.finished_stage_metrics(stage)
         if metrics is None:
             metrics = self.ctx.train_and_complete_stage(stage, self.ctx.model())
         return stage.name, metrics
@@ -207,18 +207,18 @@ class PracSetPolicy(RoundPolicy):
             self._dense_model = self.ctx.load_model(self.ctx.layout.round(0))
         return self._dense_model
 
-    def train_ticket(self, r, stage, metrics, mask, rewind):
+    def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
         if self.config.evaluate == "final" and r < self.config.num_rounds:
             return None, None  # only the ticket the user asked for is trained on the full split
         ticket = self.ctx.layout.ticket(r)
-        done = self.ctx.run.stage_done(ticket)
+        done = self.ctx.run.finished_stage_metrics(ticket)
         if done is None:
             done = self.ctx.train_and_complete_stage(ticket, self.ctx.rewound(mask, rewind),
                                                      callbacks=[StaticMask(mask)], start_step=self.config.rewind_step)
         return ticket, done
 
 
-def _train_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
+def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
                  extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
     """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
     ctx = policy.ctx
@@ -256,11 +256,11 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
     dense = layout.round(0)
     base = Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
-    dense_metrics = ctx.run.stage_done(dense)
+    dense_metrics = ctx.run.finished_stage_metrics(dense)
     if dense_metrics is None:
         ids = policy.training_ids(0, dense)
         base.save(dense.mask)
-        dense_metrics = _train_round(policy, 0, dense, ctx.model(), base, ids,
+        dense_metrics = _train_and_complete_round(policy, 0, dense, ctx.model(), base, ids,
                                      extra_callbacks=[Snapshot(policy.rewind_step(ids))])
     rewind = ctx.load_rewind_point()
     reference = policy.dense_reference(dense_metrics, needed=config.controls)
@@ -268,19 +268,19 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     previous = dense
     for r in range(1, config.num_rounds + 1):
         stage = layout.round(r)
-        metrics = ctx.run.stage_done(stage)
+        metrics = ctx.run.finished_stage_metrics(stage)
         trained = r < config.num_rounds or policy.trains_last_round
         if metrics is None and not (stage.mask.exists() and not trained):
             mask = prune_next(ctx, previous, config)
             mask.save(stage.mask)
             if trained:
-                metrics = _train_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
+                metrics = _train_and_complete_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
                                        policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
                                        start_step=policy.start_step())
         mask = Mask.load(stage.mask)
-        ticket, ticket_metrics = policy.train_ticket(r, stage, metrics, mask, rewind)
+        ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
         evaluated = ticket is not None
-        controls = train_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls and evaluated else None
+        controls = train_and_complete_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls and evaluated else None
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)
         if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket

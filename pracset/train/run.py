@@ -52,7 +52,6 @@ class StageResult:
     ``ledger`` the stage's cost, to be booked before that.
     """
 
-    stage: StageFiles
     metrics: dict
     history: list[dict]
     ledger: IterationLedger
@@ -83,7 +82,7 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
                "epochs_run": state.epoch, "examples": train_loader.num_examples,
                "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
     log.info("%s: test accuracy %.4f", stage.name, final.get("test_accuracy", float("nan")))
-    return StageResult(stage, metrics, state.history, ledger)
+    return StageResult(metrics, state.history, ledger)
 
 
 @dataclass
@@ -102,24 +101,25 @@ def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str |
                 callbacks: list[Callback] | None = None, dataset: ImageDataset | None = None) -> RunResult:
     """Train ``arch`` densely on ``data`` and write the run to ``out_dir`` (locked while it runs).
 
-    Writes ``run.json`` (what was asked), ``checkpoint.pt`` (each epoch),
-    ``model.pt`` (final weights), ``metrics.json`` (per-epoch history and the
-    final test accuracy) and ``ledger.json``. A finished run is not redone.
+    Writes ``run.json`` (what was asked), ``checkpoint.pt`` (each epoch,
+    removed at the end), ``model.pt`` (final weights), ``metrics.json``
+    (per-epoch history, the final test accuracy and this stage's cost) and
+    ``ledger.json``. A finished run is not redone (nor its data loaded).
     """
     check_names(config)
     check_model_name(arch)
     layout = TicketLayout(out_dir)
     identity = {"data": to_dict(data), "arch": arch, "train": to_dict(config)}
-    # The data and the model are checked before anything is written.
-    dataset = dataset or load_dataset(data)
-    model = build_model(arch, input_spec(dataset), seed=config.seed)
-    record = {"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
-              "torch": torch.__version__}
-    with RunDirectory(layout.root, identity, resume=resume, finished="metrics.json", extra_record=record) as run:
+    with RunDirectory(layout.root, identity, resume=resume, finished=layout.dense.metrics.name) as run:
         if run.status == "done":
             log.info("%s already holds this finished run; not training again", layout.root)
             saved = layout.dense.read_metrics()
             return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
+        # The data and the model are checked before anything is written.
+        dataset = dataset or load_dataset(data)
+        model = build_model(arch, input_spec(dataset), seed=config.seed)
+        run.claim({"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
+                   "torch": torch.__version__})
         train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
         result = train_stage(layout.dense, model, train_loader, test_loader, config, callbacks=callbacks or [],
                              progress=progress)

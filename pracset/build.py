@@ -34,13 +34,15 @@ from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
+from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.models import build_model, check_model_name, has_convolutions
-from pracset.runs import BuildLayout, RunDirectory, check_output_parent, refuse_changed
+from pracset.runs import BuildLayout, RunDirectory, TicketLayout, check_output_parent, refuse_changed
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
+from pracset.tickets import IMPConfig, find_tickets
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import input_spec, make_loaders, train_stage
@@ -91,27 +93,6 @@ def stats_path(manifest_path: Path) -> Path:
     return BuildLayout(manifest_path).statistics
 
 
-def manifest_columns(dataset: ImageDataset, statistics, disagreements: np.ndarray | None, chosen) -> dict:
-    """A manifest's columns: one row per training example, its statistics, its CEP count and the selection."""
-    n = len(dataset.train)
-    return {
-        "example_id": np.arange(n, dtype=np.int64),
-        "content_hash": dataset.train_hashes,
-        "label": dataset.train.labels.cpu().numpy(),
-        **statistics.columns(),
-        "cep_disagreements": disagreements if disagreements is not None else np.zeros(n, dtype=np.int32),
-        "score": chosen.scores,
-        "selected": chosen.selected,
-        "reason": chosen.reasons,
-    }
-
-
-def dataset_metadata(dataset: ImageDataset) -> dict:
-    """The ``dataset`` table of a manifest's metadata (what a reader checks the data against)."""
-    return {"name": dataset.name, "split": "train", "size": len(dataset.train), "fingerprint": dataset.fingerprint,
-            "class_names": list(dataset.class_names), **dataset.describe()}
-
-
 def build_identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig,
                    early_bird: EarlyBirdConfig) -> dict:
     """What makes two builds the same build (recorded in the manifest and compared before building again)."""
@@ -149,6 +130,9 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
         model = build_model(arch, input_spec(dataset), seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)
         run.claim()
+        if build.cep == "trained":
+            return _build_from_prac_imp(layout, data, arch, train, build, selection, early_bird, identity,
+                                        dataset=dataset, device=device, progress=progress, started=started)
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
         callbacks = [recorder]
@@ -213,6 +197,41 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     return BuildResult(layout.manifest, manifest.summary())
 
 
+def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selection, early_bird, identity, *,
+                         dataset, device, progress, started) -> BuildResult:
+    """``--cep trained``: run PrAC-IMP's rounds in the work directory and write the set its last round selected.
+
+    ``cep_rounds`` = k runs rounds 0..k (dense, then k prunes of 20% by global
+    magnitude, rewinding to the initialisation, Early-Bird as ``build.early_bird``)
+    and no full-data ticket; the set is round k's CET union CEP, the CEP of
+    the paper (the dense model against round k's *trained* sparse model).
+    """
+    imp = IMPConfig(rounds=build.cep_rounds + 1, prunable=build.prunable, early_bird=build.early_bird,
+                    evaluate="none")
+    ticket_dir = TicketLayout(layout.work / "prac-imp")
+    summary = find_tickets("prac-imp", data, arch, ticket_dir.root, train=train, imp=imp, early_bird=early_bird,
+                           selection=selection, device=device, resume=True, progress=progress, dataset=dataset)
+    chosen_set = read_manifest(ticket_dir.round(build.cep_rounds).prac_set)
+    columns = {name: chosen_set.column(name) for name in chosen_set.table.column_names}
+    dense = ticket_dir.round(0).read_metrics()
+    metadata = dict(chosen_set.metadata)
+    metadata["provenance"] = {
+        **chosen_set.provenance, "command": "build", "cep": "trained-round", "arch": arch, "seed": train.seed,
+        "train": to_dict(train), "imp": to_dict(imp), "epochs_run": dense.get("epochs_run"),
+        "dense_test_accuracy": dense["final"].get("test_accuracy"), "history": dense.get("history"),
+        "ledger": summary["ledger"], "iterations": summary["ledger"]["total"]["train_iterations"],
+        "build_identity": identity, "python_version": platform.python_version(), "device": str(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2)}
+    _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
+    write_manifest(layout.manifest, columns, metadata)
+    shutil.rmtree(layout.work, ignore_errors=True)
+    manifest = read_manifest(layout.manifest)
+    log.info("wrote %s: %d of %d examples selected (PrAC-IMP round %d)", layout.manifest, manifest.num_selected,
+             manifest.size, build.cep_rounds)
+    return BuildResult(layout.manifest, manifest.summary())
+
+
 def _existing_build(layout: BuildLayout, identity: dict) -> BuildResult:
     """Skip a build whose manifest exists with the same settings (removing a work directory a kill left behind);
     refuse one with other settings, naming them."""
@@ -232,7 +251,7 @@ def _write_statistics(path: Path, columns: dict, statistics, probe_result, histo
     arrays = {k: np.asarray(v) for k, v in columns.items() if k not in ("content_hash", "reason")}
     arrays["content_hash"] = np.asarray(columns["content_hash"]).astype("U16")
     arrays["reason"] = np.asarray(columns["reason"]).astype("U8")
-    if statistics.history is not None:
+    if statistics is not None and statistics.history is not None:
         arrays["history_bits"] = statistics.history
         arrays["presented_bits"] = statistics.presented_history
     if probe_result is not None:

@@ -127,3 +127,31 @@ def test_a_build_whose_work_directory_another_process_holds_is_refused(capsys, t
     code, _, err = run_cli(capsys, *BUILD, "--out", str(out), "--resume")
     assert code == 0, err
     assert out.exists() and not work.exists()
+
+
+def test_build_with_the_paper_s_cep_keeps_the_set_a_trained_prac_imp_round_selects(tmp_path):
+    """--cep trained: the manifest is PrAC-IMP's round-1 set (CET of round 1 union dense-vs-trained-sparse CEP)."""
+    import numpy as np
+
+    from pracset.build import BuildConfig, build_manifest
+    from pracset.data import DataConfig
+    from pracset.manifest import read_manifest
+    from pracset.selection import SelectionConfig
+    from pracset.train import TrainConfig
+
+    out = tmp_path / "paper.parquet"
+    result = build_manifest(DataConfig("digits"), "mlp", out, train=TrainConfig(epochs=3, batch_size=64, lr=0.05),
+                            build=BuildConfig(cep="trained", cep_rounds=1), selection=SelectionConfig())
+    m = read_manifest(out)
+    assert m.provenance["cep"] == "trained-round" and m.provenance["round"] == 1 and m.provenance["command"] == "build"
+    assert m.provenance["sparsity"] == pytest.approx(0.2, abs=1e-3)
+    cet = (m.column("forgetting_events") > 0) | m.column("never_learned")
+    cep = m.column("cep_disagreements") > 0
+    np.testing.assert_array_equal(m.selected_ids, np.flatnonzero(cet | cep))
+    assert cep.any() and not (out.parent / "paper.parquet.partial").exists()
+    # the ledger counts rounds 0 and 1 and the probe, and no full-data ticket
+    stages = m.provenance["ledger"]["stages"]
+    assert set(stages) == {"round-00", "round-01", "probe-01"}
+    again = build_manifest(DataConfig("digits"), "mlp", out, train=TrainConfig(epochs=3, batch_size=64, lr=0.05),
+                           build=BuildConfig(cep="trained", cep_rounds=1), selection=SelectionConfig())
+    assert again.skipped and result.summary["selected"] == again.summary["selected"]

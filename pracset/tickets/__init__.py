@@ -78,7 +78,7 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
         costs = split_costs(layout, ledger["stages"], imp.num_rounds) if final["round"] is not None else None
         summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
                    "tickets": rows, "final": final, "ledger": ledger, "costs": costs,
-                   "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model)}
+                   "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model) if final.get("evaluated", True) else None}
         atomic_write_json(layout.summary, summary)
         return summary
 

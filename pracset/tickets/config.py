@@ -13,7 +13,7 @@ from pracset.train.config import TrainConfig
 #: How a PrAC-IMP round on a subset P of N examples is budgeted.
 BUDGET_RULES = ("official", "linear")
 #: Which PrAC-IMP masks are trained on the full split as tickets.
-EVALUATE_CHOICES = ("final", "every-round")
+EVALUATE_CHOICES = ("final", "every-round", "none")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class IMPConfig:
                                      "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
                                      "fall as |P|/N)", choices=BUDGET_RULES)
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
-    evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, or the "
-                                    "ticket of every round (for an accuracy-against-sparsity curve)",
+    evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, the "
+                                    "ticket of every round (for an accuracy-against-sparsity curve), or none "
+                                    "(only the sets and masks)",
                            choices=EVALUATE_CHOICES)
 
     def __post_init__(self) -> None:

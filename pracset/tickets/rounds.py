@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pracset import __version__
-from pracset.build import dataset_metadata, manifest_columns
+from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save
@@ -208,7 +208,7 @@ class PracSetPolicy(RoundPolicy):
         return self._dense_model
 
     def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
-        if self.config.evaluate == "final" and r < self.config.num_rounds:
+        if self.config.evaluate == "none" or (self.config.evaluate == "final" and r < self.config.num_rounds):
             return None, None  # only the ticket the user asked for is trained on the full split
         ticket = self.ctx.layout.ticket(r)
         done = self.ctx.run.finished_stage_metrics(ticket)

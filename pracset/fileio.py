@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
@@ -103,6 +104,7 @@ class DirectoryLock:
     def __init__(self, root: str | os.PathLike):
         self.path = Path(root) / self.NAME
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> "DirectoryLock":
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -115,7 +117,21 @@ class DirectoryLock:
     def _acquire(self) -> None:
         import fcntl  # POSIX only: imported where the lock is taken, so the rest of the module loads anywhere
 
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        # Never follow a link (a .lock pointing at a user's file would get that file written), and never
+        # truncate or delete a lock file this process did not create.
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+            created = True
+        except FileExistsError:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW)
+            except OSError:  # ELOOP: a symbolic link (or something else that cannot be opened for the lock)
+                raise ConfigError(f"{self.path} is a link or cannot be opened; pracset locks only a regular file it "
+                                  "may write: remove it or choose another --out") from None
+            created = False
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{self.path} is not a regular file; remove it or choose another --out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -123,13 +139,14 @@ class DirectoryLock:
             os.close(fd)
             raise ConfigError(f"{self.path.parent} is in use by another pracset run (process {pid}); "
                               "wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
+        if created:
+            os.write(fd, str(os.getpid()).encode())
+        self._fd, self._created = fd, created
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
-            self.path.unlink(missing_ok=True)
+            if self._created:
+                self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing releases the flock
             self._fd = None
 

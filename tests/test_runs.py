@@ -133,3 +133,28 @@ def test_layouts_name_every_file(tmp_path):
     assert (build.statistics.name, build.work.name) == ("m.stats.npz", "m.parquet.partial")
     with pytest.raises(ConfigError, match="must end in .parquet"):
         BuildLayout(tmp_path / "m.csv")
+
+
+def test_the_lock_never_follows_a_link_nor_touches_a_file_it_did_not_create(tmp_path):
+    """A .lock that links to a user's file is refused and the file left as it was; a user's own .lock survives."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / DirectoryLock.NAME).symlink_to(precious)
+    with pytest.raises(ConfigError, match=r"\.lock is a link or cannot be opened"):
+        with RunDirectory(out, {}, resume=False, finished="x"):
+            pass
+    assert precious.read_text() == "the user's data" and (out / DirectoryLock.NAME).is_symlink()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / DirectoryLock.NAME).write_text("my notes")
+    with RunDirectory(mine, {}, resume=False, finished="x") as run:
+        run.claim()
+    assert (mine / DirectoryLock.NAME).read_text() == "my notes"  # neither truncated nor deleted
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / DirectoryLock.NAME).mkdir()
+    with pytest.raises(ConfigError, match=r"\.lock is (a link or cannot be opened|not a regular file)"):
+        with RunDirectory(odd, {}, resume=False, finished="x"):
+            pass

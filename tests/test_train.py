@@ -140,3 +140,34 @@ def test_other_optimizers_train(digits, optimizer):
     config, model, train, test = setup(digits, optimizer=optimizer, lr=0.01 if optimizer == "adamw" else 0.05, epochs=4)
     state = Trainer(config).fit(model, train, test)
     assert state.history[-1]["test_accuracy"] > 0.8
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    """A checkpoint is loaded with weights_only=True: a pickled call is refused with one line, never run."""
+    import pytest
+
+    from pracset.data import DataConfig, load_dataset
+    from pracset.errors import ConfigError
+    from pracset.models import build_model
+    from pracset.train import TrainConfig, Trainer
+
+    marker = tmp_path / "ran"
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": _RunsCode(marker)}, checkpoint)
+    data = load_dataset(DataConfig("digits"))
+    config = TrainConfig(epochs=1, batch_size=64)
+    train, test = make_loaders(data, config, torch.device("cpu"))
+    trainer = Trainer(config, checkpoint=checkpoint, resume=True)
+    with pytest.raises(ConfigError, match=r"checkpoint.pt is not a checkpoint pracset can load safely \(.*\); remove"):
+        trainer.fit(build_model("mlp", input_spec(data)), train, test)
+    assert not marker.exists()

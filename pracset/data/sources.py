@@ -240,6 +240,25 @@ class IdxSource(DataSource):
 
 
 # --------------------------------------------------------------------------- CIFAR (python pickles)
+class _CifarUnpickler(pickle.Unpickler):
+    """Reads CIFAR's python batches without running code: only the globals a numpy array needs are allowed.
+
+    A pickle names the functions it calls while loading; a hostile ``data_batch_1`` could name
+    ``os.system``. The CIFAR format needs numpy's array reconstruction and nothing else (its dicts,
+    lists, strings and numbers need no global at all).
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds "
+                                         "(refused: loading it could run code)")
+        return super().find_class(module, name)
+
+
 class CifarSource(DataSource):
     """CIFAR-10 / CIFAR-100 from torchvision's python-pickle folders (``--download`` where online)."""
     crop_padding = 4
@@ -264,7 +283,7 @@ class CifarSource(DataSource):
     def _unpickle(path: Path) -> dict:
         try:
             with open(path, "rb") as handle:
-                return pickle.load(handle, encoding="latin1")
+                return _CifarUnpickler(handle, encoding="latin1").load()
         except EOFError:
             raise DataError(f"cannot read {path}: the file is truncated") from None
         except (OSError, pickle.UnpicklingError, ValueError) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -260,7 +261,13 @@ class Trainer:
         }, self.checkpoint)
 
     def _load_checkpoint(self, state: TrainState, callbacks: Sequence[Callback]) -> None:
-        saved = torch.load(self.checkpoint, map_location=next(state.model.parameters()).device, weights_only=False)
+        # weights_only: a checkpoint in a directory someone else made must not be able to run code here
+        try:
+            saved = torch.load(self.checkpoint, map_location=next(state.model.parameters()).device, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{self.checkpoint} is not a checkpoint pracset can load safely ({first}); "
+                              "remove it to train this stage again") from None
         state.model.load_state_dict(saved["model"])
         state.optimizer.load_state_dict(saved["optimizer"])
         state.scheduler.load_state_dict(saved["scheduler"])

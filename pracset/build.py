@@ -120,10 +120,13 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     if selection.rule == "cep" and not build.probe_sparsities:
         raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
     identity = build_identity(data, arch, train, build, selection, early_bird)
-    if layout.manifest.exists():
-        return _existing_build(layout, identity)
     started = time.time()
-    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build") as run:
+    # The lock comes before the "manifest exists" check: two builds of one manifest are serialised, and the
+    # second sees the first one's manifest (and is skipped or refused) instead of replacing it.
+    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build", check_on_enter=False) as run:
+        if layout.manifest.exists():  # a finished build: its work directory, if a kill left one, is stale
+            return _existing_build(layout, identity)
+        run.check()
         # Data and model are checked before anything is written, so a refused build leaves nothing behind.
         dataset = dataset or load_dataset(data)
         check_size(selection, len(dataset.train))
@@ -190,7 +193,7 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
             },
         }
         _write_statistics(layout.statistics, columns, statistics, probe_result, history)
-        write_manifest(layout.manifest, columns, metadata)
+        _write_new_manifest(layout, columns, metadata)
         shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (%s)", layout.manifest, manifest.num_selected, n, selection.rule)
@@ -224,12 +227,21 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2)}
     _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
-    write_manifest(layout.manifest, columns, metadata)
+    _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (PrAC-IMP round %d)", layout.manifest, manifest.num_selected,
              manifest.size, build.cep_rounds)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _write_new_manifest(layout: BuildLayout, columns: dict, metadata: dict) -> None:
+    """Write the manifest, never over one that appeared while this build ran (say, written by hand)."""
+    try:
+        write_manifest(layout.manifest, columns, metadata, overwrite=False)
+    except FileExistsError:
+        raise ConfigError(f"{layout.manifest} appeared while this build ran; it was left as it is and this build's "
+                          "result not written: choose another --out") from None
 
 
 def _existing_build(layout: BuildLayout, identity: dict) -> BuildResult:

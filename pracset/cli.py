@@ -314,6 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PracsetError as exc:
         print(f"pracset {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only output, disk full, permission denied: the system's words, in one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"pracset {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pracset {args.command}: interrupted", file=sys.stderr)
         return 130

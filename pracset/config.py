@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Mapping, TypeVar
@@ -60,6 +61,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be an integer, got {value!r}")
     if inner is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML and the command line both accept inf and nan
+                raise ConfigError(f"{key} must be a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key} must be a number, got {value!r}")
     if inner is str:
@@ -133,6 +136,23 @@ def from_args(cls: type[C], namespace: argparse.Namespace, prefix: str = "", **o
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return from_dict(cls, values)
+
+
+#: Seeds reach numpy (legacy seeding) and torch: both accept 0 <= seed < 2**32.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def require_seed(seed: int, name: str = "seed") -> None:
+    """Refuse a seed that numpy or torch would reject, before any work starts."""
+    require(isinstance(seed, int) and SEED_RANGE[0] <= seed <= SEED_RANGE[1],
+            f"{name} must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed}")
+
+
+def require_finite(config, *names: str) -> None:
+    """Refuse a configuration whose named float fields are infinite or NaN."""
+    for name in names:
+        value = getattr(config, name)
+        require(value is None or math.isfinite(value), f"{name} must be a finite number, got {value}")
 
 
 def require(condition: bool, message: str) -> None:

@@ -18,12 +18,13 @@ from pracset.distributed import is_distributed, run_on_main
 from pracset.errors import ConfigError
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None], *, overwrite: bool = True) -> Path:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it.
 
     The temporary file lives in the same directory (so the rename is atomic on
     POSIX) and is fsynced before the rename; on any error it is removed and the
-    previous content of ``path``, if any, is untouched.
+    previous content of ``path``, if any, is untouched. With ``overwrite=False``
+    a ``path`` that exists by then is left alone and ``FileExistsError`` raised.
 
     Under torch.distributed only rank 0 writes; every rank calls this and
     returns once the file is in place (see :func:`pracset.distributed.run_on_main`).
@@ -32,11 +33,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     # Under torch.distributed rank 0 writes and the others wait; nothing changes in one process.
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if is_distributed():
-            return run_on_main(lambda: _atomic_write(path, write), f"write {path}")
-    return _atomic_write(path, write)
+            return run_on_main(lambda: _atomic_write(path, write, overwrite), f"write {path}")
+    return _atomic_write(path, write, overwrite)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None], overwrite: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -45,7 +46,11 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:  # a hard link fails if ``path`` appeared meanwhile: never replace what another process wrote
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)

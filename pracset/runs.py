@@ -249,8 +249,9 @@ class RunDirectory:
     """
 
     def __init__(self, root: str | Path, identity: Mapping[str, Any], *, resume: bool, finished: str | None,
-                 record: str = "run.json", kind: str = "run"):
+                 record: str = "run.json", kind: str = "run", check_on_enter: bool = True):
         self.root = Path(root)
+        self.check_on_enter = check_on_enter
         self.identity = dict(identity)
         self.resume = resume
         self.finished = None if finished is None else self.root / finished
@@ -264,7 +265,8 @@ class RunDirectory:
         self._locked = locked_output_directory(self.root)
         self._locked.__enter__()
         try:
-            self._check()
+            if self.check_on_enter:
+                self.check()
         except BaseException as exc:
             self._locked.__exit__(type(exc), exc, exc.__traceback__)
             raise
@@ -273,7 +275,8 @@ class RunDirectory:
     def __exit__(self, *exc) -> None:
         self._locked.__exit__(*exc)
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Compare the identity record and set :attr:`status` (entering does it unless ``check_on_enter=False``)."""
         if self.record.exists():
             try:
                 previous = json.loads(self.record.read_text())

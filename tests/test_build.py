@@ -155,3 +155,45 @@ def test_build_with_the_paper_s_cep_keeps_the_set_a_trained_prac_imp_round_selec
     again = build_manifest(DataConfig("digits"), "mlp", out, train=TrainConfig(epochs=3, batch_size=64, lr=0.05),
                            build=BuildConfig(cep="trained", cep_rounds=1), selection=SelectionConfig())
     assert again.skipped and result.summary["selected"] == again.summary["selected"]
+
+
+def test_a_manifest_that_appears_while_a_build_runs_is_never_replaced(tmp_path, monkeypatch):
+    """Two builds of one --out: the later one must not rename its manifest over the one that appeared meanwhile."""
+    import pracset.build as build_module
+    from pracset.build import BuildConfig, build_manifest
+    from pracset.data import DataConfig, load_dataset
+    from pracset.errors import ConfigError
+    from pracset.train import TrainConfig
+
+    out = tmp_path / "m.parquet"
+    theirs = b"PAR1 another build's manifest"
+    digits = load_dataset(DataConfig("digits"))
+
+    def load_while_another_build_finishes(config):
+        out.write_bytes(theirs)  # the other build finished while this one was starting
+        return digits
+
+    monkeypatch.setattr(build_module, "load_dataset", load_while_another_build_finishes)
+    with pytest.raises(ConfigError, match=r"m.parquet appeared while this build ran; it was left as it is"):
+        build_manifest(DataConfig("digits"), "mlp", out, train=TrainConfig(epochs=1, batch_size=64),
+                       build=BuildConfig(probe_sparsities=()))
+    assert out.read_bytes() == theirs
+
+
+def test_resuming_a_build_with_changed_settings_is_refused_naming_them(tmp_path):
+    from pracset.build import BuildConfig, build_identity, build_manifest
+    from pracset.data import DataConfig
+    from pracset.errors import ConfigError
+    from pracset.selection import SelectionConfig
+    from pracset.sparse.early_bird import EarlyBirdConfig
+    from pracset.train import TrainConfig
+
+    work = tmp_path / "m.parquet.partial"
+    work.mkdir()
+    identity = build_identity(DataConfig("digits"), "mlp", TrainConfig(lr=0.1), BuildConfig(), SelectionConfig(),
+                              EarlyBirdConfig())
+    (work / "run.json").write_text(json.dumps({"identity": identity}))
+    (work / "checkpoint.pt").write_bytes(b"the killed build's checkpoint")
+    with pytest.raises(ConfigError, match=r"holds another run \(changed train.lr: 0.1 -> 0.05\)"):
+        build_manifest(DataConfig("digits"), "mlp", tmp_path / "m.parquet", train=TrainConfig(lr=0.05), resume=True)
+    assert (work / "checkpoint.pt").read_bytes() == b"the killed build's checkpoint"

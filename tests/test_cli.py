@@ -116,3 +116,23 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
     monkeypatch.setattr(cli, "_cmd_models", broken)
     with pytest.raises(BrokenPipeError, match="download socket"):
         cli.main(["models"])
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_the_retry(capsys, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import pracset.fileio as fileio
+
+    out_dir = tmp_path / "run"
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(fileio.os, "replace", full)
+    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")
+    assert code == 2 and err == f"pracset train: error: No space left on device: {out_dir / 'run.json'}\n"
+    assert not out_dir.exists()  # the temporary went with the failed write, and the empty directory too
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
+    assert run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0

@@ -499,3 +499,28 @@ def test_hash_matching_pairs_duplicates_as_a_multiset(tmp_path):
                                   [1, 2, 3])
     with pytest.raises(ManifestError, match=r"1 of 3 selected examples .*first: example_id 12, content_hash a"):
         _match_hashes(hashes[:3], np.array(["a", "c", "a"]), np.array([10, 11, 12]), m, ManifestError)
+
+
+def test_a_manifest_whose_hashes_were_altered_is_refused(tmp_path):
+    """The header's fingerprint is recomputed from the rows' own hashes; an edited hash no longer gives it."""
+    import pyarrow as pa
+
+    from pracset.data import DataConfig, load_dataset
+    from pracset.fingerprints import fingerprint
+
+    data = load_dataset(DataConfig("digits"))
+    n = len(data.train)
+    columns = make_columns(n=n, seed=3)
+    columns["content_hash"] = data.train_hashes
+    meta = make_metadata(n=n, name="digits", fingerprint=data.fingerprint)
+    meta["dataset"]["class_names"] = list(data.class_names)
+    assert fingerprint(data.train_hashes, data.class_names) == data.fingerprint
+    path = write_manifest(tmp_path / "m.parquet", columns, meta)
+    assert read_manifest(path, fingerprint=data.fingerprint).size == n
+    table = pq.read_table(path)
+    hashes = table.column("content_hash").to_pylist()
+    hashes[5] = "0123456789abcdef"
+    forged = table.set_column(table.schema.get_field_index("content_hash"), "content_hash", pa.array(hashes))
+    pq.write_table(forged, tmp_path / "forged.parquet")
+    with pytest.raises(ManifestError, match=r"its content hashes do not give the fingerprint its header claims"):
+        read_manifest(tmp_path / "forged.parquet", fingerprint=data.fingerprint)

@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -171,3 +172,37 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     with pytest.raises(ConfigError, match=r"checkpoint.pt is not a checkpoint pracset can load safely \(.*\); remove"):
         trainer.fit(build_model("mlp", input_spec(data)), train, test)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number, got nan"),
+    ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number, got inf"),
+    ({"seed": -1}, "seed must be an integer from 0 to 4294967295, got -1"),
+    ({"seed": 2**32}, "seed must be an integer from 0 to 4294967295, got 4294967296"),
+])
+def test_values_numpy_and_torch_would_reject_are_refused_when_the_config_is_made(changes, message):
+    from pracset.errors import ConfigError
+    from pracset.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**changes)
+
+
+def test_a_bad_value_on_the_command_line_stops_a_build_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    from pracset.cli import main
+    from pracset.errors import ConfigError
+    from pracset.config import from_dict
+    from pracset.selection import SelectionConfig
+    from pracset.train import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    for flags, message in ((["--lr", "nan"], "lr must be a finite number, got nan"),
+                           (["--random-seed", "-3"], "random_seed must be an integer from 0 to 4294967295, got -3")):
+        assert main(["build", "--arch", "mlp", "--out", "m.parquet", "--epochs", "1", "-q", *flags]) == 2
+        assert message in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []  # no .partial left to block the corrected command
+    with pytest.raises(ConfigError, match="train.lr must be a finite number"):
+        from_dict(TrainConfig, {"lr": float("inf")}, where="train")
+    with pytest.raises(ConfigError, match="random_seed must be an integer"):
+        SelectionConfig(random_seed=2**40)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pracset.data.protocol import describe_dataset
+from pracset.fingerprints import fingerprint
 from pracset.errors import DataError
 
 
@@ -68,15 +69,6 @@ def content_hashes(images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
         digest.update(images_np[i].data)
         out[i] = digest.hexdigest()
     return out.astype("U16")
-
-
-def fingerprint(hashes: np.ndarray, class_names: tuple[str, ...]) -> str:
-    """A fingerprint of a split: its content hashes in id order and the class names."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update("\x1f".join(class_names).encode())
-    digest.update(struct.pack("<q", len(hashes)))
-    digest.update("".join(hashes.tolist()).encode())
-    return digest.hexdigest()
 
 
 @dataclass

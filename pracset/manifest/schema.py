@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pracset.errors import ConfigError
+from pracset.fingerprints import fingerprint as compute_fingerprint
 from pracset.manifest.columns import (  # noqa: F401  (REASONS, REQUIRED_METADATA, SCHEMA: re-exported)
     COLUMNS, COMPRESSION, METADATA_KEY, REASONS, REQUIRED_METADATA, SCHEMA, SCHEMA_VERSION, ManifestError,
 )
@@ -90,7 +91,8 @@ def build_table(columns: Mapping[str, Any], metadata: Mapping) -> pa.Table:
     return table.replace_schema_metadata({METADATA_KEY: text.encode()})
 
 
-def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata: Mapping) -> Path:
+def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata: Mapping, *,
+                   overwrite: bool = True) -> Path:
     """Write a manifest atomically and return its path.
 
     ``columns`` maps every name of :data:`COLUMNS` (extra names are kept after
@@ -102,7 +104,9 @@ def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata
     ``fingerprint``), ``selection`` (at least ``rule``) and ``provenance``
     dicts; it is stored as JSON under the Parquet metadata key ``pracset``
     with ``schema_version`` added. The file is written to a temporary file and
-    renamed: a failed write leaves an existing ``path`` untouched.
+    renamed: a failed write leaves an existing ``path`` untouched. With
+    ``overwrite=False`` a manifest that exists by then is never replaced
+    (``FileExistsError``).
     """
     from pracset.fileio import atomic_write  # imports torch: keep `import pracset.manifest` light
 
@@ -111,7 +115,8 @@ def write_manifest(path: str | os.PathLike, columns: Mapping[str, Any], metadata
     # Column statistics would only help predicate push-down, which nobody does on a manifest.
     out = atomic_write(path, lambda handle: pq.write_table(table, handle, compression=COMPRESSION,
                                                            write_statistics=False,
-                                                           use_dictionary=["reason", "label", "selected"]))
+                                                           use_dictionary=["reason", "label", "selected"]),
+                       overwrite=overwrite)
     log.info("wrote manifest %s: %d examples, %d selected", out, table.num_rows,
              int(pc.sum(table.column("selected")).as_py()))
     return out
@@ -170,6 +175,11 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
     where = f"manifest {path}"
     table = validate_table(table, meta, ManifestError, where)
     data = meta["dataset"]
+    if "class_names" in data:  # every manifest pracset writes: its header must describe its own rows
+        hashes = table.column("content_hash").to_numpy(zero_copy_only=False).astype("U16")
+        if compute_fingerprint(hashes, tuple(data["class_names"])) != data["fingerprint"]:
+            raise ManifestError(f"{where}: its content hashes do not give the fingerprint its header claims "
+                                f"({data['fingerprint'][:12]}...): the file was altered")
     if (fingerprint is not None and fingerprint != data["fingerprint"]) or (
             dataset_name is not None and dataset_name != data["name"]):
         this = " ".join(x for x in (

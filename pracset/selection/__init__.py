@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from pracset.config import option, require
+from pracset.config import option, require, require_seed
 from pracset.errors import ConfigError
 from pracset.registry import Registry
 
@@ -70,6 +70,7 @@ class SelectionConfig:
     random_seed: int = option(0, "seed of the random rule")
 
     def __post_init__(self) -> None:
+        require_seed(self.random_seed, "random_seed")
         require(self.forgetting_threshold >= 0, f"forgetting_threshold must not be negative, got {self.forgetting_threshold}")
         require(self.never_learned in NEVER_LEARNED_POLICIES,
                 f"unknown never_learned policy {self.never_learned!r}; valid: {', '.join(NEVER_LEARNED_POLICIES)}")

@@ -12,10 +12,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
+from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json
 from pracset.manifest import read_manifest
 from pracset.models import build_model, check_model_name
@@ -57,6 +59,10 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
     fixed_ids, manifest_info = None, None
     if manifest is not None:
         m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
+        hashes = np.asarray(m.column("content_hash")).astype("U16")
+        if m.size != len(dataset.train) or not np.array_equal(hashes, dataset.train_hashes):
+            raise ConfigError(f"{manifest}: its rows do not hold this data set's examples (the sizes or the content "
+                              "hashes differ); it was altered or built on other data")
         fixed_ids = m.selected_ids
         manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
                          "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}

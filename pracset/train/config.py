@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pracset.config import option, require
+from pracset.config import option, require, require_finite, require_seed
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -31,6 +31,8 @@ class TrainConfig:
     drop_last: bool = option(False, "drop the last incomplete batch of each epoch")
 
     def __post_init__(self) -> None:
+        require_finite(self, "lr", "momentum", "weight_decay", "gamma", "warmup_epochs")
+        require_seed(self.seed)
         require(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
         require(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")
         require(self.lr > 0, f"lr must be positive, got {self.lr}")

@@ -40,6 +40,7 @@ remembers its configuration and refuses to mix results of another one):
 from __future__ import annotations
 
 import logging
+import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -102,6 +103,9 @@ class Pipeline:
     description: str = ""
 
     def __post_init__(self) -> None:
+        # The name becomes the default output folder (runs/NAME): it must not reach outside it.
+        require(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name) is not None,
+                f"name must be a plain name (letters, digits, '.', '_', '-'; no '/'), got {self.name!r}")
         unknown = [m for m in self.methods if m not in PIPELINE_METHODS]
         require(not unknown, f"unknown method {unknown[0] if unknown else ''!r} in methods; valid names: "
                              f"{', '.join(PIPELINE_METHODS)}")

@@ -136,6 +136,14 @@ plots = false
 """
 
 
+def _nested_metadata_manifest(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"example_id": [0]}).replace_schema_metadata({b"pracset": b"[" * 200_000 + b"]" * 200_000})
+    pq.write_table(table, path)
+
+
 def _toml(extra_top: str = "", replace: tuple[str, str] | None = None) -> Callable[[Path, Path], None]:
     text = TOML_OK
     if replace:
@@ -500,6 +508,12 @@ CASES: list[Case] = [
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "description, "
                  "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
+    Case("pipeline-name-escapes", "a pipeline whose name would put its default output outside runs/",
+         ["run", "p.toml", "-q"], setup=_toml(replace=('name = "tiny"', 'name = "../../escaped"')),
+         message="p.toml: name must be a plain name (letters, digits, '.', '_', '-'; no '/'), got '../../escaped'"),
+    Case("manifest-nested-metadata", "a manifest whose metadata is JSON nested without end",
+         ["inspect", "deep.parquet"], setup=lambda c, s: _nested_metadata_manifest(c / "deep.parquet"),
+         message="deep.parquet: the pracset metadata is nested too deeply to be a manifest's"),
     Case("pipeline-wrong-type", "a pipeline with a string where [train] epochs wants an integer",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", 'epochs = "1"')),
          message="p.toml: train.epochs must be an integer, got '1'"),

@@ -172,6 +172,8 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
         meta = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ManifestError(f"{path}: the pracset metadata is not valid JSON ({exc})") from None
+    except RecursionError:  # JSON nested without end: refuse it instead of crashing
+        raise ManifestError(f"{path}: the pracset metadata is nested too deeply to be a manifest's") from None
     where = f"manifest {path}"
     table = validate_table(table, meta, ManifestError, where)
     data = meta["dataset"]

@@ -136,6 +136,14 @@ plots = false
 """
 
 
+def _hf_with_text_labels(path: Path) -> None:
+    import datasets
+    import numpy as np
+
+    rows = {"image": [np.zeros((4, 4), dtype=np.uint8)] * 3, "label": ["x", "y", "z"]}
+    datasets.DatasetDict({s: datasets.Dataset.from_dict(rows) for s in ("train", "test")}).save_to_disk(path)
+
+
 def _nested_metadata_manifest(path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -508,6 +516,11 @@ CASES: list[Case] = [
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "description, "
                  "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
+    Case("hf-text-labels", "a Hugging Face folder whose labels are text, not class indices",
+         ["train", "--data", "hf", "--data-dir", "hfstr", "--arch", "mlp", "--out", "o", *TINY],
+         setup=lambda c, s: _hf_with_text_labels(c / "hfstr"),
+         message="hfstr: labels in column 'label' must be integers (class indices), got <U1 values; map them to "
+                 "a ClassLabel first"),
     Case("pipeline-name-escapes", "a pipeline whose name would put its default output outside runs/",
          ["run", "p.toml", "-q"], setup=_toml(replace=('name = "tiny"', 'name = "../../escaped"')),
          message="p.toml: name must be a plain name (letters, digits, '.', '_', '-'; no '/'), got '../../escaped'"),

@@ -326,7 +326,15 @@ def open_hf_split(split, image_column: str | None, label_column: str | None,
     if image_column is None or label_column is None or image_column not in features or label_column not in features:
         raise DataError(f"{what}: cannot find the image/label columns among {sorted(features)}; "
                         "pass --image-column and --label-column")
-    labels = np.asarray(split[label_column], dtype=np.int64)
+    raw = np.asarray(split[label_column])
+    if raw.ndim != 1 or not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.bool_)):
+        raise DataError(f"{what}: labels in column {label_column!r} must be integers (class indices), got "
+                        f"{raw.dtype} values; map them to a ClassLabel first")
+    labels = raw.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{what}: labels in column {label_column!r} must not be negative, got {int(labels.min())}")
+    if len(labels) == 0:
+        raise DataError(f"{what}: the split is empty")
     if isinstance(features[image_column], datasets.Image):
         reader = HFReader(split.cast_column(image_column, datasets.Image(decode=False)), image_column, "encoded")
     else:

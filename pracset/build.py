@@ -65,7 +65,8 @@ class BuildConfig:
                                           "or each on its own (layerwise)", choices=RANKING_CHOICES)
     prunable: str = option("all", "which weights may be pruned: all conv+linear weights, or conv only "
                                   "(official PrAC code)", choices=PRUNABLE_CHOICES)
-    early_bird: bool = option(False, "stop dense training early once the pruning mask settles (settings: --early-bird-*)")
+    early_bird: bool = option(False, "stop dense training early once the pruning mask settles "
+                                     "(settings: --early-bird-*)")
     keep_history: bool = option(False, "also store the per-epoch correctness history (bit-packed) in the statistics")
     cep: str = option("one-shot", "how CEP is found: one-shot (the trained dense model against one-shot pruned "
                                   "copies of it, no retraining: cheap) or trained (the paper's: run PrAC-IMP's "
@@ -123,7 +124,8 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     started = time.time()
     # The lock comes before the "manifest exists" check: two builds of one manifest are serialised, and the
     # second sees the first one's manifest (and is skipped or refused) instead of replacing it.
-    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build", check_on_enter=False) as run:
+    with RunDirectory(layout.work, identity, resume=resume, finished=None, kind="build",
+                      check_on_enter=False) as run:
         if layout.manifest.exists():  # a finished build: its work directory, if a kill left one, is stale
             return _existing_build(layout, identity)
         run.check()

@@ -56,7 +56,8 @@ class RandomMask(Control):
 CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": RandomReinit(), "random-mask": RandomMask()})
 
 
-def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict, start_step: int) -> dict[str, float]:
+def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
+                                start_step: int) -> dict[str, float]:
     """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key."""
     out = {}
     for _, control in CONTROLS.items():

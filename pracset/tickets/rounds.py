@@ -75,7 +75,7 @@ class RoundPolicy:
         return {}, IterationLedger()
 
     def train_and_complete_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask,
-                     rewind: dict) -> tuple[StageFiles | None, dict | None]:
+                                  rewind: dict) -> tuple[StageFiles | None, dict | None]:
         """Train (or read back) the ticket of round ``r``'s mask; ``(None, None)`` when it is not evaluated.
 
         For IMP the round's own training is the ticket.
@@ -219,7 +219,7 @@ class PracSetPolicy(RoundPolicy):
 
 
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
-                 extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
+                              extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
     """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
     ctx = policy.ctx
     if ids is not None:
@@ -280,7 +280,8 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         mask = Mask.load(stage.mask)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
         evaluated = ticket is not None
-        controls = train_and_complete_controls(ctx, ticket, mask, rewind, config.rewind_step) if config.controls and evaluated else None
+        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, config.rewind_step)
+                    if config.controls and evaluated else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)
         if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket

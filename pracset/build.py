@@ -145,7 +145,8 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
         if build.early_bird:
             bird = EarlyBirdStop(early_bird, mask, warmup_epochs=int(train.warmup_epochs))
             callbacks.append(bird)
-        trained = train_stage(layout.dense, model, train_loader, test_loader, train, callbacks=callbacks, progress=progress)
+        trained = train_stage(layout.dense, model, train_loader, test_loader, train, callbacks=callbacks,
+                              progress=progress)
         ledger = trained.ledger
         statistics = recorder.statistics()
         probe_result = None

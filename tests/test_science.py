@@ -220,7 +220,20 @@ def test_savings_count_rounds_0_to_r_minus_1_with_evaluation_and_probes_apart():
     assert per[3]["saved"] == pytest.approx(1 - 78 / 280) and per[3]["saved_with_probes"] == pytest.approx(1 - 98 / 280)
     assert per[3]["saved_total"] == pytest.approx(1 - 188 / 370)
     assert [per[r]["within"] for r in (1, 2, 3)] == [True, True, False]
-    assert result["at"]["round"] == 2
+    assert result["at"]["round"] == result["at_highest"]["round"] == 2
+
+
+def test_a_match_after_a_miss_is_not_the_headline():
+    """The headline sparsity is the last one of an unbroken run of matches; the paper's rule is kept apart."""
+    imp = _run({"round-00": 100, "round-01": 90, "round-02": 90},
+               [("round-00", 0, 0.0, 0.96), ("round-01", 1, 0.2, 0.95), ("round-02", 2, 0.36, 0.94),
+                ("round-03", 3, 0.488, 0.93)])
+    prac = _run({"round-00": 60, "round-01": 10, "round-02": 8},
+                [("round-00", 0, 0.0, 0.9), ("ticket-01", 1, 0.2, 0.95), ("ticket-02", 2, 0.36, 0.90),
+                 ("ticket-03", 3, 0.488, 0.93)])
+    result = iterations_saved([imp], [prac], tolerance=0.003, batch_size=128)
+    assert [p["within"] for p in result["per_round"]] == [True, False, True]
+    assert result["at"]["round"] == 1 and result["at_highest"]["round"] == 3
 
 
 def test_no_saving_at_the_first_sparsity_when_both_dense_rounds_are_the_same_run():

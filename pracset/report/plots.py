@@ -71,7 +71,8 @@ def write_plots(layout: PipelineLayout, pipeline, curves: dict, headline: dict |
         ax.plot(xs, [p["prac_search"] + p["prac_probes"] for p in per], ls="--", color=COLOURS["prac-imp"],
                 label="PrAC-IMP, probes charged")
         if headline["at"]:
-            ax.axvline(100 * headline["at"]["sparsity"], color="grey", lw=0.8)
+            ax.axvline(100 * headline["at"]["sparsity"], color="grey", lw=0.8,
+                       label="PrAC matches at every sparsity up to here")
         ax.set_xlabel("sparsity of the mask found (%)")
         ax.set_ylabel("training iterations to find the mask")
         ax.legend()

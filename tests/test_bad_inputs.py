@@ -317,7 +317,7 @@ CASES: list[Case] = [
          message="sparsity must lie in (0, 1), got -0.1"),
     Case("sparsity-nan", "--sparsity nan",
          ["ticket", "--method", "imp", "--arch", "mlp", "--sparsity", "nan", "--out", "t", *TINY],
-         message="sparsity must lie in (0, 1), got nan"),
+         message="sparsity must be a finite number, got nan"),
     Case("probe-sparsity-1.5", "--probe-sparsity 1.5",
          ["build", "--arch", "mlp", "--probe-sparsity", "0.5", "1.5", "--out", "m.parquet", *TINY],
          message="probe sparsities must lie in (0, 1), got [0.5, 1.5]"),

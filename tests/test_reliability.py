@@ -494,7 +494,7 @@ def test_second_run_without_resume_is_told_about_the_lock(contended):
 
 
 def test_pipeline_lock_in_process(tmp_path):
-    """The lock refuses while its holder lives and is taken over from a dead one."""
+    """The lock refuses while its holder lives and is taken over from a dead one (whose file it leaves as it is)."""
     from pracset.errors import ConfigError
     from pracset.fileio import DirectoryLock
 
@@ -510,7 +510,10 @@ def test_pipeline_lock_in_process(tmp_path):
     dead.wait()
     (tmp_path / ".lock").write_text(str(dead.pid))  # left by a killed run
     with DirectoryLock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(ConfigError, match="in use by another pracset run"):  # it is ours now
+            with DirectoryLock(tmp_path):
+                pass
+    assert (tmp_path / ".lock").read_text() == str(dead.pid)  # a file this process did not create: untouched
 
 
 def test_a_lock_left_empty_by_a_kill_is_taken_over(tmp_path):

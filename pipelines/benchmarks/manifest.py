@@ -63,6 +63,7 @@ import numpy as np
 
 import pracset
 from pipelines.benchmarks import common
+from pracset.fingerprints import fingerprint
 from pracset.manifest import COLUMNS, read_manifest, write_manifest
 
 ROWS_IMAGENET = 1_281_167
@@ -120,12 +121,14 @@ def synthetic_columns(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
     return columns
 
 
-def synthetic_metadata(rows: int) -> dict:
+def synthetic_metadata(rows: int, hashes: np.ndarray) -> dict:
     history = [{"epoch": e + 1, "step": (e + 1) * 10009, "lr": 0.1, "train_loss": 2.0 / (e + 1),
                 "train_accuracy": 0.5 + e / 100, "test_accuracy": 0.45 + e / 100, "seconds": 300.0}
                for e in range(EPOCHS)]
     return {
-        "dataset": {"name": "imagenet", "split": "train", "size": rows, "fingerprint": "0123456789abcdef" * 2,
+        "dataset": {"name": "imagenet", "split": "train", "size": rows,
+                    # the reader recomputes it from the rows' hashes, as for any manifest pracset writes
+                    "fingerprint": fingerprint(hashes, tuple(f"n{c:08d}" for c in range(NUM_CLASSES))),
                     "class_names": [f"n{c:08d}" for c in range(NUM_CLASSES)]},
         "selection": {"rule": "prac", "fraction": SELECTED_FRACTION, "never_learned": "keep",
                       "probe_sparsities": [0.5, 0.8, 0.9, 0.95]},
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         columns = synthetic_columns(args.rows)
-        metadata = synthetic_metadata(args.rows)
+        metadata = synthetic_metadata(args.rows, columns["content_hash"])
         dataset = synthetic_dataset(args.rows)
         expected = int(columns["selected"].sum())
         print(f"{args.rows:,} rows, {expected:,} selected ({expected / args.rows:.1%}); synthetic data and "
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up: imports and first-call costs, on a small manifest
         small = min(args.rows, 10_000)
         small_columns = synthetic_columns(small, seed=2)
-        run_round(out_dir / "warmup.parquet", small_columns, synthetic_metadata(small), synthetic_dataset(small),
+        run_round(out_dir / "warmup.parquet", small_columns, synthetic_metadata(small, small_columns["content_hash"]), synthetic_dataset(small),
                   int(small_columns["selected"].sum()))
         (out_dir / "warmup.parquet").unlink()
 

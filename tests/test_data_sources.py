@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import RunsCode
 import torch
 from PIL import Image
 
@@ -506,23 +507,11 @@ def test_cifar10_truncated_pickle(cifar10_dir, keep):
         load("cifar10", root)
 
 
-class _RunsCode:
-    """Pickles into a call of ``os.system``: what a hostile data file can hold."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(cifar10_dir):
     root, *_ = cifar10_dir
     marker = root / "ran"
     path = root / "cifar-10-batches-py" / "data_batch_2"
-    path.write_bytes(pickle.dumps({"data": _RunsCode(marker), "labels": [0]}, protocol=2))
+    path.write_bytes(pickle.dumps({"data": RunsCode(marker), "labels": [0]}, protocol=2))
     with data_error(r"cannot read TMP/cifar-10-batches-py/data_batch_2: it asks for (posix|os)\.system, which a "
                     r"CIFAR batch never holds \(refused: loading it could run code\)", root):
         load("cifar10", root)

@@ -2,6 +2,7 @@ import math
 import re
 
 import pytest
+from hostile import RunsCode
 import torch
 import torch.nn.functional as F
 
@@ -143,16 +144,6 @@ def test_other_optimizers_train(digits, optimizer):
     assert state.history[-1]["test_accuracy"] > 0.8
 
 
-class _RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
 def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     """A checkpoint is loaded with weights_only=True: a pickled call is refused with one line, never run."""
     import pytest
@@ -164,7 +155,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
 
     marker = tmp_path / "ran"
     checkpoint = tmp_path / "checkpoint.pt"
-    torch.save({"model": _RunsCode(marker)}, checkpoint)
+    torch.save({"model": RunsCode(marker)}, checkpoint)
     data = load_dataset(DataConfig("digits"))
     config = TrainConfig(epochs=1, batch_size=64)
     train, test = make_loaders(data, config, torch.device("cpu"))

@@ -84,6 +84,11 @@ class StageFiles:
         return self.directory / "metrics.json"
 
     @property
+    def metrics_log(self) -> Path:
+        """One JSON line per epoch, written as the stage trains (``tail -f`` it to watch)."""
+        return self.directory / "metrics.jsonl"
+
+    @property
     def model(self) -> Path:
         return self.directory / "model.pt"
 

@@ -33,7 +33,10 @@ def test_train_writes_a_run_and_does_not_redo_it(capsys, tmp_path):
     assert code == 0, err
     assert "trained mlp on digits: test accuracy" in out
     # the per-epoch checkpoint goes once the run is finished, as in every stage of a run
-    assert {p.name for p in out_dir.iterdir()} == {"run.json", "model.pt", "metrics.json", "ledger.json"}
+    assert {p.name for p in out_dir.iterdir()} == {"run.json", "model.pt", "metrics.json", "metrics.jsonl",
+                                                   "ledger.json"}
+    lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines == json.loads((out_dir / "metrics.json").read_text())["history"]  # one line per epoch
     metrics = json.loads((out_dir / "metrics.json").read_text())
     ledger = json.loads((out_dir / "ledger.json").read_text())
     assert len(metrics["history"]) == 2 and metrics["ledger"]["train_iterations"] == 2 * 12

@@ -153,6 +153,10 @@ def check_file(path: Path) -> None:
         torch.load(path, map_location="cpu", weights_only=False)
     elif suffix == ".json":
         json.loads(path.read_text())
+    elif suffix == ".jsonl":
+        text = path.read_text()
+        assert text == "" or text.endswith("\n"), f"{path}: a torn last line"
+        [json.loads(line) for line in text.splitlines()]
     elif suffix == ".npy":
         np.load(path)
     elif suffix == ".npz":
@@ -230,6 +234,8 @@ def results(root: Path) -> dict[str, object]:
                 out[key] = "checkpoint"
         elif path.suffix == ".json":
             out[key] = _strip(json.loads(path.read_text()))
+        elif path.suffix == ".jsonl":
+            out[key] = [_strip(json.loads(line)) for line in path.read_text().splitlines()]
         elif path.suffix == ".npy":
             out[key] = _array(np.load(path))
         elif path.suffix == ".npz":

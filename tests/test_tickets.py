@@ -72,6 +72,9 @@ def test_interrupted_imp_resumes_to_the_same_result(tmp_path, digits, monkeypatc
     for r in range(3):
         assert Mask.load(tmp_path / "ref" / f"round-0{r}" / "mask.pt") == Mask.load(tmp_path / "run" / f"round-0{r}" / "mask.pt")
     assert resumed["ledger"]["total"]["train_iterations"] == reference["ledger"]["total"]["train_iterations"]
+    # the live log of the interrupted round holds each epoch once, as the uninterrupted run's does
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "run" / "round-01" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
 
 
 def test_another_run_in_the_same_directory_is_refused(tmp_path, digits):

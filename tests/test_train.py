@@ -197,3 +197,15 @@ def test_a_bad_value_on_the_command_line_stops_a_build_before_anything_is_writte
         from_dict(TrainConfig, {"lr": float("inf")}, where="train")
     with pytest.raises(ConfigError, match="random_seed must be an integer"):
         SelectionConfig(random_seed=2**40)
+
+
+def test_each_epoch_logs_the_learning_rate_it_trained_with(tmp_path):
+    """Step schedule at 1/2 and 3/4 of 4 epochs: the epochs train at 0.1, 0.1, 0.01, 0.001 (not the next rates)."""
+    from pracset.data import DataConfig, load_dataset
+    from pracset.train import TrainConfig, Trainer
+
+    data = load_dataset(DataConfig("digits"))
+    config = TrainConfig(epochs=4, batch_size=64, lr=0.1, milestones=(0.5, 0.75), gamma=0.1)
+    train, test = make_loaders(data, config, torch.device("cpu"))
+    state = Trainer(config).fit(build_model("mlp", input_spec(data)), train, test)
+    assert [h["lr"] for h in state.history] == pytest.approx([0.1, 0.1, 0.01, 0.001])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 import time
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save
+from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.models import has_convolutions
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -127,6 +128,8 @@ class Trainer:
         config: the hyperparameters.
         ledger: where the run's iterations and forward passes are counted.
         stage: the ledger stage this run's work is booked under.
+        metrics_log: a JSON-lines file with one line per finished epoch, rewritten (atomically) after every
+            epoch, to watch a run live (``tail -F``).
         checkpoint: a file written (atomically) at the end of every epoch;
             with ``resume=True`` an existing one is loaded and training
             continues from it, giving the same result as an uninterrupted run.
@@ -134,8 +137,10 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, ledger: IterationLedger | None = None, stage: str = "train",
-                 checkpoint: str | Path | None = None, resume: bool = False, progress: bool = False):
+                 checkpoint: str | Path | None = None, resume: bool = False, progress: bool = False,
+                 metrics_log: str | Path | None = None):
         self.config = config
+        self.metrics_log = Path(metrics_log) if metrics_log is not None else None
         self.ledger = ledger if ledger is not None else IterationLedger()
         self.stage = stage
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
@@ -174,6 +179,8 @@ class Trainer:
         if self.resume and self.checkpoint is not None and self.checkpoint.exists():
             self._load_checkpoint(state, callbacks)
             log.info("resumed %s from %s at epoch %d", self.stage, self.checkpoint, state.epoch)
+        if self.metrics_log is not None:  # the epochs so far (none, or the checkpoint's): no line twice on resume
+            self._write_metrics_log(state.history)
         bf16 = use_bf16(config, device)
         for callback in callbacks:
             callback.on_fit_start(state)
@@ -188,6 +195,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             first_step, seen = state.epoch * steps_per_epoch, 0
+            epoch_lr = optimizer.param_groups[0]["lr"]
             for position, batch in enumerate(train_loader):
                 if first_step + position < state.step:  # a run that starts mid-epoch (rewinding to step k)
                     continue
@@ -203,6 +211,7 @@ class Trainer:
                 out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
                 for callback in callbacks:
                     callback.before_optimizer_step(state, out)
+                epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a host float: no sync)
                 if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
                     optimizer.step()
                     scheduler.step()
@@ -226,7 +235,8 @@ class Trainer:
                 seen = int(seen)
                 ddp.sync_buffers(model)
             n = max(seen, 1)
-            metrics = {"epoch": state.epoch, "step": state.step, "lr": optimizer.param_groups[0]["lr"],
+            # the rate the epoch's last step trained with, not the one the scheduler has moved on to
+            metrics = {"epoch": state.epoch, "step": state.step, "lr": epoch_lr,
                        "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
             last = state.epoch == config.epochs
             if eval_loader is not None and (state.epoch % config.eval_every == 0 or last):
@@ -236,6 +246,8 @@ class Trainer:
             for callback in callbacks:
                 callback.on_epoch_end(state, metrics)
             state.history.append(metrics)
+            if self.metrics_log is not None:  # one more line per epoch as it goes; rewritten whole, so never torn
+                self._write_metrics_log(state.history)
             log.info("%s epoch %d/%d: %s", self.stage, state.epoch, config.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step")))
             bar.update(1)
@@ -246,6 +258,9 @@ class Trainer:
         for callback in callbacks:
             callback.on_fit_end(state)
         return state
+
+    def _write_metrics_log(self, history: list[dict]) -> None:
+        atomic_write_bytes(self.metrics_log, "".join(json.dumps(h) + "\n" for h in history).encode())
 
     def _save_checkpoint(self, state: TrainState, callbacks: Sequence[Callback]) -> None:
         atomic_torch_save({

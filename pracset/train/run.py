@@ -70,7 +70,7 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
     stage.directory.mkdir(parents=True, exist_ok=True)
     ledger = IterationLedger()
     trainer = Trainer(config, ledger=ledger, stage=stage.name, checkpoint=stage.checkpoint, resume=True,
-                      progress=progress)
+                      progress=progress, metrics_log=stage.metrics_log)
     state = trainer.fit(model, train_loader, test_loader, callbacks, start_step=start_step)
     final = dict(state.history[-1]) if state.history else {}
     if "test_accuracy" not in final:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import select
 import sys
 from typing import NoReturn, Sequence
+
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pracset import __version__
 from pracset.build import BuildConfig, build_manifest
@@ -150,7 +153,7 @@ def format_tickets(summary: dict) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    pipeline = load_pipeline(args.pipeline, data_dir=args.data_dir)
+    pipeline = load_pipeline(args.pipeline, data_dir=args.data_dir, overrides=args.set or ())
     out = args.out or f"runs/{pipeline.name}"
     report = run_pipeline(pipeline, out, device=resolve_device(args.device), resume=args.resume,
                           progress=not args.quiet and sys.stderr.isatty())
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_arguments(p, out_metavar="DIR", out_help="output directory (default: runs/NAME)", arch=False,
                    out_required=False)
     p.add_argument("--data-dir", metavar="DIR", help="directory holding the data set (overrides the pipeline's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one setting of the file, e.g. --set train.lr=0.05 --set seeds=[0,1] (repeatable)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("inspect", parents=[common], help="summarise a manifest",
@@ -301,7 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if init_from_env() and not is_main():
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
     try:
-        code = args.func(args)
+        # With progress bars on, log lines go through tqdm so that they do not overwrite the bar.
+        with logging_redirect_tqdm() if sys.stderr.isatty() and not args.quiet else contextlib.nullcontext():
+            code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below
         return code
     except BrokenPipeError:

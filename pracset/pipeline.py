@@ -44,7 +44,7 @@ import re
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -147,8 +147,12 @@ _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": li
         "description": str, "controls_on": list}
 
 
-def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
-    """Read and validate a pipeline file; ``data_dir`` overrides ``[data] data_dir``."""
+def load_pipeline(path: str | Path, *, data_dir: str | None = None, overrides: Sequence[str] = ()) -> Pipeline:
+    """Read and validate a pipeline file; ``data_dir`` overrides ``[data] data_dir``.
+
+    ``overrides`` are ``KEY=VALUE`` strings (``train.lr=0.05``, ``seeds=[0, 1]``): the value is read as a
+    TOML value (a bare word that is not one is a string), and checked like the file's own values.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -158,7 +162,27 @@ def load_pipeline(path: str | Path, *, data_dir: str | None = None) -> Pipeline:
         raise ConfigError(f"cannot read pipeline file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for item in overrides:
+        apply_override(raw, item)
     return pipeline_from_dict(raw, where=str(path), data_dir=data_dir)
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``SECTION.KEY=VALUE`` (or a top-level ``KEY=VALUE``) in a parsed pipeline table."""
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts) or len(parts) > 2:
+        raise ConfigError(f"--set takes KEY=VALUE or SECTION.KEY=VALUE, got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()  # a bare word: a string (e.g. train.optimizer=adamw)
+    table = raw
+    if len(parts) == 2:
+        table = raw.setdefault(parts[0], {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"--set {item}: {parts[0]} is not a table")
+    table[parts[-1]] = value
 
 
 def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir: str | None = None) -> Pipeline:

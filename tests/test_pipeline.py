@@ -145,3 +145,18 @@ def test_a_second_run_on_the_same_directory_is_locked_out(tmp_path):
             with DirectoryLock(tmp_path):
                 pass
     assert (tmp_path / ".lock").read_text() == "999999999"
+
+
+def test_set_overrides_a_setting_of_the_file_and_is_checked_like_it(tmp_path):
+    path = write(tmp_path, TINY)
+    pipeline = load_pipeline(path, overrides=["train.lr=0.05", "seeds=[0, 1]", "train.optimizer=adamw",
+                                              "report.plots=false"])
+    assert (pipeline.train.lr, pipeline.seeds, pipeline.train.optimizer, pipeline.report.plots) == (
+        0.05, (0, 1), "adamw", False)
+    assert load_pipeline(path).train.lr == 0.1  # the file itself is unchanged
+    with pytest.raises(ConfigError, match=r"train.epochs must be an integer, got 'two'"):
+        load_pipeline(path, overrides=["train.epochs=two"])
+    with pytest.raises(ConfigError, match=r"unknown key train.epoch;"):
+        load_pipeline(path, overrides=["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"--set takes KEY=VALUE or SECTION.KEY=VALUE, got 'lr'"):
+        load_pipeline(path, overrides=["lr"])

@@ -104,3 +104,18 @@ def test_check_size_refuses_a_size_above_the_split_only_for_rules_that_read_it()
         with pytest.raises(ConfigError, match="size 101 exceeds the 100 training examples"):
             check_size(SelectionConfig(rule=rule, size=101), 100)
     check_size(SelectionConfig(rule="prac", size=101), 100)  # prac, cet and cep ignore size
+
+
+def test_fraction_keeps_that_share_of_the_split_rounded():
+    from pracset.errors import ConfigError
+
+    n = 1_000
+    inputs = SelectionInputs(labels=np.arange(n) % 10, forgetting_events=np.arange(n) % 7,
+                             presentations=np.full(n, 5), never_learned=np.zeros(n, dtype=bool))
+    assert select(inputs, SelectionConfig(rule="random", fraction=0.25)).size == 250
+    kept = select(inputs, SelectionConfig(rule="topk-forgetting", fraction=0.0015))  # 1.5 -> 2 (round half even)
+    assert kept.size == 2
+    with pytest.raises(ConfigError, match="give size or fraction, not both"):
+        SelectionConfig(rule="random", size=10, fraction=0.1)
+    with pytest.raises(ConfigError, match=r"fraction must lie in \(0, 1\], got 1.5"):
+        SelectionConfig(fraction=1.5)

@@ -68,6 +68,8 @@ class SelectionConfig:
     class_balance: bool = option(False, "make per-class counts proportional to the class frequencies")
     size: int | None = option(None, "random / topk-forgetting: examples to keep (default: the PrAC set's size)")
     random_seed: int = option(0, "seed of the random rule")
+    fraction: float | None = option(None, "random / topk-forgetting: the fraction of the training split to keep "
+                                          "(rounded; instead of --size)")
 
     def __post_init__(self) -> None:
         require_seed(self.random_seed, "random_seed")
@@ -75,6 +77,14 @@ class SelectionConfig:
         require(self.never_learned in NEVER_LEARNED_POLICIES,
                 f"unknown never_learned policy {self.never_learned!r}; valid: {', '.join(NEVER_LEARNED_POLICIES)}")
         require(self.size is None or self.size > 0, f"size must be a positive integer, got {self.size}")
+        require(self.fraction is None or 0 < self.fraction <= 1, f"fraction must lie in (0, 1], got {self.fraction}")
+        require(self.size is None or self.fraction is None, "give size or fraction, not both")
+
+    def size_for(self, num_examples: int) -> int | None:
+        """The number of examples a sized rule keeps of ``num_examples`` (``None``: the PrAC set's size)."""
+        if self.fraction is not None:
+            return max(1, round(self.fraction * num_examples))
+        return self.size
 
 
 @dataclass(frozen=True)
@@ -251,9 +261,10 @@ def check_size(config: SelectionConfig, num_examples: int) -> None:
 
 
 def _budget(inputs: SelectionInputs, config: SelectionConfig) -> int:
-    if config.size is not None:
+    size = config.size_for(len(inputs))
+    if size is not None:
         check_size(config, len(inputs))
-        return config.size
+        return size
     return select_prac(inputs, SelectionConfig(forgetting_threshold=config.forgetting_threshold,
                                                never_learned=config.never_learned)).size
 

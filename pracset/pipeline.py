@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -266,6 +267,32 @@ def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
         TICKET_METHODS.get(method).check(pipeline.ticket_settings, pipeline.train, num_examples, None)
 
 
+#: The sets the transfer runs train on (besides full data): PrAC-IMP's own, the build's, a random one.
+TRANSFER_SETS = ("paper-set-transfer", "one-shot-set-transfer", "random-subset")
+
+
+class StageProgress:
+    """Logs which ticket run of how many is running, and an estimate of the time left from those done so far."""
+
+    def __init__(self, name: str, total: int):
+        self.name, self.total, self.done = name, total, 0
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def start(self, what: str) -> None:
+        left = ""
+        if self.seconds:
+            remaining = (self.total - self.done) * sum(self.seconds) / len(self.seconds)
+            left = f"; about {remaining / 60:.0f} min left"
+        log.info("pipeline %s: run %d of %d: %s%s", self.name, self.done + 1, self.total, what, left)
+        self._started = time.perf_counter()
+
+    def finish(self, skipped: bool) -> None:
+        self.done += 1
+        if not skipped:  # a run found finished says nothing about how long one takes
+            self.seconds.append(time.perf_counter() - self._started)
+
+
 def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDataset, *, device: torch.device,
                 progress: bool) -> dict:
     manifest = layout.manifest
@@ -273,6 +300,9 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
                    selection=pipeline.selection, early_bird=pipeline.early_bird, device=device, resume=True,
                    progress=progress, dataset=dataset)
     results: dict[str, Any] = {"manifest": str(manifest), "runs": []}
+    progress_log = StageProgress(pipeline.name, len(pipeline.seeds) * len(pipeline.methods)
+                                 + len(pipeline.transfer_seed_list) * len(pipeline.transfer)
+                                 * (1 + len(TRANSFER_SETS) - ("prac-imp" not in pipeline.methods)))
 
     def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None,
                controls: bool = True) -> dict:
@@ -280,7 +310,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         directory = layout.ticket_run(arch, label, seed).root
         base = method.removesuffix("-prac")
         train = replace(pipeline.train, seed=seed)
-        log.info("pipeline %s: %s %s seed %d", pipeline.name, arch, label, seed)
+        progress_log.start(f"{arch} {label} seed {seed}")
         # The report's curves need every round's ticket trained on the full split.
         imp = replace(pipeline.imp, controls=pipeline.imp.controls and controls, evaluate="every-round")
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
@@ -289,6 +319,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
                                resume=True, progress=progress, dataset=dataset)
         results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),
                                 "summary": {k: v for k, v in summary.items() if k != "skipped"}})
+        progress_log.finish(skipped=bool(summary.get("skipped")))
         return summary
 
     for seed in pipeline.seeds:

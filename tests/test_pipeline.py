@@ -160,3 +160,25 @@ def test_set_overrides_a_setting_of_the_file_and_is_checked_like_it(tmp_path):
         load_pipeline(path, overrides=["train.epoch=3"])
     with pytest.raises(ConfigError, match=r"--set takes KEY=VALUE or SECTION.KEY=VALUE, got 'lr'"):
         load_pipeline(path, overrides=["lr"])
+
+
+def test_a_pipeline_says_which_run_of_how_many_and_the_time_left(caplog, monkeypatch):
+    import logging
+
+    import pracset.pipeline as pipeline_module
+    from pracset.pipeline import StageProgress
+
+    clock = iter([0.0, 120.0, 120.0, 120.0, 360.0, 360.0])  # read at each start and at each finish not skipped
+    monkeypatch.setattr(pipeline_module.time, "perf_counter", lambda: next(clock))
+    progress = StageProgress("p", 4)
+    with caplog.at_level(logging.INFO, logger="pracset.pipeline"):
+        for skipped in (False, True, False):
+            progress.start("mlp imp seed 0")
+            progress.finish(skipped)
+        progress.start("mlp prac-imp seed 0")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "pipeline p: run 1 of 4: mlp imp seed 0"
+    assert lines[1] == "pipeline p: run 2 of 4: mlp imp seed 0; about 6 min left"  # 3 runs x 2 min
+    # the finished run that was skipped does not count; the mean of 2 and 4 minutes, for the one run left
+    assert lines[2] == "pipeline p: run 3 of 4: mlp imp seed 0; about 4 min left"
+    assert lines[3] == "pipeline p: run 4 of 4: mlp prac-imp seed 0; about 3 min left"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -15,14 +16,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from pracset import __version__
 from pracset.build import BuildConfig, build_manifest
-from pracset.config import add_arguments, from_args
+from pracset.config import add_arguments, from_dict
 from pracset.data import SOURCES, DataConfig
 from pracset.device import resolve_device
 from pracset.distributed import init_from_env, is_main
-from pracset.errors import PracsetError
+from pracset.errors import ConfigError, PracsetError
 from pracset.manifest import read_manifest
 from pracset.models import MODELS, torchvision_names
-from pracset.pipeline import load_pipeline, run_pipeline
+from pracset.pipeline import load_pipeline, load_toml, run_pipeline
 from pracset.runs import PipelineLayout
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
@@ -74,9 +75,37 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Settings:
+    """The configs of a command: a ``--config`` TOML file's tables, with the flags given on top of them."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.file = getattr(args, "config", None)
+        self.raw = load_toml(self.file) if self.file else {}
+        self.arch = args.arch or self.raw.get("arch")
+        if not self.arch:
+            raise ConfigError("give --arch, or an arch in the --config file")
+
+    def get(self, cls, section: str, prefix: str = "", **overrides):
+        """``cls`` from the file's ``[section]`` table and the flags that were given (the flags win)."""
+        table = self.raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.file}: [{section}] must be a table")
+        dest = (lambda name: f"{prefix.replace('-', '_')}_{name}") if prefix else (lambda name: name)
+        given = {f.name: getattr(self.args, dest(f.name), None) for f in dataclasses.fields(cls) if f.init}
+        values = {**table, **{k: v for k, v in given.items() if v is not None},
+                  **{k: v for k, v in overrides.items() if v is not None}}
+        try:
+            return from_dict(cls, values, where=section if self.file else "")
+        except ConfigError as exc:
+            raise ConfigError(f"{self.file}: {exc}" if self.file else str(exc)) from None
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    data = from_args(DataConfig, args)
-    config = from_args(TrainConfig, args)
+    settings = _Settings(args)
+    args.arch = settings.arch
+    data = settings.get(DataConfig, "data")
+    config = settings.get(TrainConfig, "train")
     device = resolve_device(args.device)
     result = train_dense(data, args.arch, config, args.out, device=device, resume=args.resume,
                          progress=not args.quiet and sys.stderr.isatty())
@@ -90,10 +119,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
+    settings = _Settings(args)
     result = build_manifest(
-        from_args(DataConfig, args), args.arch, args.out, train=from_args(TrainConfig, args),
-        build=from_args(BuildConfig, args), selection=from_args(SelectionConfig, args),
-        early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"), device=resolve_device(args.device),
+        settings.get(DataConfig, "data"), settings.arch, args.out, train=settings.get(TrainConfig, "train"),
+        build=settings.get(BuildConfig, "build"), selection=settings.get(SelectionConfig, "selection"),
+        early_bird=settings.get(EarlyBirdConfig, "early_bird", prefix="early-bird"), device=resolve_device(args.device),
         resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
     s = result.summary
     what = "already built" if result.skipped else "built"
@@ -105,20 +135,21 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_ticket(args: argparse.Namespace) -> int:
-    imp = from_args(IMPConfig, args)
+    settings = _Settings(args)
+    imp = settings.get(IMPConfig, "imp")
     # A method's own settings are read only when that method is asked for; without any of its flags it takes
     # find_tickets' default at the target sparsity (GraNet's initial sparsity then stays below it).
     def given(prefix: str) -> bool:
-        return any(v is not None for k, v in vars(args).items() if k.startswith(prefix + "_"))
+        return prefix in settings.raw or any(v is not None for k, v in vars(args).items() if k.startswith(prefix + "_"))
 
-    rigl = (from_args(RigLConfig, args, prefix="rigl", sparsity=imp.sparsity)
+    rigl = (settings.get(RigLConfig, "rigl", prefix="rigl", sparsity=imp.sparsity)
             if args.method == "rigl" and given("rigl") else None)
-    granet = (from_args(GraNetConfig, args, prefix="granet", sparsity=imp.sparsity)
+    granet = (settings.get(GraNetConfig, "granet", prefix="granet", sparsity=imp.sparsity)
               if args.method == "granet" and given("granet") else None)
-    summary = find_tickets(args.method, from_args(DataConfig, args), args.arch, args.out,
-                           train=from_args(TrainConfig, args), imp=imp, rigl=rigl, granet=granet,
-                           early_bird=from_args(EarlyBirdConfig, args, prefix="early-bird"),
-                           selection=from_args(SelectionConfig, args), manifest=args.manifest,
+    summary = find_tickets(args.method, settings.get(DataConfig, "data"), settings.arch, args.out,
+                           train=settings.get(TrainConfig, "train"), imp=imp, rigl=rigl, granet=granet,
+                           early_bird=settings.get(EarlyBirdConfig, "early_bird", prefix="early-bird"),
+                           selection=settings.get(SelectionConfig, "selection"), manifest=args.manifest,
                            device=resolve_device(args.device), resume=args.resume,
                            progress=not args.quiet and sys.stderr.isatty())
     print(format_tickets(summary))
@@ -272,7 +303,10 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
                    out_required: bool = True) -> None:
     """The flags every command that trains shares: --arch, --out, --device and --resume."""
     if arch:
-        parser.add_argument("--arch", required=True, metavar="NAME", help="architecture (see `pracset models`)")
+        parser.add_argument("--arch", metavar="NAME", help="architecture (see `pracset models`; or `arch` in --config)")
+        parser.add_argument("--config", metavar="FILE.toml", help="read the settings from a TOML file's tables "
+                            "([data], [train], [build], [selection], [imp], [early_bird], [rigl], [granet]; a "
+                            "pipeline file works); flags given on the command line win")
     parser.add_argument("--out", required=out_required, metavar=out_metavar, help=out_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

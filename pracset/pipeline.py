@@ -154,18 +154,23 @@ def load_pipeline(path: str | Path, *, data_dir: str | None = None, overrides: S
     ``overrides`` are ``KEY=VALUE`` strings (``train.lr=0.05``, ``seeds=[0, 1]``): the value is read as a
     TOML value (a bare word that is not one is a string), and checked like the file's own values.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read pipeline file {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    raw = load_toml(path, what="pipeline file")
     for item in overrides:
         apply_override(raw, item)
     return pipeline_from_dict(raw, where=str(path), data_dir=data_dir)
+
+
+def load_toml(path: str | Path, what: str = "settings file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing, unreadable or invalid file is one line."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

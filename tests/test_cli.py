@@ -139,3 +139,26 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_the_retry(capsys
     assert not out_dir.exists()  # the temporary went with the failed write, and the empty directory too
     monkeypatch.setattr(fileio.os, "replace", real_replace)
     assert run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
+
+
+def test_config_reads_the_toml_tables_and_flags_win(capsys, tmp_path, monkeypatch):
+    """`--config` takes a pipeline file's tables (and its arch); a flag given on the command line overrides them."""
+    from pathlib import Path
+
+    from pracset.manifest import read_manifest
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "build", "--config", str(root / "pipelines" / "digits.toml"), "--out", "m.parquet",
+                             "--epochs", "2", "--device", "cpu", "-q")
+    assert code == 0, err
+    identity = read_manifest(tmp_path / "m.parquet").provenance["build_identity"]
+    assert identity["arch"] == "mlp"  # from the file
+    assert (identity["train"]["epochs"], identity["train"]["lr"], identity["train"]["batch_size"]) == (2, 0.05, 64)
+    assert identity["build"]["probe_sparsities"] == [0.5, 0.8, 0.9]
+    (tmp_path / "bad.toml").write_text("arch = 'mlp'\n[train]\nepoch = 3\n")
+    code, _, err = run_cli(capsys, "train", "--config", "bad.toml", "--out", "r", "-q")
+    assert code == 2 and err.startswith("pracset train: error: bad.toml: unknown key train.epoch; valid keys: epochs")
+    code, _, err = run_cli(capsys, "train", "--out", "r", "-q")
+    assert code == 2 and err == "pracset train: error: give --arch, or an arch in the --config file\n"
+    assert not (tmp_path / "r").exists()

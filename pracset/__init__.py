@@ -10,6 +10,8 @@ The user-facing names are importable from here::
 
 __version__ = "0.1.0"
 
+import importlib  # noqa: E402  (after __version__, which pracset.build reads while this package loads)
+
 # Names are resolved on first use (PEP 562): `import pracset` stays fast, and torch, pyarrow and
 # datasets load only when a name that needs them is touched.
 _EXPORTS = {
@@ -38,8 +40,6 @@ def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pracset' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

@@ -302,14 +302,15 @@ def split_costs(layout, stages: dict, num_rounds: int) -> dict:
     def iterations(name: str) -> int:
         return stages.get(name, {}).get("train_iterations", 0)
 
-    tickets = [layout.round(num_rounds), *(layout.ticket(r) for r in range(1, num_rounds + 1))]
-    controls = [layout.control(t, c.stage_suffix) for t in [layout.round(r) for r in range(1, num_rounds + 1)]
-                + tickets[1:] for _, c in CONTROLS.items()]
+    pruned = range(1, num_rounds + 1)
+    # a ticket is IMP's round R or PrAC-IMP's ticket-RR; controls hang off either kind of stage
+    tickets = [layout.round(num_rounds), *(layout.ticket(r) for r in pruned), layout.dense_reference]
+    judged = [*(layout.round(r) for r in pruned), *(layout.ticket(r) for r in pruned)]
+    controls = [layout.control(stage, control.stage_suffix) for stage in judged for _, control in CONTROLS.items()]
     return {"search": sum(iterations(layout.round(r).name) for r in range(num_rounds)),
-            "evaluation": sum(iterations(t.name) for t in tickets) + iterations(layout.dense_reference.name),
+            "evaluation": sum(iterations(t.name) for t in tickets),
             "controls": sum(iterations(c.name) for c in controls),
-            "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0)
-                                  for r in range(1, num_rounds + 1))}
+            "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0) for r in pruned)}
 
 
 def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,

@@ -45,6 +45,9 @@ def test_imp_rounds_have_exact_nested_masks_and_zero_weights(tmp_path, digits):
     steps = 3 * 23
     assert rows[0]["iterations"] == steps and rows[1]["iterations"] == rows[2]["iterations"] == steps - 5
     assert summary["ledger"]["total"]["train_iterations"] == steps + 2 * (steps - 5)
+    # the mask of round 2 was found by rounds 0 and 1; round 2's training is its (full-data) evaluation
+    assert summary["costs"] == {"search": steps + (steps - 5), "evaluation": steps - 5, "controls": 0,
+                                "probe_examples": 0}
     assert rows[2]["test_accuracy"] > 0.8
 
 

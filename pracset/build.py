@@ -35,7 +35,8 @@ from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
-from pracset.models import build_model, check_model_name, has_convolutions
+from pracset.models import has_convolutions
+from pracset.models.custom import ArchitectureLike, resolve_architecture
 from pracset.runs import BuildLayout, RunDirectory, TicketLayout, check_output_parent, refuse_changed
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
@@ -45,7 +46,7 @@ from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
-from pracset.train.run import input_spec, make_loaders, train_stage
+from pracset.train.run import make_loaders, new_model, resolve_data, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -94,18 +95,25 @@ def stats_path(manifest_path: Path) -> Path:
     return BuildLayout(manifest_path).statistics
 
 
-def build_identity(data: DataConfig, arch: str, train: TrainConfig, build: BuildConfig, selection: SelectionConfig,
-                   early_bird: EarlyBirdConfig) -> dict:
+def build_identity(data: DataConfig | dict, arch: str, train: TrainConfig, build: BuildConfig,
+                   selection: SelectionConfig, early_bird: EarlyBirdConfig) -> dict:
     """What makes two builds the same build (recorded in the manifest and compared before building again)."""
-    return {"data": to_dict(data), "arch": arch, "train": to_dict(train), "build": to_dict(build),
+    return {"data": data if isinstance(data, dict) else to_dict(data), "arch": arch, "train": to_dict(train),
+            "build": to_dict(build),
             "selection": to_dict(selection), "early_bird": to_dict(early_bird) if build.early_bird else None}
 
 
-def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig = TrainConfig(),
+def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: TrainConfig = TrainConfig(),
                    build: BuildConfig = BuildConfig(), selection: SelectionConfig = SelectionConfig(),
                    early_bird: EarlyBirdConfig = EarlyBirdConfig(), device: torch.device = torch.device("cpu"),
                    resume: bool = False, progress: bool = False, dataset: ImageDataset | None = None) -> BuildResult:
     """Build a PrAC (or baseline) manifest of ``data``'s training split on ``arch``.
+
+    ``data`` is a :class:`DataConfig`, a pracset data set, or a ``(train,
+    test)`` pair of your own tensors / torch Datasets / DataLoaders;
+    ``arch`` a registered name, an ``nn.Module`` or a function that makes one
+    (:func:`pracset.models.custom.resolve_architecture`). Every other setting
+    has a default.
 
     Trains densely with the per-example recorder (stopped by Early-Bird when
     ``build.early_bird``), probes pruned copies of the trained network,
@@ -116,11 +124,13 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
     layout = BuildLayout(out)
     check_output_parent(layout.manifest)
     check_names(train)
-    check_model_name(arch)
+    architecture = resolve_architecture(arch)
+    arch = architecture.name
+    data, dataset, data_identity = resolve_data(data, dataset)
     SELECTION_RULES.get(selection.rule)
     if selection.rule == "cep" and not build.probe_sparsities:
         raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
-    identity = build_identity(data, arch, train, build, selection, early_bird)
+    identity = build_identity(data_identity, arch, train, build, selection, early_bird)
     started = time.time()
     # The lock comes before the "manifest exists" check: two builds of one manifest are serialised, and the
     # second sees the first one's manifest (and is skipped or refused) instead of replacing it.
@@ -132,11 +142,11 @@ def build_manifest(data: DataConfig, arch: str, out: str | Path, *, train: Train
         # Data and model are checked before anything is written, so a refused build leaves nothing behind.
         dataset = dataset or load_dataset(data)
         check_size(selection, len(dataset.train))
-        model = build_model(arch, input_spec(dataset), seed=train.seed)
+        model = new_model(architecture, dataset, seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)
         run.claim()
         if build.cep == "trained":
-            return _build_from_prac_imp(layout, data, arch, train, build, selection, early_bird, identity,
+            return _build_from_prac_imp(layout, data or dataset, architecture, train, build, selection, early_bird, identity,
                                         dataset=dataset, device=device, progress=progress, started=started)
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
@@ -222,7 +232,7 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
     dense = ticket_dir.round(0).read_metrics()
     metadata = dict(chosen_set.metadata)
     metadata["provenance"] = {
-        **chosen_set.provenance, "command": "build", "cep": "trained-round", "arch": arch, "seed": train.seed,
+        **chosen_set.provenance, "command": "build", "cep": "trained-round", "arch": arch.name, "seed": train.seed,
         "train": to_dict(train), "imp": to_dict(imp), "epochs_run": dense.get("epochs_run"),
         "dense_test_accuracy": dense["final"].get("test_accuracy"), "history": dense.get("history"),
         "ledger": summary["ledger"], "iterations": summary["ledger"]["total"]["train_iterations"],

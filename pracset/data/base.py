@@ -18,18 +18,24 @@ from pracset.errors import DataError
 
 @dataclass(frozen=True)
 class ImageSplit:
-    """One split of a data set: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,).
+    """One split of a data set: ``images`` and ``labels`` int64 (N,).
 
-    The example id of an example is its row: position ``i`` in the split's
-    canonical order (each source documents that order).
+    ``images`` are uint8 pixels (N, C, H, W), normalised by the loader, or
+    float32 inputs of any shape (N, ...) (a user's own tensors, see
+    :func:`pracset.data.torch_data.from_torch`), used as given. The example id
+    of an example is its row: position ``i`` in the split's canonical order
+    (each source documents that order).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} {tuple(self.images.shape)}")
+        pixels = self.images.dtype == torch.uint8 and self.images.dim() == 4
+        features = self.images.dtype == torch.float32 and self.images.dim() >= 2
+        if not (pixels or features):
+            raise DataError("images must be a uint8 (N, C, H, W) or a float32 (N, ...) tensor, "
+                            f"got {self.images.dtype} {tuple(self.images.shape)}")
         if self.labels.dtype != torch.int64 or self.labels.dim() != 1:
             raise DataError(f"labels must be an int64 (N,) tensor, got {self.labels.dtype} {tuple(self.labels.shape)}")
         if len(self.images) != len(self.labels):
@@ -45,6 +51,16 @@ class ImageSplit:
         """Where the pixels and labels live."""
         return self.images.device
 
+    @property
+    def is_pixels(self) -> bool:
+        """Whether the inputs are uint8 pixels (normalised by the loader) rather than float inputs used as given."""
+        return self.images.dtype == torch.uint8
+
+    @property
+    def channels(self) -> int:
+        """Channels of an input: C of (N, C, H, W) images; 1 for inputs of another shape."""
+        return int(self.images.shape[1]) if self.images.dim() == 4 else 1
+
     def to(self, device: torch.device | str) -> "ImageSplit":
         """The split on ``device``; no copy when it is already there."""
         return ImageSplit(self.images.to(device), self.labels.to(device))
@@ -57,11 +73,19 @@ def content_hashes(images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     integer, C, H and W as 4-byte little-endian integers, then the uint8 pixels
     in C, H, W order. Two copies of a data set that decode to the same pixels and
     labels get the same hashes whatever their file format or order.
+
+    Float32 inputs (a user's own tensors) hash the label, the tag ``f32``, the
+    input's shape (4-byte little-endian integers) and its little-endian float32
+    bytes: a float input never hashes like a pixel image.
     """
     images_np = images.detach().cpu().contiguous().numpy()
     labels_np = labels.detach().cpu().numpy()
-    c, h, w = images_np.shape[1:]
-    shape = struct.pack("<III", c, h, w)
+    if images_np.dtype == np.uint8:
+        c, h, w = images_np.shape[1:]
+        shape = struct.pack("<III", c, h, w)
+    else:
+        images_np = images_np.astype("<f4", copy=False)
+        shape = b"f32" + struct.pack(f"<{images_np.ndim - 1}I", *images_np.shape[1:])
     out = np.empty(len(labels_np), dtype=object)
     blake = hashlib.blake2b
     for i in range(len(labels_np)):
@@ -89,6 +113,9 @@ class ImageDataset:
     source: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.train.images.dtype != self.test.images.dtype:
+            raise DataError(f"{self.name}: train inputs are {self.train.images.dtype} but test inputs are "
+                            f"{self.test.images.dtype}")
         if self.train.images.shape[1:] != self.test.images.shape[1:]:
             raise DataError(
                 f"{self.name}: train images are {tuple(self.train.images.shape[1:])} "
@@ -107,13 +134,16 @@ class ImageDataset:
 
     @property
     def channels(self) -> int:
-        """Channels of every image (1 or 3)."""
-        return int(self.train.images.shape[1])
+        """Channels of every image (1 or 3; 1 for inputs that are not (C, H, W) images)."""
+        return self.train.channels
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """Height and width of every image."""
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+        """Height and width of every image; (1, D) for inputs of another shape (D values each)."""
+        shape = self.train.images.shape
+        if len(shape) == 4:
+            return int(shape[2]), int(shape[3])
+        return 1, int(np.prod(shape[1:]))
 
     @cached_property
     def train_hashes(self) -> np.ndarray:
@@ -127,7 +157,12 @@ class ImageDataset:
 
     @cached_property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and standard deviation of the training pixels in [0, 1]."""
+        """Per-channel mean and standard deviation of the training pixels in [0, 1].
+
+        Float inputs are used as given: their normalisation is the identity (mean 0, std 1).
+        """
+        if not self.train.is_pixels:
+            return (0.0,) * self.channels, (1.0,) * self.channels
         pixels = self.train.images.transpose(0, 1).reshape(self.channels, -1)
         mean = torch.zeros(self.channels, dtype=torch.float64)
         sq = torch.zeros(self.channels, dtype=torch.float64)

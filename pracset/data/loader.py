@@ -101,11 +101,17 @@ class DeviceLoader:
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
         self.epoch = 0
         self.shard = shard
-        channels = split.images.shape[1]
+        channels = split.channels
         if len(mean) != channels or len(std) != channels:
             raise ConfigError(f"mean/std need {channels} values, got {len(mean)}/{len(std)}")
-        self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32, device=self.device))).view(1, -1, 1, 1)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
+        if (crop_padding or flip or channels_last) and split.images.dim() != 4:
+            raise ConfigError("crop, flip and channels-last need (N, C, H, W) images, the inputs are "
+                              f"{tuple(split.images.shape[1:])}")
+        # x = (pixels / 255 - mean) / std as one fused multiply-add; float inputs skip the / 255
+        shape = (1, channels) + (1,) * (split.images.dim() - 2)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device)
+        self._scale = (1.0 / ((255.0 if split.is_pixels else 1.0) * std_t)).view(shape)
+        self._shift = (-torch.tensor(mean, dtype=torch.float32, device=self.device) / std_t).view(shape)
         if ids is None:
             self.ids = torch.arange(len(split), device=self.device)
         else:

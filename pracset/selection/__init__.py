@@ -112,6 +112,19 @@ class SelectionInputs:
                    presentations=np.asarray(statistics.presentations), never_learned=np.asarray(statistics.never_learned),
                    margin=np.asarray(statistics.margin), cep_disagreements=cep_disagreements)
 
+    @classmethod
+    def from_manifest(cls, manifest) -> "SelectionInputs":
+        """From a manifest (a :class:`~pracset.manifest.Manifest` or its path): select again with another rule."""
+        if not hasattr(manifest, "column"):
+            from pracset.manifest import read_manifest  # here: the manifest package loads pyarrow
+
+            manifest = read_manifest(manifest)
+        cep = manifest.column("cep_disagreements")
+        return cls(labels=manifest.column("label"), forgetting_events=manifest.column("forgetting_events"),
+                   presentations=manifest.column("presentations"), never_learned=manifest.column("never_learned"),
+                   margin=manifest.column("margin"),
+                   cep_disagreements=None if np.isnan(np.asarray(cep, dtype=float)).all() else cep)
+
     def __len__(self) -> int:
         return len(self.labels)
 

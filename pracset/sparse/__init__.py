@@ -12,7 +12,9 @@ The package's modules, from the bottom up:
 * :mod:`~pracset.sparse.base`: the :class:`SparseMethod` training callback,
   :class:`StaticMask`, and what RigL and GraNet share;
 * :mod:`~pracset.sparse.rigl` and :mod:`~pracset.sparse.granet`: the two
-  dynamic sparse training methods.
+  dynamic sparse training methods;
+* :mod:`~pracset.sparse.stepper`: :class:`SparseStepper`, any method in your
+  own training loop.
 """
 
 from pracset.registry import Registry
@@ -23,6 +25,7 @@ from pracset.sparse.granet import GraNet, GraNetConfig
 from pracset.sparse.mask import PRUNABLE_CHOICES, Mask, check_prunable, prunable_names
 from pracset.sparse.pruning import RANKING_CHOICES, check_ranking, magnitude_prune, prune_to_sparsity, smallest_k
 from pracset.sparse.rigl import RigL, RigLConfig
+from pracset.sparse.stepper import SparseStepper
 from pracset.sparse.schedules import cosine_regrow_fraction, cubic_sparsity, rigl_drop_fraction, step_at_fraction
 
 #: Sparse training methods by name. ``static`` takes a mask; ``rigl`` and
@@ -34,7 +37,8 @@ SPARSE_METHODS: Registry[type[SparseMethod]] = Registry("sparse training method"
 })
 
 __all__ = ["DISTRIBUTIONS", "DynamicSparseConfig", "DynamicSparseMethod", "GraNet", "GraNetConfig", "Mask",
-           "PRUNABLE_CHOICES", "RANKING_CHOICES", "RigL", "RigLConfig", "SPARSE_METHODS", "SparseMethod", "StaticMask",
+           "PRUNABLE_CHOICES", "RANKING_CHOICES", "RigL", "RigLConfig", "SPARSE_METHODS", "SparseMethod", "SparseStepper",
+           "StaticMask",
            "check_prunable", "check_ranking", "cosine_regrow_fraction", "cubic_sparsity", "drop_and_grow",
            "erk_densities", "kept_count", "layer_shapes", "magnitude_prune", "prunable_names", "prune_to_sparsity",
            "random_mask", "rigl_drop_fraction", "smallest_k", "step_at_fraction", "uniform_densities"]

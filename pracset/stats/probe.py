@@ -20,7 +20,11 @@ import torch
 import torch.nn as nn
 
 from pracset import distributed as ddp
+from torch.utils.data import DataLoader, Dataset
+
+from pracset.data.base import ImageSplit
 from pracset.data.loader import DeviceLoader
+from pracset.data.torch_data import read_examples
 from pracset.errors import ConfigError
 from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import check_ranking, prune_to_sparsity
@@ -73,6 +77,19 @@ class ProbeResult:
         return self.disagreements > 0
 
 
+def _probe_loader(loader, device: torch.device):
+    """A pracset loader as it is; torch data read once into a device loader without shuffling or augmentation.
+
+    The inputs are used as the data gives them (uint8 ones as floats, like
+    :class:`~pracset.data.torch_data.TorchBatches` gives them to training).
+    """
+    if not isinstance(loader, (DataLoader, Dataset)):
+        return loader
+    inputs, labels = read_examples(loader, "the probed data")
+    split = ImageSplit(inputs.float(), labels).to(device)
+    return DeviceLoader(split, 512, (0.0,) * split.channels, (1.0,) * split.channels)
+
+
 def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[float], *,
                   num_examples: int, pruned_models: Sequence[nn.Module] = (), mask: Mask | None = None,
                   ranking: str = "global", precision: str = "auto", ledger: IterationLedger | None = None,
@@ -84,7 +101,12 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
     sparsity, no fine-tuning. ``pruned_models`` adds models pruned elsewhere
     (e.g. the sparse network of an IMP round), reported under their own
     sparsity. ``num_examples`` is the size of the split the ids index.
+
+    ``loader`` may also be a torch ``DataLoader`` or ``Dataset`` of ``(x, y)``
+    or ``(x, y, index)`` items: it is read once, in id order, onto the model's
+    device (:func:`pracset.data.torch_data.read_examples`) and probed from there.
     """
+    loader = _probe_loader(loader, next((p.device for p in model.parameters()), torch.device("cpu")))
     if not sparsities and not pruned_models:
         raise ConfigError("the pruning probe needs at least one sparsity or pruned model")
     check_ranking(ranking)  # before the dense pass, not after it

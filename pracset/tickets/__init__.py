@@ -20,7 +20,7 @@ from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json
 from pracset.manifest import read_manifest
-from pracset.models import build_model, check_model_name
+from pracset.models.custom import ArchitectureLike, resolve_architecture
 from pracset.runs import RunDirectory, TicketLayout
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
@@ -32,18 +32,23 @@ from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
 from pracset.tickets.rounds import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
-from pracset.train.run import input_spec
+from pracset.train.run import new_model, resolve_data
 
 log = logging.getLogger(__name__)
 
 
-def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, train: TrainConfig = TrainConfig(),
+def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, train: TrainConfig = TrainConfig(),
                  imp: IMPConfig = IMPConfig(), early_bird: EarlyBirdConfig = EarlyBirdConfig(),
                  rigl: RigLConfig | None = None, granet: GraNetConfig | None = None,
                  selection: SelectionConfig = SelectionConfig(), manifest: str | Path | None = None,
                  device: torch.device = torch.device("cpu"), resume: bool = False, progress: bool = False,
                  dataset: ImageDataset | None = None) -> dict:
     """Find tickets of ``arch`` on ``data`` with ``method`` and write them into ``out``.
+
+    ``data`` is a :class:`DataConfig`, a pracset data set or a ``(train,
+    test)`` pair of your own tensors / torch Datasets / DataLoaders; ``arch``
+    a registered name, an ``nn.Module`` (a template re-initialised per seed)
+    or a function that makes one. Every other setting has a default.
 
     With ``manifest``, the method trains on the manifest's selected examples
     (PrAC-IMP: a fixed PrAC set, e.g. built on another architecture). Returns
@@ -53,7 +58,8 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
     """
     runner = TICKET_METHODS.get(method)
     check_names(train)
-    check_model_name(arch)
+    architecture = resolve_architecture(arch)
+    data, dataset, data_identity = resolve_data(data, dataset)
     settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
     dataset = dataset or load_dataset(data)
     fixed_ids, manifest_info = None, None
@@ -66,9 +72,9 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
         fixed_ids = m.selected_ids
         manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
                          "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
-    identity = {"method": method, "data": to_dict(data), "arch": arch, "train": to_dict(train),
+    identity = {"method": method, "data": data_identity, "arch": architecture.name, "train": to_dict(train),
                 "manifest": manifest_info, **runner.identity(settings)}
-    build_model(arch, input_spec(dataset))  # the architecture must fit the data before anything is written
+    new_model(architecture, dataset)  # the architecture must fit the data before anything is written
     runner.check(settings, train, len(dataset.train), fixed_ids)
     layout = TicketLayout(out)
     with RunDirectory(layout.root, identity, resume=resume, finished=layout.summary.name) as run:
@@ -76,13 +82,13 @@ def find_tickets(method: str, data: DataConfig, arch: str, out: str | Path, *, t
             log.info("%s already holds this finished run", layout.root)
             return {**json.loads(layout.summary.read_text()), "skipped": True}
         run.claim()
-        ctx = TicketContext(dataset, arch, train, device, run, layout, progress)
+        ctx = TicketContext(dataset, architecture, train, device, run, layout, progress)
         rows = runner.run(ctx, settings, fixed_ids)
         final = rows[-1]
         mask_stage = layout.round(final["round"]) if final["round"] is not None else layout.sparse
         ledger = run.ledger.to_dict()
         costs = split_costs(layout, ledger["stages"], imp.num_rounds) if final["round"] is not None else None
-        summary = {"method": method, "arch": arch, "data": dataset.name, "manifest": manifest_info,
+        summary = {"method": method, "arch": architecture.name, "data": dataset.name, "manifest": manifest_info,
                    "tickets": rows, "final": final, "ledger": ledger, "costs": costs,
                    "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model) if final.get("evaluated", True) else None}
         atomic_write_json(layout.summary, summary)

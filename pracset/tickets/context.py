@@ -10,12 +10,13 @@ import torch.nn as nn
 
 from pracset.data import DeviceLoader, ImageDataset
 from pracset.fileio import atomic_torch_save
-from pracset.models import build_model, has_convolutions
+from pracset.models import has_convolutions
+from pracset.models.custom import Architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, StepOutput, TrainState
-from pracset.train.run import StageResult, input_spec, make_loaders, train_stage
+from pracset.train.run import StageResult, make_loaders, new_model, train_stage
 
 
 class Snapshot(Callback):
@@ -48,7 +49,7 @@ class TicketContext:
     """The shared pieces of one ticket run, and the few operations every method needs."""
 
     dataset: ImageDataset
-    arch: str
+    arch: Architecture
     train: TrainConfig
     device: torch.device
     run: RunDirectory
@@ -61,7 +62,7 @@ class TicketContext:
 
     def model(self, seed: int | None = None) -> nn.Module:
         """A freshly initialised model (on the CPU), seeded with the recipe's seed unless ``seed`` is given."""
-        return build_model(self.arch, input_spec(self.dataset), seed=self.train.seed if seed is None else seed)
+        return new_model(self.arch, self.dataset, seed=self.train.seed if seed is None else seed)
 
     def loaders(self, ids=None, train: TrainConfig | None = None) -> tuple[DeviceLoader, DeviceLoader]:
         return make_loaders(self.dataset, train or self.train, self.device, ids=ids,

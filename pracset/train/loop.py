@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
+from pracset.data.torch_data import as_batch_loader
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.models import has_convolutions
@@ -86,6 +87,11 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def use_bf16_for(precision: str, device: torch.device) -> bool:
     """Whether ``precision`` means bf16 autocast on ``device`` (``auto``: on CUDA only)."""
     return precision == "bf16" or (precision == "auto" and device.type == "cuda")
@@ -99,7 +105,11 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
              ledger: IterationLedger | None = None, stage: str = "eval", kind: str = "eval") -> dict:
-    """Mean loss and accuracy of ``model`` over ``loader`` (one host sync at the end)."""
+    """Mean loss and accuracy of ``model`` over ``loader`` (one host sync at the end).
+
+    ``loader`` is a pracset loader or a torch ``DataLoader`` (batches go to the model's device).
+    """
+    loader = as_batch_loader(loader, model_device(model))
     was_training = model.training
     model.eval()
     device = loader.device
@@ -151,10 +161,18 @@ class Trainer:
             callbacks: Sequence[Callback] = (), *, start_step: int = 0) -> TrainState:
         """Train ``model`` in place for ``config.epochs`` epochs (fewer if a callback stops it).
 
+        The loaders are pracset loaders (the data already on the device) or
+        torch ``DataLoader`` objects yielding ``(x, y)`` or ``(x, y, index)``
+        (:mod:`pracset.data.torch_data`), whose batches are moved to the
+        model's device.
+
         ``start_step`` continues a schedule from that global step (rewinding in
         IMP): the learning rate starts where it was at that step and training
         runs the remaining ``epochs * len(train_loader) - start_step`` steps.
         """
+        train_loader = as_batch_loader(train_loader, model_device(model))
+        if eval_loader is not None:
+            eval_loader = as_batch_loader(eval_loader, train_loader.device)
         config, device = self.config, train_loader.device
         model.to(device)
         if device.type == "cuda" and has_convolutions(model):

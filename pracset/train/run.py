@@ -12,8 +12,11 @@ import torch.nn as nn
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.data.torch_data import as_dataset
+from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save
-from pracset.models import InputSpec, build_model, check_model_name, has_convolutions
+from pracset.models import InputSpec, has_convolutions
+from pracset.models.custom import Architecture, ArchitectureLike, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -42,6 +45,38 @@ def input_spec(dataset: ImageDataset) -> InputSpec:
     """The input shape and class count a model for ``dataset`` is built with."""
     height, width = dataset.image_size
     return InputSpec(dataset.channels, height, width, dataset.num_classes)
+
+
+def input_shape(dataset) -> tuple[int, ...]:
+    """The shape of one input of ``dataset`` (as the loader gives it, without the batch dimension)."""
+    images = getattr(dataset.train, "images", None)
+    if images is not None:
+        return tuple(images.shape[1:])
+    return (dataset.channels, *dataset.image_size)
+
+
+def new_model(architecture: Architecture, dataset, seed: int | None = None) -> nn.Module:
+    """A fresh model of ``architecture`` for ``dataset`` (seeded when ``seed`` is given), on the CPU."""
+    sample = torch.zeros(2, *input_shape(dataset)) if architecture.python else None
+    return architecture.build(input_spec(dataset), seed, sample)
+
+
+def resolve_data(data, dataset=None) -> tuple[DataConfig | None, object | None, dict]:
+    """``(config, data set already in memory, identity)`` of what a run trains on.
+
+    ``data`` is a :class:`DataConfig` (loaded later, so a finished run is
+    found without loading it), a pracset data set, or a ``(train, test)``
+    pair of torch tensors / Datasets / DataLoaders
+    (:func:`pracset.data.torch_data.from_torch`). A data set given in Python
+    is identified by its name and fingerprint.
+    """
+    if isinstance(data, DataConfig):
+        return data, dataset, to_dict(data)
+    given = as_dataset(data) if data is not None else dataset
+    if given is None:
+        raise ConfigError("data must be a DataConfig, a pracset data set or a (train, test) pair of torch "
+                          f"tensors, Datasets or DataLoaders; got {type(data).__name__}")
+    return None, given, {"name": given.name, "fingerprint": given.fingerprint}
 
 
 @dataclass
@@ -96,7 +131,7 @@ class RunResult:
     skipped: bool = False
 
 
-def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str | Path, *,
+def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, out_dir: str | Path, *,
                 device: torch.device, resume: bool = False, progress: bool = False,
                 callbacks: list[Callback] | None = None, dataset: ImageDataset | None = None) -> RunResult:
     """Train ``arch`` densely on ``data`` and write the run to ``out_dir`` (locked while it runs).
@@ -107,9 +142,10 @@ def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str |
     ``ledger.json``. A finished run is not redone (nor its data loaded).
     """
     check_names(config)
-    check_model_name(arch)
+    architecture = resolve_architecture(arch)
+    data, dataset, data_identity = resolve_data(data, dataset)
     layout = TicketLayout(out_dir)
-    identity = {"data": to_dict(data), "arch": arch, "train": to_dict(config)}
+    identity = {"data": data_identity, "arch": architecture.name, "train": to_dict(config)}
     with RunDirectory(layout.root, identity, resume=resume, finished=layout.dense.metrics.name) as run:
         if run.status == "done":
             log.info("%s already holds this finished run; not training again", layout.root)
@@ -117,7 +153,7 @@ def train_dense(data: DataConfig, arch: str, config: TrainConfig, out_dir: str |
             return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
         # The data and the model are checked before anything is written.
         dataset = dataset or load_dataset(data)
-        model = build_model(arch, input_spec(dataset), seed=config.seed)
+        model = new_model(architecture, dataset, seed=config.seed)
         run.claim({"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
                    "torch": torch.__version__})
         train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))

@@ -1,0 +1,116 @@
+"""An architecture given by name (the registry), as an ``nn.Module``, or as a function that makes one.
+
+:func:`resolve_architecture` turns any of the three into an
+:class:`Architecture`: a name recorded in run identities and manifests, and
+``build(spec, seed)``, which gives a fresh, seeded initialisation each call.
+Ticket methods need that: IMP rewinds to the initialisation, the controls
+re-initialise with another seed.
+
+- A registered name (``"resnet20"``, ``"torchvision/resnet18"``) is built by
+  :func:`pracset.models.build_model`, sized for the data.
+- A function ``make() -> nn.Module`` is called after ``torch.manual_seed(seed)``.
+- An ``nn.Module`` is a template: each build deep-copies it and re-draws its
+  parameters with every submodule's ``reset_parameters()`` after
+  ``torch.manual_seed(seed)``, so the same seed gives the same weights. (Its
+  own current weights are not used: to start from given weights, pass a
+  function that loads them.)
+
+A Python architecture is named ``python:MODULE.CLASS:DIGEST``, the digest
+covering its parameter and buffer names and shapes, so a run directory or a
+manifest built on another network is told apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+import torch.nn as nn
+
+from pracset.errors import ConfigError
+from pracset.models import InputSpec, build_model, check_model_name
+
+ArchitectureLike = Union[str, nn.Module, Callable[[], nn.Module]]
+
+
+def describe_module(model: nn.Module) -> str:
+    """``python:MODULE.CLASS:DIGEST`` with a digest of the state's names and shapes."""
+    cls = type(model)
+    shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items())
+    digest = hashlib.blake2b(shapes.encode(), digest_size=6).hexdigest()
+    return f"python:{cls.__module__}.{cls.__qualname__}:{digest}"
+
+
+def _reinitialise(template: nn.Module, seed: int | None) -> nn.Module:
+    model = copy.deepcopy(template)
+    if seed is not None:
+        torch.manual_seed(seed)
+    reset = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
+    if not reset and any(True for _ in model.parameters()):
+        raise ConfigError(f"{type(template).__name__} has no submodule with reset_parameters(), so pracset cannot "
+                          "draw fresh weights for it; pass a function that builds the model instead")
+    for module in reset:
+        module.reset_parameters()
+    return model
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a run trains: ``name`` (recorded) and ``make(spec, seed)`` (a fresh model on the CPU)."""
+
+    name: str
+    make: Callable[[InputSpec, int | None], nn.Module]
+    python: bool = False
+
+    def build(self, spec: InputSpec, seed: int | None = None, sample: torch.Tensor | None = None) -> nn.Module:
+        """A freshly initialised model in training mode, checked on ``sample`` inputs when given (Python models)."""
+        model = self.make(spec, seed)
+        if self.python and sample is not None:
+            check_outputs(model, sample, spec.num_classes, self.name)
+        return model.train()
+
+
+def check_outputs(model: nn.Module, sample: torch.Tensor, num_classes: int, name: str) -> None:
+    """Refuse a model that cannot classify ``sample`` (a few inputs on the CPU) into ``num_classes`` classes."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise ConfigError(f"model {name} does not take inputs of shape {tuple(sample.shape[1:])}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.shape != (len(sample), num_classes):
+        shape = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {name} returns {shape} outputs per example, expected {num_classes} class scores")
+
+
+def resolve_architecture(arch: ArchitectureLike) -> Architecture:
+    """An :class:`Architecture` from a registered name, an ``nn.Module`` template or a function that makes one."""
+    if isinstance(arch, Architecture):
+        return arch
+    if isinstance(arch, str):
+        check_model_name(arch)
+        return Architecture(arch, lambda spec, seed: build_model(arch, spec, seed=seed))
+    if isinstance(arch, nn.Module):
+        template = copy.deepcopy(arch).cpu()
+        return Architecture(describe_module(template), lambda spec, seed: _reinitialise(template, seed), python=True)
+    if callable(arch):
+        def make(spec: InputSpec, seed: int | None) -> nn.Module:
+            if seed is not None:
+                torch.manual_seed(seed)
+            model = arch()
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"the model function returned a {type(model).__name__}, not an nn.Module")
+            return model.cpu()
+        return Architecture(describe_module(make(InputSpec(1, 1, 1, 1), 0)), make, python=True)
+    raise ConfigError(f"an architecture is a registered name (see `pracset models`), an nn.Module or a function "
+                      f"returning one; got {type(arch).__name__}")
+
+
+__all__ = ["Architecture", "ArchitectureLike", "check_outputs", "describe_module", "resolve_architecture"]

@@ -492,6 +492,122 @@ def test_load_subset_argument_errors(digits, digits_manifest):
         load_subset(digits_manifest.parent / "missing.parquet", ds)
 
 
+@pytest.fixture
+def rows_hashed(monkeypatch):
+    """A list that receives the number of rows of every call of ``content_hashes`` (which still runs)."""
+    import pracset.data.base
+
+    calls: list[int] = []
+    real = pracset.data.base.content_hashes
+
+    def counting(images, labels):
+        calls.append(len(labels))
+        return real(images, labels)
+
+    monkeypatch.setattr(pracset.data.base, "content_hashes", counting)
+    return calls
+
+
+def test_auto_on_an_intact_copy_matches_by_id_hashing_only_a_sample(digits, digits_manifest, rows_hashed, caplog):
+    images, labels, _ = digits
+    m = read_manifest(digits_manifest)
+    with caplog.at_level(logging.INFO, logger="pracset.manifest.subset"):
+        subset = load_subset(m, pixels_dataset(images, labels), image_column="pixels")
+    assert "selected by id (match='auto')" in caplog.text
+    assert rows_hashed == [64]  # the fixed sample of 64 of the 120 rows, not every row
+    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
+    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+
+
+def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits, digits_manifest, rows_hashed, caplog):
+    """Every row keeps its label, so only the hashed sample can tell that the rows are other examples."""
+    images, labels, _ = digits
+    m = read_manifest(digits_manifest)
+    order = np.arange(len(labels))
+    for label in np.unique(labels):  # reverse the rows of each class among the positions of that class
+        positions = np.flatnonzero(labels == label)
+        order[positions] = positions[::-1]
+    assert (labels[order] == labels).all() and (order != np.arange(len(labels))).sum() > 100
+    with caplog.at_level(logging.INFO, logger="pracset.manifest.subset"):
+        subset = load_subset(m, pixels_dataset(images[order], labels[order]), image_column="pixels")
+    assert "selected by hash (match='auto')" in caplog.text
+    assert rows_hashed == [64, len(labels)]  # the sample disagreed, then every row was hashed
+    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
+    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+
+
+def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits, digits_manifest, rows_hashed):
+    images, labels, _ = digits
+    m = read_manifest(digits_manifest)
+    permutation = np.random.default_rng(11).permutation(len(labels))
+    subset = load_subset(m, pixels_dataset(images[permutation], labels[permutation]), image_column="pixels")
+    assert rows_hashed == [len(labels)]  # the labels already disagree: no sample is hashed
+    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
+    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+
+
+def test_id_on_a_shuffled_copy_is_refused_and_on_an_intact_copy_reads_no_image(digits, digits_manifest, rows_hashed):
+    images, labels, _ = digits
+    m = read_manifest(digits_manifest)
+    permutation = np.random.default_rng(11).permutation(len(labels))
+    disagreeing = int((labels[permutation] != labels).sum())
+    assert 0 < disagreeing < len(labels)
+    with pytest.raises(ManifestError, match=rf"^match='id': {disagreeing} of {len(labels)} rows of the dataset have "
+                                            r"another label than manifest .* use match='hash'$"):
+        load_subset(m, pixels_dataset(images[permutation], labels[permutation]), match="id")
+    subset = load_subset(m, pixels_dataset(images, labels), match="id")
+    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
+    assert rows_hashed == []
+
+
+def test_id_names_a_missing_label_column_as_the_python_argument(digits, digits_manifest):
+    import datasets
+
+    images, labels, _ = digits
+    ds = datasets.Dataset.from_dict({"pixels": images.tolist(), "target": labels.tolist()})
+    with pytest.raises(PracsetError, match=r"^the dataset given to load_subset has no label column 'label' .*; "
+                                           r"pass label_column$"):
+        load_subset(digits_manifest, ds, match="id")
+    assert len(load_subset(digits_manifest, ds, match="id", label_column="target")) == len(read_manifest(
+        digits_manifest).selected_ids)
+
+
+def test_image_size_resizes_images_of_different_sizes(tmp_path):
+    """Flat images of 8x8, 12x12 and 16x16 pixels: resized bilinearly to 8x8 they stay flat, so their pixels are known."""
+    import datasets
+    import torch
+    from PIL import Image
+
+    from pracset.data.base import content_hashes
+
+    n = 30
+    levels = np.arange(n, dtype=np.uint8) * 8  # example i is flat at grey level 8 * i
+    labels = np.arange(n) % 3
+    sides = np.array([8, 12, 16])[np.arange(n) % 3]
+    expected_pixels = np.repeat(levels, 64).reshape(n, 1, 8, 8)
+    hashes = content_hashes(torch.from_numpy(expected_pixels), torch.from_numpy(labels))
+    selected = np.arange(n) % 4 == 1
+    m = read_manifest(write_manifest(tmp_path / "m.parquet", make_columns(n, hashes=hashes, labels=labels,
+                                                                           selected=selected), make_metadata(n)))
+    permutation = np.random.default_rng(5).permutation(n)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=3)})
+    for order in (np.arange(n), permutation):
+        ds = datasets.Dataset.from_dict(
+            {"image": [Image.fromarray(np.full((sides[i], sides[i]), levels[i], np.uint8)) for i in order],
+             "label": labels[order].tolist()}, features=features)
+        for match in ("auto", "hash"):
+            subset = load_subset(m, ds, match=match, image_size=8)
+            kept = [np.asarray(image) for image in subset["image"]]
+            assert [image.shape[0] for image in kept] == list(sides[selected])  # the rows, not resized copies
+            assert [int(image[0, 0]) for image in kept] == list(levels[selected])
+            assert subset["label"] == list(labels[selected])
+        with pytest.raises(PracsetError, match=r"^the dataset given to load_subset: images differ in size "
+                                               r"\(12x12, 16x16, 8x8\); pass image_size=N to resize them$"):
+            load_subset(m, ds, match="hash")
+    with pytest.raises(ConfigError, match="image_size must be a positive integer, got 0"):
+        load_subset(m, ds, image_size=0)
+
+
 def test_hash_matching_pairs_duplicates_as_a_multiset(tmp_path):
     m = read_manifest(write_manifest(tmp_path / "m.parquet", make_columns(), make_metadata()))
     hashes = np.array(["b", "a", "c", "a"])

@@ -118,7 +118,7 @@ def test_each_prac_round_selects_its_forgotten_examples_and_its_trained_sparse_m
     """
     out = tmp_path / "prac"
     find_tickets("prac-imp", DATA, "mlp", out, train=TrainConfig(epochs=3, batch_size=64, lr=0.05),
-                 imp=IMPConfig(rounds=3, budget="linear", early_bird=False, rewind_step=20), device=CPU,
+                 imp=IMPConfig(rounds=3, budget="linear", early_bird=False, rewind="20it"), device=CPU,
                  dataset=digits)
     layout = TicketLayout(out)
     ctx = context(digits)

@@ -25,7 +25,7 @@ def digits():
 
 
 def imp(out, digits, **kw):
-    config = IMPConfig(**{"rounds": 2, "rewind_step": 5, **kw})
+    config = IMPConfig(**{"rounds": 2, "rewind": "5it", **kw})
     return find_tickets("imp", DATA, "mlp", out, train=TRAIN, imp=config, device=torch.device("cpu"), dataset=digits)
 
 
@@ -68,7 +68,7 @@ def test_interrupted_imp_resumes_to_the_same_result(tmp_path, digits, monkeypatc
     monkeypatch.setattr(loop_module.Trainer, "_save_checkpoint", original)
     with pytest.raises(ConfigError, match="unfinished run; pass --resume"):
         imp(tmp_path / "run", digits)
-    resumed = find_tickets("imp", DATA, "mlp", tmp_path / "run", train=TRAIN, imp=IMPConfig(rounds=2, rewind_step=5),
+    resumed = find_tickets("imp", DATA, "mlp", tmp_path / "run", train=TRAIN, imp=IMPConfig(rounds=2, rewind="5it"),
                            device=torch.device("cpu"), dataset=digits, resume=True)
     for a, b in zip(reference["tickets"], resumed["tickets"]):
         assert a["test_accuracy"] == b["test_accuracy"] and a["sparsity"] == b["sparsity"]
@@ -117,7 +117,7 @@ def test_prac_imp_on_a_fixed_manifest_set(tmp_path, digits):
     kept = json.loads(__import__("pyarrow.parquet", fromlist=["x"]).read_table(manifest).schema.metadata[b"pracset"])
     kept = kept["selection"]["selected"]
     summary = find_tickets("prac-imp", DATA, "lenet300", tmp_path / "prac", train=TRAIN,
-                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=60,
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind="60it",
                                          evaluate="every-round"), manifest=manifest,
                            device=torch.device("cpu"), dataset=digits)
     rows = summary["tickets"]
@@ -141,7 +141,7 @@ def test_prac_imp_on_a_fixed_manifest_set(tmp_path, digits):
 
 def test_prac_imp_trains_only_the_final_ticket_on_full_data_by_default(tmp_path, digits):
     summary = find_tickets("prac-imp", DATA, "mlp", tmp_path / "prac", train=TRAIN,
-                           imp=IMPConfig(rounds=3, budget="linear", early_bird=False, rewind_step=20),
+                           imp=IMPConfig(rounds=3, budget="linear", early_bird=False, rewind="20it"),
                            device=torch.device("cpu"), dataset=digits)
     rows = summary["tickets"]
     assert [(r["stage"], r["evaluated"]) for r in rows] == [
@@ -160,7 +160,7 @@ def test_prac_imp_trains_only_the_final_ticket_on_full_data_by_default(tmp_path,
 
 def test_prac_imp_recomputes_its_set_every_round(tmp_path, digits):
     summary = find_tickets("prac-imp", DATA, "mlp", tmp_path / "prac", train=TRAIN,
-                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind_step=20),
+                           imp=IMPConfig(rounds=2, budget="linear", early_bird=False, rewind="20it"),
                            device=torch.device("cpu"), dataset=digits)
     first = np.load(tmp_path / "prac" / "round-00" / "next_ids.npy")
     used = np.load(tmp_path / "prac" / "round-01" / "ids.npy")
@@ -191,17 +191,27 @@ def test_schedule_checks_use_the_run_s_step_counts():
         TICKET_METHODS.get(method).check(TicketSettings(imp=imp, granet=granet), train, n, fixed)
 
     train = TrainConfig(epochs=2, batch_size=64)
-    check("imp", train, IMPConfig(rewind_step=31), None, 1000, None)  # 32 steps: 31 is the last
-    with pytest.raises(ConfigError, match=r"rewind step 32 lies beyond the dense run's 32 steps"):
-        check("imp", train, IMPConfig(rewind_step=32), None, 1000, None)
+    check("imp", train, IMPConfig(rewind="31it"), None, 1000, None)  # 32 steps: 31 is the last
+    with pytest.raises(ConfigError, match=r"rewind point 32it \(iteration 32\) lies beyond the dense run's 32 steps"):
+        check("imp", train, IMPConfig(rewind="32it"), None, 1000, None)
     with pytest.raises(ConfigError, match=r"dense run's 30 steps"):
-        check("imp", TrainConfig(epochs=2, batch_size=64, drop_last=True), IMPConfig(rewind_step=30), None, 1000, None)
+        check("imp", TrainConfig(epochs=2, batch_size=64, drop_last=True), IMPConfig(rewind="30it"), None, 1000, None)
     # PrAC-IMP on a fixed set of 100: round 0 runs max(1, int(2 * 0.1)) = 1 epoch of 2 steps, and rewinds to
     # round(k * 0.1): k = 25 -> 2 (its last step, allowed), k = 25 + 5 = 30 -> 3 (beyond it).
     subset = np.arange(100)
-    check("prac-imp", train, IMPConfig(rewind_step=25), None, 1000, subset)
-    with pytest.raises(ConfigError, match=r"scaled to the manifest's 100 examples \(3\), lies beyond round 0's 2"):
-        check("prac-imp", train, IMPConfig(rewind_step=30), None, 1000, subset)
+    check("prac-imp", train, IMPConfig(rewind="25it"), None, 1000, subset)
+    with pytest.raises(ConfigError, match=r"on the manifest's 100 examples \(iteration 3\), lies beyond round 0's 2"):
+        check("prac-imp", train, IMPConfig(rewind="30it"), None, 1000, subset)
+    # In epochs: 2ep of the full split = 2 x 16 = 32 steps, beyond; 1ep = 16 fits. With 3 epochs (48 steps) and
+    # the fixed set of 100 (round 0: max(1, int(3 * 0.1)) = 1 epoch of ceil(100 / 64) = 2 steps), 1ep = 2 steps
+    # (round 0's last) fits and 2ep = 4 steps is beyond it.
+    check("imp", train, IMPConfig(rewind="1ep"), None, 1000, None)
+    with pytest.raises(ConfigError, match=r"rewind point 2ep \(iteration 32\)"):
+        check("imp", train, IMPConfig(rewind="2ep"), None, 1000, None)
+    three = TrainConfig(epochs=3, batch_size=64)
+    check("prac-imp", three, IMPConfig(rewind="1ep"), None, 1000, subset)
+    with pytest.raises(ConfigError, match=r"rewind point 2ep, on the manifest's 100 examples \(iteration 4\)"):
+        check("prac-imp", three, IMPConfig(rewind="2ep"), None, 1000, subset)
     # GraNet prunes in [0, 0.5] of 32 steps = steps 0..16: delta_t=16 holds one update, 17 none.
     check("granet", train, IMPConfig(), GraNetConfig(delta_t=16, prune_end=0.5), 1000, None)
     with pytest.raises(ConfigError, match="holds no update every delta_t=17"):
@@ -220,3 +230,45 @@ def test_a_ticket_run_on_a_directory_another_process_holds_is_refused(tmp_path, 
         assert [p.name for p in out.iterdir()] == [".lock"]
     imp(out, digits, rounds=1)  # once the holder is gone, the same run goes ahead
     assert (out / "tickets.json").exists() and not (out / ".lock").exists()
+
+
+def _zeros_and_weights(mask_file) -> tuple[int, int]:
+    """Pruned (False) entries and all entries of a mask file, counted from its raw tensors."""
+    masks = torch.load(mask_file, weights_only=True)["masks"]
+    return sum(int((~t).sum()) for t in masks.values()), sum(t.numel() for t in masks.values())
+
+
+@pytest.mark.parametrize("method", ["imp", "prac-imp", "rigl"])
+def test_every_ticket_row_names_its_mask_and_weights_files(tmp_path, digits, method):
+    """A row's ``mask``/``weights`` lead, from the run directory, to that ticket's files; no layout knowledge needed."""
+    out = tmp_path / method
+    summary = find_tickets(method, DATA, "mlp", out, train=TRAIN,
+                           imp=IMPConfig(rounds=2, rewind="5it", early_bird=False, sparsity=0.8),
+                           device=torch.device("cpu"), dataset=digits)
+    rows = summary["tickets"]
+    assert rows == json.loads((out / "tickets.json").read_text())["tickets"]
+    for row in rows:
+        assert not row["mask"].startswith("/") and (out / row["mask"]).is_file(), row
+        zeros, total = _zeros_and_weights(out / row["mask"])
+        assert row["sparsity"] == round(zeros / total, 6)
+        if row.get("evaluated", True):
+            weights = torch.load(out / row["weights"], weights_only=True)
+            masks = torch.load(out / row["mask"], weights_only=True)["masks"]
+            assert all((weights[name][~kept] == 0).all() for name, kept in masks.items())
+        else:
+            assert row["weights"] is None
+    if method == "prac-imp":  # round 1's mask was found on the subset and never trained on the full split
+        assert (rows[1]["stage"], rows[1]["mask"], rows[1]["weights"]) == ("round-01", "round-01/mask.pt", None)
+    if method == "rigl":
+        assert [(r["mask"], r["weights"]) for r in rows] == [("sparse/mask.pt", "sparse/model.pt")]
+        return
+    # The ticket at 36% is the second prune: 20% of the weights, then 20% of the rest (each exactly rounded).
+    row = min(rows, key=lambda r: abs(r["sparsity"] - 0.36))
+    zeros, total = _zeros_and_weights(out / row["mask"])
+    first = round(0.2 * total)
+    assert zeros == first + round(0.2 * (total - first))
+    assert row["mask"] == "round-02/mask.pt"
+    # IMP's round 2 is its own ticket; PrAC-IMP's last mask is trained on the full split as ticket-02.
+    assert row["weights"] == ("round-02/model.pt" if method == "imp" else "ticket-02/model.pt")
+    assert summary["mask"] == str(out / row["mask"])  # the top-level keys stay as they were
+    assert summary["weights"] == str(out / row["weights"])

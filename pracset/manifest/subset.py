@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 
 MATCH_MODES = ("auto", "id", "hash")
 
+#: How many rows ``match="auto"`` hashes to confirm that row ``i`` is example ``i`` (spread evenly over the set).
+ID_CHECK_SAMPLE = 64
+
+#: The command-line flags that the data readers' messages suggest, and the load_subset arguments that replace them.
+_FLAGS_AS_ARGUMENTS = {"--image-size N": "image_size=N", "--image-column": "image_column",
+                       "--label-column": "label_column"}
+
 
 def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dataset", *, match: str = "auto",
-                image_column: str | None = None, label_column: str | None = None) -> "datasets.Dataset":
+                image_column: str | None = None, label_column: str | None = None,
+                image_size: int | None = None) -> "datasets.Dataset":
     """The selected (kept) examples of ``manifest`` out of ``dataset``, in example_id order.
 
     ``manifest`` is a path (read with :func:`~pracset.manifest.read_manifest`)
@@ -36,7 +44,11 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
     ``match`` says how rows are paired with example ids:
 
     - ``"id"``: row ``i`` of ``dataset`` is example ``i``; ``dataset`` must have
-      exactly as many rows as the manifest. Nothing is decoded.
+      exactly as many rows as the manifest, and every row's label must equal
+      the manifest's ``label`` for that id (only the label column is read; no
+      image is decoded). A shuffled copy is refused instead of silently giving
+      other examples; a copy reordered only within classes keeps every label
+      and passes, so use ``"auto"`` or ``"hash"`` when the order is in doubt.
     - ``"hash"``: the images and labels of ``dataset`` are decoded (with
       :func:`pracset.data.sources.hf_split_arrays`: ``image_column`` and
       ``label_column`` default to its guesses) and hashed with
@@ -44,12 +56,28 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
       by its ``content_hash``, whatever the order of ``dataset`` or however many
       other rows it has. The pixels must decode to the same uint8 values and the
       labels to the same integers as when the manifest was built.
-    - ``"auto"``: ``"id"`` when ``dataset`` has as many rows as the manifest and
-      every row's hash equals the manifest's ``content_hash`` for that id,
-      otherwise ``"hash"``.
+    - ``"auto"``: ``"id"`` when it is safe, otherwise ``"hash"``. Safe means
+      three cheap checks all pass: ``dataset`` has as many rows as the
+      manifest; every row's label equals the manifest's ``label`` for that id;
+      and :data:`ID_CHECK_SAMPLE` rows spread evenly over the set (always the
+      same rows, first and last included) hash to the manifest's
+      ``content_hash``. A shuffled copy fails the label check, a copy re-sorted
+      within classes fails the sample; either falls back to hashing every row.
+      The check costs reading the label column and decoding 64 images, where
+      ``"hash"`` decodes them all (tens of seconds for 60,000 images). It does
+      not prove that every unsampled image is unchanged: pass
+      ``match="hash"`` to verify each selected example by its content.
 
-    Raises :class:`~pracset.manifest.ManifestError` when a row count does not
-    fit ``"id"`` or when selected examples are not found (naming how many).
+    ``image_size`` resizes every decoded image (bilinearly) to ``image_size`` x
+    ``image_size`` before hashing, as the command line's ``--image-size`` does
+    when a manifest is built; it is needed when the images differ in size, and
+    must be the size the manifest was built with.
+
+    Raises :class:`~pracset.manifest.ManifestError` when a row count or the
+    labels do not fit ``"id"`` or when selected examples are not found (naming
+    how many), and :class:`~pracset.errors.DataError` when the label column is
+    missing or not integers, or the images cannot be decoded or differ in size
+    without ``image_size``.
     """
     import datasets  # lazily: importing datasets takes most of a second
 
@@ -58,6 +86,8 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
 
     if match not in MATCH_MODES:
         raise ConfigError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
+        raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
     if isinstance(dataset, datasets.DatasetDict):
@@ -71,27 +101,93 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
         if len(dataset) != manifest.size:
             raise ManifestError(f"match='id' needs a dataset with one row per example of manifest {manifest.path} "
                                 f"({manifest.size} rows), this one has {len(dataset)}; use match='hash'")
+        disagreeing = _count_label_disagreements(dataset, label_column, manifest)
+        if disagreeing:
+            raise ManifestError(f"match='id': {disagreeing} of {len(dataset)} rows of the dataset have another label "
+                                f"than manifest {manifest.path} gives their example_id, so the rows are not in "
+                                "example_id order; use match='hash'")
+        indices, mode = selected, "id"
+    elif match == "auto" and _ids_match(dataset, manifest, image_column, label_column, image_size):
         indices, mode = selected, "id"
     else:
-        hashes = _dataset_hashes(dataset, image_column, label_column)
-        expected = manifest.column("content_hash").astype("U16")  # validated 16 hex characters: lossless
-        if match == "auto" and len(hashes) == len(expected) and bool((hashes == expected).all()):
-            indices, mode = selected, "id"
-        else:
-            indices, mode = _match_hashes(hashes, expected[selected], selected, manifest, ManifestError), "hash"
+        hashes = _dataset_hashes(dataset, image_column, label_column, image_size)
+        expected = _manifest_hashes(manifest)
+        indices, mode = _match_hashes(hashes, expected[selected], selected, manifest, ManifestError), "hash"
     log.info("load_subset: %d of %d examples of %s selected by %s (match=%r)",
              len(indices), len(dataset), manifest.path, mode, match)
     return dataset.select(indices)
 
 
-def _dataset_hashes(dataset: "datasets.Dataset", image_column: str | None, label_column: str | None) -> "np.ndarray":
+def _manifest_hashes(manifest: "Manifest") -> "np.ndarray":
+    return manifest.column("content_hash").astype("U16")  # validated 16 hex characters: lossless
+
+
+def _ids_match(dataset: "datasets.Dataset", manifest: "Manifest", image_column: str | None,
+               label_column: str | None, image_size: int | None) -> bool:
+    """Whether row ``i`` of ``dataset`` is example ``i`` of ``manifest``, by the cheap checks of ``match="auto"``."""
+    import numpy as np  # see the module docstring
+
+    if len(dataset) != manifest.size:
+        log.info("load_subset: the dataset has %d rows, manifest %s %d; matching by hash",
+                 len(dataset), manifest.path, manifest.size)
+        return False
+    disagreeing = _count_label_disagreements(dataset, label_column, manifest)
+    if disagreeing:
+        log.info("load_subset: %d of %d rows have another label than the manifest gives their id; matching by hash",
+                 disagreeing, len(dataset))
+        return False
+    sample = np.unique(np.linspace(0, len(dataset) - 1, min(ID_CHECK_SAMPLE, len(dataset))).round().astype(np.int64))
+    sample_hashes = _dataset_hashes(dataset.select(sample), image_column, label_column, image_size)
+    differing = int((sample_hashes != _manifest_hashes(manifest)[sample]).sum())
+    if differing:
+        log.info("load_subset: %d of %d sampled rows differ from the manifest's content_hash for their id; "
+                 "matching by hash", differing, len(sample))
+        return False
+    return True
+
+
+def _count_label_disagreements(dataset: "datasets.Dataset", label_column: str | None, manifest: "Manifest") -> int:
+    """How many rows of ``dataset`` have another label than the manifest's ``label`` for the same example_id.
+
+    Reads the label column only. Without ``label_column`` it is the first
+    ClassLabel feature, else ``label``: the rule
+    :func:`pracset.data.readers.open_hf_split` uses when a manifest is built.
+    """
+    import datasets  # see the module docstring
+    import numpy as np
+
+    from pracset.errors import DataError
+
+    if label_column is None:
+        label_column = next((name for name, feature in dataset.features.items()
+                             if isinstance(feature, datasets.ClassLabel)), "label")
+    if label_column not in dataset.features:
+        raise DataError(f"the dataset given to load_subset has no label column {label_column!r} among "
+                        f"{sorted(dataset.features)}; pass label_column")
+    labels = dataset.with_format("arrow")[label_column].to_numpy()  # milliseconds, where a list takes seconds
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.bool_)):
+        raise DataError(f"the dataset given to load_subset: labels in column {label_column!r} must be integers "
+                        f"(class indices), got {labels.dtype} values")
+    return int((labels.astype(np.int64) != manifest.column("label")).sum())
+
+
+def _dataset_hashes(dataset: "datasets.Dataset", image_column: str | None, label_column: str | None,
+                    image_size: int | None) -> "np.ndarray":
     import numpy as np  # with the lines below: see the module docstring
     import torch
 
     from pracset.data.base import content_hashes
     from pracset.data.sources import hf_split_arrays
+    from pracset.errors import DataError
 
-    images, labels, _ = hf_split_arrays(dataset, image_column, label_column, None, "the dataset given to load_subset")
+    try:
+        images, labels, _ = hf_split_arrays(dataset, image_column, label_column, image_size,
+                                            "the dataset given to load_subset")
+    except DataError as exc:  # the readers name command-line flags; a Python caller passes arguments
+        message = str(exc)
+        for flag, argument in _FLAGS_AS_ARGUMENTS.items():
+            message = message.replace(flag, argument)
+        raise DataError(message) from None
     # torch.from_numpy wants a writable array; decoded arrays may be read-only views.
     images = np.require(images, dtype=np.uint8, requirements=["C", "W"])
     labels = np.require(labels, dtype=np.int64, requirements=["C", "W"])

@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 
 from pracset.config import option, require
+from pracset.data.loader import num_batches
+from pracset.errors import ConfigError
 from pracset.sparse.mask import PRUNABLE_CHOICES
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.train.config import TrainConfig
 
 #: How a PrAC-IMP round on a subset P of N examples is budgeted.
 BUDGET_RULES = ("official", "linear")
+#: A rewind point: a count of training iterations (``it``) or epochs (``ep``), open_lth's convention.
+REWIND_UNITS = {"it": "iterations", "ep": "epochs"}
+
+
+def parse_rewind(point: str) -> tuple[int, str]:
+    """``"500it"`` -> ``(500, "it")``, ``"3ep"`` -> ``(3, "ep")``; anything else is refused with one line."""
+    match = re.fullmatch(r"\s*(\d+)\s*(it|ep)\s*", str(point))
+    if match is None:
+        raise ConfigError(f"rewind must be a count of iterations or epochs such as 500it or 3ep "
+                          f"(0it = the initialisation), got {point!r}")
+    return int(match.group(1)), match.group(2)
+
+
 #: Which PrAC-IMP masks are trained on the full split as tickets.
 EVALUATE_CHOICES = ("final", "every-round", "none")
 
@@ -35,7 +51,8 @@ class IMPConfig:
     dense_layers: tuple[str, ...] = option((), "layers left dense (module or parameter names)")
     output_rate: float | None = option(None, "prune the output layer at this fraction per round instead "
                                              "(the LTH paper: half the rate)")
-    rewind_step: int = option(0, "rewind to the weights at this training iteration (0 = initialisation)")
+    rewind: str = option("0it", "the rewind point: Nit (after N training iterations) or Nep (after N epochs), "
+                                "open_lth's convention; 0it = the initialisation", metavar="POINT")
     controls: bool = option(False, "also train the sanity-check controls of every ticket (random re-init, random mask)")
     tolerance: float = option(0.005, "a ticket matches dense when its accuracy is at most this much lower")
     budget: str = option("official", "PrAC-IMP round budget on a subset P: official = epochs x |P|/N "
@@ -53,7 +70,7 @@ class IMPConfig:
         require(0 < self.prune_fraction < 1, f"prune_fraction must lie in (0, 1), got {self.prune_fraction}")
         require(self.output_rate is None or 0 <= self.output_rate < 1,
                 f"output_rate must lie in [0, 1), got {self.output_rate}")
-        require(self.rewind_step >= 0, f"rewind_step must not be negative, got {self.rewind_step}")
+        parse_rewind(self.rewind)
         require(self.evaluate in EVALUATE_CHOICES,
                 f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {self.evaluate!r}")
         require(self.budget in BUDGET_RULES, f"budget must be one of {', '.join(BUDGET_RULES)}, got {self.budget!r}")
@@ -61,6 +78,18 @@ class IMPConfig:
                 f"ranking must be one of {', '.join(RANKING_CHOICES)}, got {self.ranking!r}")
         require(self.prunable in PRUNABLE_CHOICES,
                 f"prunable must be one of {', '.join(PRUNABLE_CHOICES)}, got {self.prunable!r}")
+
+    def rewind_step_on(self, examples: int, total: int, train: TrainConfig) -> int:
+        """The iteration of round 0 that later rounds rewind to, when it trains on ``examples`` of ``total``.
+
+        ``Nep`` is N epochs of round 0's own data; ``Nit`` on a subset is scaled
+        by ``examples / total``, so it falls at the same point of training in
+        epochs as on the full split (a subset's round 0 is shorter).
+        """
+        amount, unit = parse_rewind(self.rewind)
+        if unit == "ep":
+            return amount * num_batches(examples, train.batch_size, train.drop_last)
+        return amount if examples == total else round(amount * examples / total)
 
     @property
     def num_rounds(self) -> int:

@@ -11,7 +11,7 @@ import torch.nn as nn
 from pracset.data import DeviceLoader, ImageDataset
 from pracset.fileio import atomic_torch_save
 from pracset.models import has_convolutions
-from pracset.models.custom import Architecture
+from pracset.models.custom import Architecture, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
@@ -55,6 +55,9 @@ class TicketContext:
     run: RunDirectory
     layout: TicketLayout
     progress: bool = False
+
+    def __post_init__(self) -> None:
+        self.arch = resolve_architecture(self.arch)  # a registered name, a module or a factory
 
     @property
     def num_examples(self) -> int:

@@ -21,7 +21,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
-from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds
+from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds, ticket_files
 from pracset.train.config import TrainConfig
 
 
@@ -65,9 +65,10 @@ class IMP(TicketMethod):
     def check(self, settings, train, num_examples, fixed_ids):
         # Tickets continue the full-data schedule from the rewind step, so it must lie inside it.
         full = _steps(num_examples, train)
-        if settings.imp.rewind_step >= full:
-            raise ConfigError(f"rewind step {settings.imp.rewind_step} lies beyond the dense run's {full} steps "
-                              f"(it must be below {full})")
+        k = settings.imp.rewind_step_on(num_examples, num_examples, train)
+        if k >= full:
+            raise ConfigError(f"rewind point {settings.imp.rewind} (iteration {k}) lies beyond the dense run's "
+                              f"{full} steps (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
         return run_rounds(RoundPolicy(ctx, settings.imp))
@@ -89,10 +90,10 @@ class PracIMP(IMP):
         imp = settings.imp
         if fixed_ids is not None:  # round 0 on the fixed subset is shorter: the scaled rewind step must fit it
             n0 = len(fixed_ids)
-            k0 = round(imp.rewind_step * n0 / num_examples)
+            k0 = imp.rewind_step_on(n0, num_examples, train)
             steps0 = _steps(n0, round_budget(train, n0 / num_examples, imp.budget))
             if k0 > steps0:
-                raise ConfigError(f"rewind step {imp.rewind_step}, scaled to the manifest's {n0} examples ({k0}), "
+                raise ConfigError(f"rewind point {imp.rewind}, on the manifest's {n0} examples (iteration {k0}), "
                                   f"lies beyond round 0's {steps0} steps")
 
     def run(self, ctx, settings, fixed_ids):
@@ -126,7 +127,7 @@ class DynamicSparse(TicketMethod):
         mask = Mask.load(stage.mask)
         return [{"stage": stage.name, "round": None, "sparsity": round(mask.sparsity(), 6),
                  "test_accuracy": metrics["final"].get("test_accuracy"),
-                 "iterations": metrics["ledger"].get("train_iterations")}]
+                 "iterations": metrics["ledger"].get("train_iterations"), **ticket_files(ctx.layout, stage, stage)}]
 
 
 class RigLMethod(DynamicSparse):

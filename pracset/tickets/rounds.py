@@ -23,7 +23,7 @@ from pracset.config import to_dict
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save
 from pracset.manifest import write_manifest
-from pracset.runs import StageFiles
+from pracset.runs import StageFiles, TicketLayout
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse import StaticMask
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
@@ -60,11 +60,12 @@ class RoundPolicy:
 
     def rewind_step(self, ids: np.ndarray | None) -> int:
         """The step of round 0 whose state later rounds rewind to."""
-        return self.config.rewind_step
+        n = self.ctx.num_examples
+        return self.config.rewind_step_on(n if ids is None else len(ids), n, self.ctx.train)
 
     def start_step(self) -> int:
         """Where a pruned round's learning-rate schedule starts: it continues from the rewind step (open_lth)."""
-        return self.config.rewind_step
+        return self.config.rewind_step_on(self.ctx.num_examples, self.ctx.num_examples, self.ctx.train)
 
     def callbacks(self, mask: Mask) -> list[Callback]:
         return []
@@ -125,13 +126,6 @@ class PracSetPolicy(RoundPolicy):
             return self.ctx.train
         return round_budget(self.ctx.train, len(ids) / self.ctx.num_examples, self.config.budget)
 
-    def rewind_step(self, ids):
-        # On a fixed subset, round 0 sees |P|/N of the examples per epoch: rewind to the same point of
-        # training in epochs (k x |P|/N of its steps), not to a step it may never reach.
-        if ids is None:
-            return self.config.rewind_step
-        return round(self.config.rewind_step * len(ids) / self.ctx.num_examples)
-
     def start_step(self):
         return 0  # as the official code, a round restarts its (scaled) schedule at the rewound weights
 
@@ -184,7 +178,7 @@ class PracSetPolicy(RoundPolicy):
             "dataset": dataset_metadata(ctx.dataset),
             "selection": chosen.describe(),
             "provenance": {"command": "ticket --method prac-imp", "cep": "trained-round" if r > 0 else "none",
-                           "arch": ctx.arch, "seed": ctx.train.seed, "train": to_dict(ctx.train),
+                           "arch": ctx.arch.name, "seed": ctx.train.seed, "train": to_dict(ctx.train),
                            "imp": to_dict(self.config), "round": r, "sparsity": round(mask.sparsity(), 6),
                            "pracset_version": __version__, "torch_version": torch.__version__},
         })
@@ -214,7 +208,8 @@ class PracSetPolicy(RoundPolicy):
         done = self.ctx.run.finished_stage_metrics(ticket)
         if done is None:
             done = self.ctx.train_and_complete_stage(ticket, self.ctx.rewound(mask, rewind),
-                                                     callbacks=[StaticMask(mask)], start_step=self.config.rewind_step)
+                                                     callbacks=[StaticMask(mask)],
+                                                     start_step=RoundPolicy.start_step(self))
         return ticket, done
 
 
@@ -265,6 +260,7 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     rewind = ctx.load_rewind_point()
     reference = policy.dense_reference(dense_metrics, needed=config.controls)
     rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, ctx.dataset.num_classes)]
+    rows[0].update(ticket_files(layout, dense, dense))
     previous = dense
     for r in range(1, config.num_rounds + 1):
         stage = layout.round(r)
@@ -280,10 +276,11 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         mask = Mask.load(stage.mask)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
         evaluated = ticket is not None
-        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, config.rewind_step)
+        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy))
                     if config.controls and evaluated else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)
+        row.update(ticket_files(layout, stage, ticket))  # the mask is the round's; the weights its ticket's
         if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket
             row.update(set_size=metrics.get("set_size"), round_iterations=metrics["ledger"].get("train_iterations"),
                        round_test_accuracy=metrics["final"].get("test_accuracy"),
@@ -291,6 +288,19 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         rows.append(row)
         previous = stage
     return rows
+
+
+def ticket_files(layout: TicketLayout, mask_stage: StageFiles, weights_stage: StageFiles | None) -> dict:
+    """A ticket row's ``mask`` and ``weights`` files, as POSIX paths relative to the run directory.
+
+    ``weights`` is the trained ``model.pt`` of ``weights_stage``; ``None`` when
+    the ticket was not trained on the full split (no ``weights_stage``).
+    """
+    def relative(path):
+        return path.relative_to(layout.root).as_posix()
+
+    return {"mask": relative(mask_stage.mask),
+            "weights": relative(weights_stage.model) if weights_stage is not None else None}
 
 
 def split_costs(layout, stages: dict, num_rounds: int) -> dict:

@@ -30,6 +30,8 @@ _EXPORTS = {
     "TrainConfig": "pracset.train", "Trainer": "pracset.train", "Callback": "pracset.train",
     "train_dense": "pracset.train.run",
     "build_model": "pracset.models",
+    "to_torch_prune": "pracset.interop", "from_torch_prune": "pracset.interop", "load_ticket": "pracset.interop",
+    "save_hf_dataset": "pracset.interop",
     "load_pipeline": "pracset.pipeline", "run_pipeline": "pracset.pipeline",
     "PracsetError": "pracset.errors", "ConfigError": "pracset.errors", "DataError": "pracset.errors",
 }

@@ -7,6 +7,9 @@ Outputs, for ``--out NAME.parquet``:
 - ``NAME.stats.npz``: the full statistics (every manifest column, the probe's
   per-sparsity results, the per-epoch correctness history when kept, the
   training history) for users who want to study them;
+- ``NAME.dense.pt``: the trained dense model's weights (a ``state_dict``), for
+  probing again or other analyses (not written by ``--rule random`` with a
+  size, which trains nothing);
 - while running, ``NAME.parquet.partial/`` holds the training checkpoint so
   that ``--resume`` continues an interrupted build; it is removed at the end.
 
@@ -32,7 +35,7 @@ from pracset import __version__
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_bytes
+from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.models import has_convolutions
@@ -45,8 +48,10 @@ from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
 from pracset.train.config import TrainConfig
+from pracset.train.ledger import IterationLedger
 from pracset.train.optim import check_names
 from pracset.train.run import make_loaders, new_model, resolve_data, train_stage
+from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +111,8 @@ def build_identity(data: DataConfig | dict, arch: str, train: TrainConfig, build
 def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: TrainConfig = TrainConfig(),
                    build: BuildConfig = BuildConfig(), selection: SelectionConfig = SelectionConfig(),
                    early_bird: EarlyBirdConfig = EarlyBirdConfig(), device: torch.device = torch.device("cpu"),
-                   resume: bool = False, progress: bool = False, dataset: ImageDataset | None = None) -> BuildResult:
+                   resume: bool = False, progress: bool = False, dataset: ImageDataset | None = None,
+                   tensorboard: bool = False, weights: str | None = None) -> BuildResult:
     """Build a PrAC (or baseline) manifest of ``data``'s training split on ``arch``.
 
     ``data`` is a :class:`DataConfig`, a pracset data set, or a ``(train,
@@ -118,16 +124,20 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
     Trains densely with the per-example recorder (stopped by Early-Bird when
     ``build.early_bird``), probes pruned copies of the trained network,
     selects with ``selection`` and writes the manifest ``out`` and its
-    statistics. A manifest that exists is never overwritten: the same build is
+    statistics. ``tensorboard`` writes the training's per-epoch scalars
+    into ``NAME.tensorboard/`` (needs the optional ``tensorboard`` package). A manifest that exists is never overwritten: the same build is
     skipped, another one refused with the settings that differ.
     """
     layout = BuildLayout(out)
     check_output_parent(layout.manifest)
     check_names(train)
-    architecture = resolve_architecture(arch)
+    architecture = resolve_architecture(arch, weights)
     arch = architecture.name
     data, dataset, data_identity = resolve_data(data, dataset)
     SELECTION_RULES.get(selection.rule)
+    if tensorboard:
+        require_tensorboard()
+    board = layout.tensorboard if tensorboard else None
     if selection.rule == "cep" and not build.probe_sparsities:
         raise ConfigError("the cep rule needs the pruning probe's results; give --probe-sparsity values")
     identity = build_identity(data_identity, arch, train, build, selection, early_bird)
@@ -145,9 +155,12 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         model = new_model(architecture, dataset, seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)
         run.claim()
+        if selection.rule == "random" and selection.size_for(len(dataset.train)) is not None:
+            return _build_random(layout, dataset, arch, train, selection, identity, device=device, started=started)
         if build.cep == "trained":
             return _build_from_prac_imp(layout, data or dataset, architecture, train, build, selection, early_bird, identity,
-                                        dataset=dataset, device=device, progress=progress, started=started)
+                                        dataset=dataset, device=device, progress=progress, started=started,
+                                        tensorboard=board)
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
         callbacks = [recorder]
@@ -156,7 +169,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
             bird = EarlyBirdStop(early_bird, mask, warmup_epochs=int(train.warmup_epochs))
             callbacks.append(bird)
         trained = train_stage(layout.dense, model, train_loader, test_loader, train, callbacks=callbacks,
-                              progress=progress)
+                              progress=progress, tensorboard=board)
         ledger = trained.ledger
         statistics = recorder.statistics()
         probe_result = None
@@ -200,12 +213,14 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 "pracset_version": __version__,
                 "torch_version": torch.__version__,
                 "python_version": platform.python_version(),
+                "cpu_threads": torch.get_num_threads(),
                 "device": str(device),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(time.time() - started, 2),
             },
         }
         _write_statistics(layout.statistics, columns, statistics, probe_result, history)
+        atomic_torch_save(model.state_dict(), layout.dense_model)
         _write_new_manifest(layout, columns, metadata)
         shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)
@@ -214,7 +229,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
 
 
 def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selection, early_bird, identity, *,
-                         dataset, device, progress, started) -> BuildResult:
+                         dataset, device, progress, started, tensorboard) -> BuildResult:
     """``--cep trained``: run PrAC-IMP's rounds in the work directory and write the set its last round selected.
 
     ``cep_rounds`` = k runs rounds 0..k (dense, then k prunes of 20% by global
@@ -226,7 +241,8 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
                     evaluate="none")
     ticket_dir = TicketLayout(layout.work / "prac-imp")
     summary = find_tickets("prac-imp", data, arch, ticket_dir.root, train=train, imp=imp, early_bird=early_bird,
-                           selection=selection, device=device, resume=True, progress=progress, dataset=dataset)
+                           selection=selection, device=device, resume=True, progress=progress, dataset=dataset,
+                           tensorboard=tensorboard if tensorboard is not None else False)
     chosen_set = read_manifest(ticket_dir.round(build.cep_rounds).prac_set)
     columns = {name: chosen_set.column(name) for name in chosen_set.table.column_names}
     dense = ticket_dir.round(0).read_metrics()
@@ -237,15 +253,44 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
         "dense_test_accuracy": dense["final"].get("test_accuracy"), "history": dense.get("history"),
         "ledger": summary["ledger"], "iterations": summary["ledger"]["total"]["train_iterations"],
         "build_identity": identity, "python_version": platform.python_version(), "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2)}
     _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
+    shutil.copyfile(ticket_dir.round(0).model, layout.dense_model)
     _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (PrAC-IMP round %d)", layout.manifest, manifest.num_selected,
              manifest.size, build.cep_rounds)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, selection: SelectionConfig,
+                  identity: dict, *, device, started: float) -> BuildResult:
+    """``--rule random`` with a size: a seeded draw needs no statistics, so nothing is trained.
+
+    The statistics columns hold "never presented" (0 presentations, NaN loss
+    and margin); without a size, the random rule takes the PrAC set's size
+    and the build trains as usual.
+    """
+    n = len(dataset.train)
+    statistics = ExampleRecorder(n, "cpu").statistics()
+    labels = dataset.train.labels.cpu().numpy()
+    chosen = select(SelectionInputs.from_statistics(labels, statistics, None), selection)
+    columns = manifest_columns(dataset, statistics, None, chosen)
+    metadata = {"dataset": dataset_metadata(dataset), "selection": chosen.describe(), "provenance": {
+        "command": "build", "cep": "none", "arch": arch, "seed": train.seed, "train": to_dict(train),
+        "epochs_run": 0, "history": [], "ledger": IterationLedger().to_dict(), "iterations": 0,
+        "build_identity": identity, "pracset_version": __version__, "torch_version": torch.__version__,
+        "python_version": platform.python_version(), "device": str(device), "cpu_threads": torch.get_num_threads(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.time() - started, 2)}}
+    _write_statistics(layout.statistics, columns, None, None, [])
+    _write_new_manifest(layout, columns, metadata)
+    shutil.rmtree(layout.work, ignore_errors=True)
+    log.info("wrote %s: %d of %d examples drawn at random (nothing trained)", layout.manifest, chosen.size, n)
+    return BuildResult(layout.manifest, read_manifest(layout.manifest).summary())
 
 
 def _write_new_manifest(layout: BuildLayout, columns: dict, metadata: dict) -> None:

@@ -18,7 +18,7 @@ from pracset import __version__
 from pracset.build import BuildConfig, build_manifest
 from pracset.config import add_arguments, from_dict
 from pracset.data import SOURCES, DataConfig
-from pracset.device import resolve_device
+from pracset.device import resolve_device, set_threads
 from pracset.distributed import init_from_env, is_main
 from pracset.errors import ConfigError, PracsetError
 from pracset.manifest import read_manifest
@@ -85,6 +85,9 @@ class _Settings:
         self.arch = args.arch or self.raw.get("arch")
         if not self.arch:
             raise ConfigError("give --arch, or an arch in the --config file")
+        self.weights = getattr(args, "weights", None) or self.raw.get("weights")
+        if self.weights is not None and not isinstance(self.weights, str):
+            raise ConfigError(f"{self.file}: weights must be a string, got {self.weights!r}")
 
     def get(self, cls, section: str, prefix: str = "", **overrides):
         """``cls`` from the file's ``[section]`` table and the flags that were given (the flags win)."""
@@ -108,7 +111,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = settings.get(TrainConfig, "train")
     device = resolve_device(args.device)
     result = train_dense(data, args.arch, config, args.out, device=device, resume=args.resume,
-                         progress=not args.quiet and sys.stderr.isatty())
+                         progress=not args.quiet and sys.stderr.isatty(), tensorboard=args.tensorboard,
+                         weights=settings.weights)
     final = result.metrics
     total = result.ledger.total()
     what = "already trained" if result.skipped else "trained"
@@ -124,13 +128,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
         settings.get(DataConfig, "data"), settings.arch, args.out, train=settings.get(TrainConfig, "train"),
         build=settings.get(BuildConfig, "build"), selection=settings.get(SelectionConfig, "selection"),
         early_bird=settings.get(EarlyBirdConfig, "early_bird", prefix="early-bird"), device=resolve_device(args.device),
-        resume=args.resume, progress=not args.quiet and sys.stderr.isatty())
+        resume=args.resume, progress=not args.quiet and sys.stderr.isatty(), tensorboard=args.tensorboard,
+        weights=settings.weights)
     s = result.summary
     what = "already built" if result.skipped else "built"
     accuracy = s["provenance"].get("dense_test_accuracy")
+    trained = (f"dense {s['provenance']['arch']} test accuracy {accuracy:.4f}" if accuracy is not None
+               else "nothing trained")
     print(f"{what} {result.manifest_path}: {s['selected']} of {s['size']} examples selected "
-          f"({100 * s['fraction']:.1f}%, rule {s['selection']['rule']}); dense {s['provenance']['arch']} "
-          f"test accuracy {accuracy:.4f}; {s['provenance']['iterations']} training iterations")
+          f"({100 * s['fraction']:.1f}%, rule {s['selection']['rule']}); {trained}; "
+          f"{s['provenance']['iterations']} training iterations")
     return 0
 
 
@@ -151,7 +158,8 @@ def _cmd_ticket(args: argparse.Namespace) -> int:
                            early_bird=settings.get(EarlyBirdConfig, "early_bird", prefix="early-bird"),
                            selection=settings.get(SelectionConfig, "selection"), manifest=args.manifest,
                            device=resolve_device(args.device), resume=args.resume,
-                           progress=not args.quiet and sys.stderr.isatty())
+                           progress=not args.quiet and sys.stderr.isatty(), tensorboard=args.tensorboard,
+                           weights=settings.weights)
     print(format_tickets(summary))
     return 0
 
@@ -187,7 +195,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.pipeline, data_dir=args.data_dir, overrides=args.set or ())
     out = args.out or f"runs/{pipeline.name}"
     report = run_pipeline(pipeline, out, device=resolve_device(args.device), resume=args.resume,
-                          progress=not args.quiet and sys.stderr.isatty())
+                          progress=not args.quiet and sys.stderr.isatty(), tensorboard=args.tensorboard)
     saved = (report.get("iterations_saved") or {}).get("at")
     m = report["manifest"]
     print(f"pipeline {pipeline.name}: PrAC set {m['selected']} of {m['size']} examples "
@@ -304,12 +312,21 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
     """The flags every command that trains shares: --arch, --out, --device and --resume."""
     if arch:
         parser.add_argument("--arch", metavar="NAME", help="architecture (see `pracset models`; or `arch` in --config)")
+        parser.add_argument("--weights", metavar="NAME", help="start a torchvision/NAME model from these "
+                            "pretrained weights (e.g. DEFAULT, IMAGENET1K_V1; needs internet or torch's cache); the "
+                            "random re-initialisation control still draws random weights")
         parser.add_argument("--config", metavar="FILE.toml", help="read the settings from a TOML file's tables "
                             "([data], [train], [build], [selection], [imp], [early_bird], [rigl], [granet]; a "
                             "pipeline file works); flags given on the command line win")
     parser.add_argument("--out", required=out_required, metavar=out_metavar, help=out_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="CPU threads for torch (default: one per core); recorded in each run, as results "
+                             "on the CPU depend on it")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="write TensorBoard scalars of every training stage while it runs (losses, accuracies, "
+                             "learning rate, sparsity, examples per epoch); needs pracset[tensorboard]")
 
 
 def _positive_counts(parser: argparse.ArgumentParser) -> None:
@@ -341,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
     try:
         # With progress bars on, log lines go through tqdm so that they do not overwrite the bar.
+        set_threads(getattr(args, "threads", None))
         with logging_redirect_tqdm() if sys.stderr.isatty() and not args.quiet else contextlib.nullcontext():
             code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from pracset.errors import ConfigError
@@ -20,3 +22,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def set_threads(count: int | None) -> None:
+    """Use ``count`` CPU threads for torch's operators (``None``: torch's default, one per core).
+
+    Results on the CPU depend on it (reductions split differently), so every
+    run records the count it used (:func:`environment`).
+    """
+    if count is None:
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        raise ConfigError(f"threads must be a positive integer, got {count!r}")
+    torch.set_num_threads(count)
+
+
+def environment() -> dict:
+    """What a run's numbers depend on besides its settings: versions and the CPU thread count."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}

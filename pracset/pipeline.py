@@ -64,6 +64,7 @@ from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tick
 from pracset.tickets.methods import DynamicSparse
 from pracset.train.config import TrainConfig
 from pracset.train.run import input_spec
+from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Pipeline:
     transfer_seeds: tuple[int, ...] | None = None
     controls_on: tuple[str, ...] | None = None
     description: str = ""
+    tensorboard: bool = False  # an output option, not part of the run's identity (to_dict leaves it out)
 
     def __post_init__(self) -> None:
         # The name becomes the default output folder (runs/NAME): it must not reach outside it.
@@ -145,7 +147,7 @@ _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "se
              "imp": IMPConfig, "early_bird": EarlyBirdConfig, "rigl": RigLConfig, "granet": GraNetConfig,
              "report": ReportConfig}
 _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "transfer_seeds": list,
-        "description": str, "controls_on": list}
+        "description": str, "controls_on": list, "tensorboard": bool}
 
 
 def load_pipeline(path: str | Path, *, data_dir: str | None = None, overrides: Sequence[str] = ()) -> Pipeline:
@@ -228,7 +230,8 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
                         transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
                         transfer_seeds=tuple(raw["transfer_seeds"]) if "transfer_seeds" in raw else None,
                         controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
-                        description=raw.get("description", ""), **sections)
+                        description=raw.get("description", ""), tensorboard=raw.get("tensorboard", False),
+                        **sections)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -249,8 +252,17 @@ def _write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int)
 
 
 def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, resume: bool = False,
-                 progress: bool = False) -> dict:
-    """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report."""
+                 progress: bool = False, tensorboard: bool = False) -> dict:
+    """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report.
+
+    With ``tensorboard`` (or the pipeline's ``tensorboard = true``) every
+    training stage writes its per-epoch scalars (the build's beside its
+    manifest, the ticket runs' under ``out/tensorboard/``):
+    ``tensorboard --logdir out`` shows them all.
+    """
+    if tensorboard or pipeline.tensorboard:
+        require_tensorboard()
+        pipeline = replace(pipeline, tensorboard=True)
     layout = PipelineLayout(out)
     with RunDirectory(layout.root, pipeline.to_dict(), resume=resume, finished=layout.report_json.name,
                       record=layout.record.name, kind="pipeline run") as run:
@@ -301,9 +313,10 @@ class StageProgress:
 def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDataset, *, device: torch.device,
                 progress: bool) -> dict:
     manifest = layout.manifest
+    board = layout.root / "tensorboard" if pipeline.tensorboard else None
     build_manifest(pipeline.data, pipeline.arch, manifest, train=pipeline.train, build=pipeline.build,
                    selection=pipeline.selection, early_bird=pipeline.early_bird, device=device, resume=True,
-                   progress=progress, dataset=dataset)
+                   progress=progress, dataset=dataset, tensorboard=pipeline.tensorboard)
     results: dict[str, Any] = {"manifest": str(manifest), "runs": []}
     progress_log = StageProgress(pipeline.name, len(pipeline.seeds) * len(pipeline.methods)
                                  + len(pipeline.transfer_seed_list) * len(pipeline.transfer)
@@ -321,7 +334,8 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
                                early_bird=pipeline.early_bird, rigl=pipeline.rigl, granet=pipeline.granet,
                                selection=pipeline.selection, manifest=manifest_path, device=device,
-                               resume=True, progress=progress, dataset=dataset)
+                               resume=True, progress=progress, dataset=dataset,
+                               tensorboard=board / directory.relative_to(layout.root) if board else False)
         results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),
                                 "summary": {k: v for k, v in summary.items() if k != "skipped"}})
         progress_log.finish(skipped=bool(summary.get("skipped")))

@@ -150,6 +150,7 @@ class TicketLayout:
 
     rewind = property(lambda self: self.root / "rewind.pt")
     summary = property(lambda self: self.root / "tickets.json")
+    tensorboard = property(lambda self: self.root / "tensorboard", doc="TensorBoard scalars, one folder per stage")
 
     @property
     def dense(self) -> StageFiles:
@@ -223,6 +224,16 @@ class BuildLayout:
     @property
     def statistics(self) -> Path:
         return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".stats.npz")
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard scalars of the build's training (``NAME.tensorboard/``), with ``--tensorboard``."""
+        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".tensorboard")
+
+    @property
+    def dense_model(self) -> Path:
+        """The trained dense model's weights (``NAME.dense.pt``), kept for the probe and later analyses."""
+        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".dense.pt")
 
     @property
     def work(self) -> Path:
@@ -306,7 +317,10 @@ class RunDirectory:
     def claim(self, extra_record: Mapping[str, Any] | None = None) -> None:
         """Write the identity record (with ``extra_record``) of a new run: from here on the directory is this run's."""
         if self.status == "new" and not self.record.exists():
-            atomic_write_json(self.record, {"identity": self.identity, **(extra_record or {})})
+            from pracset.device import environment  # here: runs.py stays free of torch at import
+
+            atomic_write_json(self.record, {"identity": self.identity, "environment": environment(),
+                                            **(extra_record or {})})
 
     @property
     def ledger_path(self) -> Path:

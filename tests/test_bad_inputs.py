@@ -520,7 +520,7 @@ CASES: list[Case] = [
     Case("pipeline-unknown-top-key", "a pipeline with an unknown top-level key",
          ["run", "p.toml", "-q"], setup=_toml(extra_top='colour = "red"\n'),
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "
-                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
+                 "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("pipeline-unknown-section-key", "a pipeline with an unknown key in [train]",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
          message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
@@ -530,7 +530,7 @@ CASES: list[Case] = [
          ["run", "p.toml", "-q"], setup=_toml(replace=("[report]", "[reporting]")),
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "description, "
-                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
+                 "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("hf-text-labels", "a Hugging Face folder whose labels are text, not class indices",
          ["train", "--data", "hf", "--data-dir", "hfstr", "--arch", "mlp", "--out", "o", *TINY],
          setup=lambda c, s: _hf_with_text_labels(c / "hfstr"),
@@ -635,7 +635,7 @@ CASES: list[Case] = [
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",
          call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "colour": "red"}), error=ConfigError,
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "
-                 "controls_on, data, train, build, selection, imp, early_bird, rigl, granet, report"),
+                 "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("api-load-unknown-data-set", "load_dataset of an unknown name", call=_load_data(name="svhn"),
          error=UnknownNameError, message="unknown data set 'svhn'; valid names: cifar10, cifar100, digits, "
                                          "fashion-mnist, hf, imagefolder, mnist, tiny-imagenet"),

@@ -197,3 +197,56 @@ def test_resuming_a_build_with_changed_settings_is_refused_naming_them(tmp_path)
     with pytest.raises(ConfigError, match=r"holds another run \(changed train.lr: 0.1 -> 0.05\)"):
         build_manifest(DataConfig("digits"), "mlp", tmp_path / "m.parquet", train=TrainConfig(lr=0.05), resume=True)
     assert (work / "checkpoint.pt").read_bytes() == b"the killed build's checkpoint"
+
+
+def test_the_build_keeps_its_dense_model_and_records_the_thread_count(built, tmp_path):
+    """The kept weights are the trained model: they reproduce the probe's dense training accuracy."""
+    import torch
+
+    from pracset.data import DataConfig, DeviceLoader, load_dataset
+    from pracset.models import build_model
+    from pracset.train.run import input_spec
+
+    meta = json.loads(pq.read_table(built).schema.metadata[b"pracset"])
+    data = load_dataset(DataConfig("digits"))
+    model = build_model("mlp", input_spec(data))
+    model.load_state_dict(torch.load(built.with_name("digits-mlp.dense.pt"), weights_only=True))
+    model.eval()
+    loader = DeviceLoader(data.train, 2000, *data.normalization)
+    with torch.no_grad():
+        batch = next(iter(loader))
+        accuracy = (model(batch.x).argmax(1) == batch.y).float().mean().item()
+    assert accuracy == pytest.approx(meta["provenance"]["probe"]["dense_train_accuracy"], abs=1e-6)
+    assert meta["provenance"]["cpu_threads"] == torch.get_num_threads()
+
+
+def test_a_random_subset_of_a_given_size_trains_nothing(capsys, tmp_path):
+    out = tmp_path / "random.parquet"
+    code, _, err = run_cli(capsys, "build", "--data", "digits", "--arch", "mlp", "-q", "--rule", "random",
+                           "--fraction", "0.25", "--random-seed", "3", "--out", str(out))
+    assert code == 0, err
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"pracset"])
+    selected = table.column("selected").to_numpy(zero_copy_only=False)
+    assert selected.sum() == round(0.25 * 1438)
+    # the selection is the seeded draw: the 360 largest of 1438 uniform draws of default_rng(3)
+    draw = np.random.default_rng(3).random(1438)
+    assert np.array_equal(np.flatnonzero(selected), np.sort(np.argsort(-draw, kind="stable")[:360]))
+    assert meta["provenance"]["iterations"] == 0 and meta["provenance"]["epochs_run"] == 0
+    assert (table.column("presentations").to_numpy() == 0).all()
+    assert not out.with_name("random.dense.pt").exists() and not out.with_name("random.parquet.partial").exists()
+
+
+def test_threads_are_a_setting_recorded_in_the_run(capsys, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, _, err = run_cli(capsys, "train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "-q",
+                               "--threads", "1", "--out", str(tmp_path / "run"))
+        assert code == 0, err
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["environment"]["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--threads", "0", "--out", str(tmp_path / "x"))
+    assert code == 2 and "--threads: must be a positive integer, got '0'" in err

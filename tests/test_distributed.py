@@ -353,16 +353,16 @@ def test_one_manifest_is_written_and_valid(ranks):
 
     tmp, (r0, r1) = ranks
     files = sorted(p.name for p in tmp.iterdir() if p.name.startswith("digits") or p.name.startswith(".digits"))
-    assert files == ["digits.parquet", "digits.stats.npz"]
+    assert files == ["digits.dense.pt", "digits.parquet", "digits.stats.npz"]
     manifest = read_manifest(tmp / "digits.parquet")
     assert manifest.size == 1438 and 0 < manifest.num_selected < 1438
     assert r0["build_summary"] == r1["build_summary"] == manifest.summary()
     assert r1["build_replaced"] == []
     # rank 0 wrote the work directory's identity record, the live log (at the start and after each of the
-    # 2 epochs), the checkpoint after each epoch and the statistics by renames; the manifest is linked into
-    # place (never over one that appeared)
+    # 2 epochs), the checkpoint after each epoch, the statistics and the dense model by renames; the manifest is
+    # linked into place (never over one that appeared)
     assert sorted(Path(p).name for p in r0["build_replaced"]) == [
-        "checkpoint.pt", "checkpoint.pt", "digits.stats.npz", "metrics.jsonl", "metrics.jsonl", "metrics.jsonl",
+        "checkpoint.pt", "checkpoint.pt", "digits.dense.pt", "digits.stats.npz", "metrics.jsonl", "metrics.jsonl", "metrics.jsonl",
         "run.json"]
     provenance = manifest.provenance
     assert provenance["iterations"] == 2 * 12  # the whole job's steps, counted once

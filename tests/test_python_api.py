@@ -262,3 +262,22 @@ def test_the_stepper_refuses_a_bad_step_count():
     with pytest.raises(ConfigError, match="total_steps must be a positive integer"):
         SparseStepper(nn.Linear(2, 2), torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1),
                       Mask({"weight": torch.ones(2, 2, dtype=torch.bool)}), total_steps=0)
+
+
+def test_pretrained_weights_start_the_run_but_not_the_reinitialisation_control(monkeypatch):
+    import torchvision
+
+    torch.manual_seed(123)
+    pretrained = torchvision.models.get_model("resnet18", weights=None, num_classes=1000).state_dict()
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", lambda self, *a, **k: pretrained)
+    arch = resolve_architecture("torchvision/resnet18", "DEFAULT")
+    assert arch.name == "torchvision/resnet18 (pretrained DEFAULT)"
+    spec = pracset.models.InputSpec(3, 32, 32, 10)
+    started = arch.build(spec, seed=0).state_dict()
+    random = arch.build(spec, seed=1, pretrained=False).state_dict()
+    assert torch.equal(started["conv1.weight"], pretrained["conv1.weight"])
+    assert not torch.equal(random["conv1.weight"], pretrained["conv1.weight"])
+    with pytest.raises(ConfigError, match="mlp has none"):
+        resolve_architecture("mlp", "DEFAULT")
+    with pytest.raises(ConfigError, match="load your own model's weights"):
+        resolve_architecture(_Net(), "DEFAULT")

@@ -45,7 +45,11 @@ def test_a_run_directory_records_refuses_and_resumes(tmp_path):
         assert run.status == "new"
         assert not (root / "run.json").exists()  # nothing is written before the run claims the directory
         run.claim()
-        assert json.loads((root / "run.json").read_text()) == {"identity": identity}
+        import torch
+
+        record = json.loads((root / "run.json").read_text())
+        assert record["identity"] == identity
+        assert record["environment"]["cpu_threads"] == torch.get_num_threads()  # results on the CPU depend on it
         assert (root / DirectoryLock.NAME).exists()
     assert not (root / DirectoryLock.NAME).exists()  # released and removed on exit
     with pytest.raises(ConfigError, match=r"holds an unfinished run; pass --resume"):

@@ -1,6 +1,8 @@
 import math
 import re
 
+import json
+
 import pytest
 from hostile import RunsCode
 import torch
@@ -209,3 +211,38 @@ def test_each_epoch_logs_the_learning_rate_it_trained_with(tmp_path):
     train, test = make_loaders(data, config, torch.device("cpu"))
     state = Trainer(config).fit(build_model("mlp", input_spec(data)), train, test)
     assert [h["lr"] for h in state.history] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def test_tensorboard_scalars_are_written_per_epoch(tmp_path):
+    """--tensorboard: one point per epoch of each scalar, at the epoch's last step, equal to metrics.jsonl's."""
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pracset.cli import main
+
+    assert main(["train", "--data", "digits", "--arch", "mlp", "--epochs", "3", "-q", "--tensorboard",
+                 "--out", str(tmp_path / "run")]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard" / "dense"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/accuracy")]
+    assert steps == [12, 24, 36]  # 1438 examples at batch 128: 12 steps per epoch
+    for scalar, key in (("train/accuracy", "train_accuracy"), ("test/loss", "test_loss"), ("lr", "lr")):
+        assert [e.value for e in events.Scalars(scalar)] == pytest.approx([m[key] for m in logged], rel=1e-6)
+    assert [e.value for e in events.Scalars("examples_per_epoch")] == [1438, 1438, 1438]
+    assert [e.value for e in events.Scalars("sparsity")] == [0.0, 0.0, 0.0]  # dense training
+
+
+def test_tensorboard_without_the_package_is_one_line_before_any_work(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from pracset.cli import main
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # an import of it now fails
+    code = main(["train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "-q", "--tensorboard",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == ("pracset train: error: --tensorboard needs the tensorboard package: "
+                   "pip install 'pracset[tensorboard]'\n")
+    assert not (tmp_path / "run").exists()

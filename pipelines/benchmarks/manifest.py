@@ -137,13 +137,17 @@ def synthetic_metadata(rows: int, hashes: np.ndarray) -> dict:
     }
 
 
-def synthetic_dataset(rows: int):
-    """A ``datasets.Dataset`` of ``rows`` rows: int64 ``label`` and a short string ``name``."""
+def synthetic_dataset(labels: np.ndarray):
+    """A ``datasets.Dataset`` in example_id order: the manifest's int64 ``label`` and a short string ``name``.
+
+    ``load_subset(match="id")`` checks every row's label against the manifest's, so they are the manifest's.
+    """
     import datasets
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    labels = pa.array(np.random.default_rng(1).integers(0, NUM_CLASSES, rows, dtype=np.int64))
+    rows = len(labels)
+    labels = pa.array(np.asarray(labels, dtype=np.int64))
     names = pc.binary_join_element_wise("img_", pc.cast(pa.array(np.arange(rows)), pa.string()), "")
     return datasets.Dataset(pa.table({"label": labels, "name": names}))
 
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         columns = synthetic_columns(args.rows)
         metadata = synthetic_metadata(args.rows, columns["content_hash"])
-        dataset = synthetic_dataset(args.rows)
+        dataset = synthetic_dataset(columns["label"])
         expected = int(columns["selected"].sum())
         print(f"{args.rows:,} rows, {expected:,} selected ({expected / args.rows:.1%}); synthetic data and "
               f"datasets.Dataset built in {time.perf_counter() - started:.1f} s (untimed)")
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up: imports and first-call costs, on a small manifest
         small = min(args.rows, 10_000)
         small_columns = synthetic_columns(small, seed=2)
-        run_round(out_dir / "warmup.parquet", small_columns, synthetic_metadata(small, small_columns["content_hash"]), synthetic_dataset(small),
+        run_round(out_dir / "warmup.parquet", small_columns, synthetic_metadata(small, small_columns["content_hash"]), synthetic_dataset(small_columns["label"]),
                   int(small_columns["selected"].sum()))
         (out_dir / "warmup.parquet").unlink()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -12,6 +16,8 @@ from pracset.errors import ConfigError, UnknownNameError
 from pracset.models.zoo import (MLP, VGG, VGG_PLANS, BasicBlock, Bottleneck, ChannelAdapter,
                                 ConvNet, InputSpec, LeNet5, ResNet, init_weights)
 from pracset.registry import Registry
+
+log = logging.getLogger(__name__)
 
 TORCHVISION_PREFIX = "torchvision/"
 
@@ -61,7 +67,7 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
-def _build_torchvision(name: str, spec: InputSpec) -> nn.Module:
+def _build_torchvision(name: str, spec: InputSpec, weights: str | None = None) -> nn.Module:
     import torchvision  # see torchvision_names
 
     valid = torchvision_names()
@@ -69,8 +75,64 @@ def _build_torchvision(name: str, spec: InputSpec) -> nn.Module:
         raise UnknownNameError(f"unknown torchvision model {name!r}; valid names: {', '.join(valid)}")
     if spec.channels not in (1, 3):
         raise ConfigError(f"torchvision/{name} takes 1- or 3-channel images, the data has {spec.channels}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes)
+    if weights is None:
+        model = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes)
+    else:
+        model = _pretrained_torchvision(name, pretrained_weights(name, weights), spec.num_classes)
     return ChannelAdapter(model) if spec.channels == 1 else model
+
+
+def pretrained_weights(name: str, weights: str):
+    """The torchvision weights enum member ``weights`` (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...) of model ``name``.
+
+    ``ResNet18_Weights.IMAGENET1K_V1`` (the enum's own spelling) is accepted
+    too; an unknown name raises a one-line :class:`ConfigError` listing the
+    valid ones.
+    """
+    import torchvision  # see torchvision_names
+
+    if not isinstance(weights, str):
+        raise ConfigError(f"weights must be the name of a torchvision weights entry, got {type(weights).__name__}")
+    enum = torchvision.models.get_model_weights(name)
+    member = weights.removeprefix(f"{enum.__name__}.")
+    if member not in enum.__members__:
+        raise ConfigError(f"unknown weights {weights!r} for torchvision/{name}; valid: {', '.join(enum.__members__)}")
+    return enum[member]
+
+
+def _pretrained_torchvision(name: str, weights, num_classes: int) -> nn.Module:
+    """Model ``name`` with ``weights`` loaded; a classifier head of another size is replaced by a fresh one.
+
+    The fresh head is the one torchvision initialises for ``num_classes``
+    (built first, so the model's seed decides it): every module whose
+    parameter shapes depend on the class count (the final classifier, and
+    the auxiliary classifiers of GoogLeNet / Inception when kept) is taken
+    from that fresh model, everything else keeps the pretrained values.
+    """
+    import torchvision  # see torchvision_names
+
+    pretrained_classes = len(weights.meta.get("categories") or ()) or None
+    fresh = (torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+             if pretrained_classes != num_classes else None)
+    try:
+        model = torchvision.models.get_model(name, weights=weights, progress=False)
+    # offline: URLError (an OSError); a wrong hash: RuntimeError; a damaged cached file: the others
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+        raise ConfigError(f"the pretrained weights {weights} of torchvision/{name} could not be fetched or read "
+                          f"({reason}); torch looks for them in {cached} (torch.hub.get_dir() / checkpoints): "
+                          "download them there on a machine that is online") from None
+    if fresh is not None:
+        fresh_shapes = {n: p.shape for n, p in fresh.named_parameters()}
+        heads = dict.fromkeys(n.rpartition(".")[0] for n, p in model.named_parameters()
+                              if n in fresh_shapes and fresh_shapes[n] != p.shape)
+        for head in heads:
+            parent, _, child = head.rpartition(".")
+            setattr(model.get_submodule(parent), child, fresh.get_submodule(head))
+        log.info("torchvision/%s: pretrained %s, %s replaced by a fresh %d-class head", name, weights,
+                 ", ".join(heads), num_classes)
+    return model
 
 
 def check_model_name(name: str) -> None:
@@ -83,18 +145,31 @@ def check_model_name(name: str) -> None:
         MODELS.get(name)
 
 
-def build_model(name: str, spec: InputSpec, seed: int | None = None) -> nn.Module:
+def build_model(name: str, spec: InputSpec, seed: int | None = None, *, weights: str | None = None) -> nn.Module:
     """Build architecture ``name`` sized for ``spec``, seeded when ``seed`` is given.
 
-    A torchvision classification model is reached as ``torchvision/NAME``. The
+    A torchvision classification model is reached as ``torchvision/NAME``.
+    For those only, ``weights`` names pretrained weights of torchvision's
+    weights enum for the model (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...; see
+    :func:`pretrained_weights`), for fine-tuning studies: the pretrained
+    model is loaded (downloaded into ``torch.hub.get_dir()`` if not cached
+    there; offline, a missing file is a one-line :class:`ConfigError`), and
+    when ``spec.num_classes`` differs from the weights' class count, the
+    final classifier layer is replaced by a freshly initialised one of the
+    right size. One-channel data still goes through :class:`ChannelAdapter`.
+    Pretrained weights expect ImageNet's normalisation; pracset normalises
+    with the data set's own statistics, which fine-tuning adapts to. The
     model is checked with one forward pass on a dummy batch, so that an
     architecture that does not fit the data fails here with a clear message.
     """
     if seed is not None:
         torch.manual_seed(seed)
     if name.startswith(TORCHVISION_PREFIX):
-        model = _build_torchvision(name[len(TORCHVISION_PREFIX):], spec)
+        model = _build_torchvision(name[len(TORCHVISION_PREFIX):], spec, weights)
     else:
+        if weights is not None:
+            raise ConfigError(f"pretrained weights ({weights!r}) exist only for torchvision/NAME models, "
+                              f"not for {name}")
         entry = MODELS.get(name)
         if min(spec.height, spec.width) < entry.min_size:
             raise ConfigError(f"model {name} needs images of at least {entry.min_size}x{entry.min_size}, "
@@ -117,4 +192,5 @@ def has_convolutions(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["MODELS", "check_model_name", "InputSpec", "ModelEntry", "build_model", "has_convolutions", "torchvision_names"]
+__all__ = ["MODELS", "check_model_name", "InputSpec", "ModelEntry", "build_model", "has_convolutions",
+           "pretrained_weights", "torchvision_names"]

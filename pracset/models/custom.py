@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from pracset.errors import ConfigError
-from pracset.models import InputSpec, build_model, check_model_name
+from pracset.models import TORCHVISION_PREFIX, InputSpec, build_model, check_model_name, pretrained_weights
 
 ArchitectureLike = Union[str, nn.Module, Callable[[], nn.Module]]
 
@@ -59,15 +59,26 @@ def _reinitialise(template: nn.Module, seed: int | None) -> nn.Module:
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a run trains: ``name`` (recorded) and ``make(spec, seed)`` (a fresh model on the CPU)."""
+    """What a run trains: ``name`` (recorded) and ``make(spec, seed)`` (a fresh model on the CPU).
+
+    ``random`` builds a randomly initialised model where ``make`` starts from
+    pretrained weights (the random re-initialisation control needs it); it is
+    ``make`` itself otherwise.
+    """
 
     name: str
     make: Callable[[InputSpec, int | None], nn.Module]
     python: bool = False
+    random: Callable[[InputSpec, int | None], nn.Module] | None = None
 
-    def build(self, spec: InputSpec, seed: int | None = None, sample: torch.Tensor | None = None) -> nn.Module:
-        """A freshly initialised model in training mode, checked on ``sample`` inputs when given (Python models)."""
-        model = self.make(spec, seed)
+    def build(self, spec: InputSpec, seed: int | None = None, sample: torch.Tensor | None = None, *,
+              pretrained: bool = True) -> nn.Module:
+        """A freshly initialised model in training mode, checked on ``sample`` inputs when given (Python models).
+
+        ``pretrained=False`` draws random weights even for an architecture with pretrained ones.
+        """
+        make = self.make if pretrained or self.random is None else self.random
+        model = make(spec, seed)
         if self.python and sample is not None:
             check_outputs(model, sample, spec.num_classes, self.name)
         return model.train()
@@ -90,13 +101,29 @@ def check_outputs(model: nn.Module, sample: torch.Tensor, num_classes: int, name
         raise ConfigError(f"model {name} returns {shape} outputs per example, expected {num_classes} class scores")
 
 
-def resolve_architecture(arch: ArchitectureLike) -> Architecture:
-    """An :class:`Architecture` from a registered name, an ``nn.Module`` template or a function that makes one."""
+def resolve_architecture(arch: ArchitectureLike, weights: str | None = None) -> Architecture:
+    """An :class:`Architecture` from a registered name, an ``nn.Module`` template or a function that makes one.
+
+    ``weights`` names pretrained weights of a ``torchvision/NAME`` model
+    (:func:`pracset.models.build_model`); the architecture is then recorded
+    as ``torchvision/NAME (pretrained WEIGHTS)``.
+    """
     if isinstance(arch, Architecture):
         return arch
+    if weights is not None and not isinstance(arch, str):
+        raise ConfigError("weights name pretrained weights of a torchvision/NAME model; load your own model's "
+                          "weights in the function that builds it")
     if isinstance(arch, str):
         check_model_name(arch)
-        return Architecture(arch, lambda spec, seed: build_model(arch, spec, seed=seed))
+        if weights is not None:  # checked here, before any data is loaded or anything written
+            if not arch.startswith(TORCHVISION_PREFIX):
+                raise ConfigError(f"weights name pretrained weights of torchvision/NAME models; {arch} has none")
+            pretrained_weights(arch[len(TORCHVISION_PREFIX):], weights)
+        random = lambda spec, seed: build_model(arch, spec, seed=seed)  # noqa: E731
+        if weights is None:
+            return Architecture(arch, random)
+        return Architecture(f"{arch} (pretrained {weights})",
+                            lambda spec, seed: build_model(arch, spec, seed=seed, weights=weights), random=random)
     if isinstance(arch, nn.Module):
         template = copy.deepcopy(arch).cpu()
         return Architecture(describe_module(template), lambda spec, seed: _reinitialise(template, seed), python=True)

@@ -33,6 +33,7 @@ from pracset.tickets.rounds import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import new_model, resolve_data
+from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
                  rigl: RigLConfig | None = None, granet: GraNetConfig | None = None,
                  selection: SelectionConfig = SelectionConfig(), manifest: str | Path | None = None,
                  device: torch.device = torch.device("cpu"), resume: bool = False, progress: bool = False,
+                 tensorboard: bool | str | Path = False, weights: str | None = None,
                  dataset: ImageDataset | None = None) -> dict:
     """Find tickets of ``arch`` on ``data`` with ``method`` and write them into ``out``.
 
@@ -54,11 +56,15 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     (PrAC-IMP: a fixed PrAC set, e.g. built on another architecture). Returns
     the summary written to ``tickets.json``: one row per ticket (sparsity,
     test accuracy, iterations, controls and verdict), the run's ledger and
-    where the final mask and weights are.
+    where the final mask and weights are. ``tensorboard`` writes every
+    stage's per-epoch scalars under ``out/tensorboard`` (or the directory
+    given); it needs the optional ``tensorboard`` package.
     """
+    if tensorboard is not False:
+        require_tensorboard()
     runner = TICKET_METHODS.get(method)
     check_names(train)
-    architecture = resolve_architecture(arch)
+    architecture = resolve_architecture(arch, weights)
     data, dataset, data_identity = resolve_data(data, dataset)
     settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
     dataset = dataset or load_dataset(data)
@@ -82,7 +88,8 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
             log.info("%s already holds this finished run", layout.root)
             return {**json.loads(layout.summary.read_text()), "skipped": True}
         run.claim()
-        ctx = TicketContext(dataset, architecture, train, device, run, layout, progress)
+        board = None if tensorboard is False else (layout.tensorboard if tensorboard is True else Path(tensorboard))
+        ctx = TicketContext(dataset, architecture, train, device, run, layout, progress, board)
         rows = runner.run(ctx, settings, fixed_ids)
         final = rows[-1]
         mask_stage = layout.round(final["round"]) if final["round"] is not None else layout.sparse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -55,6 +56,7 @@ class TicketContext:
     run: RunDirectory
     layout: TicketLayout
     progress: bool = False
+    tensorboard: Path | None = None  # where the stages write TensorBoard scalars (None: nowhere)
 
     def __post_init__(self) -> None:
         self.arch = resolve_architecture(self.arch)  # a registered name, a module or a factory
@@ -64,8 +66,13 @@ class TicketContext:
         return len(self.dataset.train)
 
     def model(self, seed: int | None = None) -> nn.Module:
-        """A freshly initialised model (on the CPU), seeded with the recipe's seed unless ``seed`` is given."""
-        return new_model(self.arch, self.dataset, seed=self.train.seed if seed is None else seed)
+        """A freshly initialised model (on the CPU), seeded with the recipe's seed unless ``seed`` is given.
+
+        With another ``seed`` (the random re-initialisation control) the
+        weights are random even where the architecture starts from pretrained ones.
+        """
+        return new_model(self.arch, self.dataset, seed=self.train.seed if seed is None else seed,
+                         pretrained=seed is None)
 
     def loaders(self, ids=None, train: TrainConfig | None = None) -> tuple[DeviceLoader, DeviceLoader]:
         return make_loaders(self.dataset, train or self.train, self.device, ids=ids,
@@ -81,6 +88,7 @@ class TicketContext:
         config = train or self.train
         train_loader, test_loader = self.loaders(ids, config)
         result = train_stage(stage, model, train_loader, test_loader, config, callbacks=callbacks,
+                             tensorboard=self.tensorboard,
                              start_step=start_step, progress=self.progress)
         atomic_torch_save(model.state_dict(), stage.model)
         return result

@@ -22,6 +22,7 @@ from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback, Trainer, evaluate
 from pracset.train.optim import check_names
+from pracset.train.tensorboard import TensorBoardLogger, require_tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,13 @@ def input_shape(dataset) -> tuple[int, ...]:
     return (dataset.channels, *dataset.image_size)
 
 
-def new_model(architecture: Architecture, dataset, seed: int | None = None) -> nn.Module:
-    """A fresh model of ``architecture`` for ``dataset`` (seeded when ``seed`` is given), on the CPU."""
+def new_model(architecture: Architecture, dataset, seed: int | None = None, *, pretrained: bool = True) -> nn.Module:
+    """A fresh model of ``architecture`` for ``dataset`` (seeded when ``seed`` is given), on the CPU.
+
+    ``pretrained=False``: random weights even where the architecture has pretrained ones.
+    """
     sample = torch.zeros(2, *input_shape(dataset)) if architecture.python else None
-    return architecture.build(input_spec(dataset), seed, sample)
+    return architecture.build(input_spec(dataset), seed, sample, pretrained=pretrained)
 
 
 def resolve_data(data, dataset=None) -> tuple[DataConfig | None, object | None, dict]:
@@ -93,7 +97,8 @@ class StageResult:
 
 
 def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, config: TrainConfig, *,
-                callbacks: Sequence[Callback] = (), start_step: int = 0, progress: bool = False) -> StageResult:
+                callbacks: Sequence[Callback] = (), start_step: int = 0, progress: bool = False,
+                tensorboard: Path | None = None) -> StageResult:
     """Train ``model`` as ``stage``, continuing from its checkpoint if one exists.
 
     Writes only the stage's checkpoint (after every epoch). The test split is
@@ -103,6 +108,8 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
     :meth:`RunDirectory.complete_stage`.
     """
     stage.directory.mkdir(parents=True, exist_ok=True)
+    if tensorboard is not None:  # the stage's scalars under TENSORBOARD/STAGE, written while it trains
+        callbacks = [*callbacks, TensorBoardLogger(Path(tensorboard) / stage.name)]
     ledger = IterationLedger()
     trainer = Trainer(config, ledger=ledger, stage=stage.name, checkpoint=stage.checkpoint, resume=True,
                       progress=progress, metrics_log=stage.metrics_log)
@@ -133,7 +140,8 @@ class RunResult:
 
 def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, out_dir: str | Path, *,
                 device: torch.device, resume: bool = False, progress: bool = False,
-                callbacks: list[Callback] | None = None, dataset: ImageDataset | None = None) -> RunResult:
+                callbacks: list[Callback] | None = None, dataset: ImageDataset | None = None,
+                tensorboard: bool = False, weights: str | None = None) -> RunResult:
     """Train ``arch`` densely on ``data`` and write the run to ``out_dir`` (locked while it runs).
 
     Writes ``run.json`` (what was asked), ``checkpoint.pt`` (each epoch,
@@ -142,7 +150,9 @@ def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, o
     ``ledger.json``. A finished run is not redone (nor its data loaded).
     """
     check_names(config)
-    architecture = resolve_architecture(arch)
+    if tensorboard:
+        require_tensorboard()
+    architecture = resolve_architecture(arch, weights)
     data, dataset, data_identity = resolve_data(data, dataset)
     layout = TicketLayout(out_dir)
     identity = {"data": data_identity, "arch": architecture.name, "train": to_dict(config)}
@@ -158,7 +168,7 @@ def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, o
                    "torch": torch.__version__})
         train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
         result = train_stage(layout.dense, model, train_loader, test_loader, config, callbacks=callbacks or [],
-                             progress=progress)
+                             progress=progress, tensorboard=layout.tensorboard if tensorboard else None)
         atomic_torch_save(model.state_dict(), layout.dense.model)
         run.complete_stage(layout.dense, result.metrics, result.ledger)
         return RunResult(layout.root, result.metrics["final"], result.history, run.ledger)

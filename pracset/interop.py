@@ -1,0 +1,399 @@
+"""Interoperability: pracset's results in the forms other tools read.
+
+* a :class:`~pracset.sparse.Mask` as ``torch.nn.utils.prune``'s reparametrisation: :func:`to_torch_prune`,
+  :func:`from_torch_prune`, :func:`make_permanent`;
+* a ticket run's weights and mask loaded into a user's model in one call: :func:`load_ticket`;
+* a manifest's subset as a Hugging Face ``datasets`` folder with a dataset card: :func:`save_hf_dataset`, and
+  (on request, online) :func:`push_to_hub`. ``datasets`` is imported only inside these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import prune
+
+from pracset.errors import ConfigError
+from pracset.runs import TicketLayout
+from pracset.sparse.mask import Mask
+
+if TYPE_CHECKING:
+    import datasets
+
+    from pracset.manifest.schema import Manifest
+
+log = logging.getLogger(__name__)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), for a one-line error."""
+    return str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- torch.nn.utils.prune
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module holding tensor ``name`` (``"net.1.weight"`` -> module ``net.1``, ``"weight"``)."""
+    module_name, _, attr = name.rpartition(".")
+    try:
+        return model.get_submodule(module_name), attr
+    except AttributeError:
+        raise ConfigError(f"mask entry {name!r} names no module of the model") from None
+
+
+def to_torch_prune(model: nn.Module, mask: Mask) -> nn.Module:
+    """Apply ``mask`` to ``model`` with ``torch.nn.utils.prune.custom_from_mask``; returns ``model``.
+
+    Every masked weight becomes PyTorch's standard pruning reparametrisation:
+    the module gets a ``weight_orig`` parameter and a ``weight_mask`` buffer,
+    and ``weight`` is recomputed as their product before each forward pass, so
+    training keeps the pruned weights at zero. Every entry is checked (it must
+    name a parameter of the same shape) before anything is changed. A weight
+    that is already pruned follows torch's rule: the masks are combined, and a
+    weight survives only where both keep it. Undo with ``prune.remove`` or
+    :func:`make_permanent`; read back with :func:`from_torch_prune`.
+    """
+    targets = []
+    for name, keep in mask.items():
+        module, attr = _owner(model, name)
+        current = getattr(module, attr, None)
+        if not (isinstance(current, nn.Parameter) or isinstance(getattr(module, f"{attr}_orig", None), nn.Parameter)):
+            raise ConfigError(f"mask entry {name!r} is not a parameter of the model")
+        if tuple(current.shape) != tuple(keep.shape):
+            raise ConfigError(f"mask entry {name!r} has shape {tuple(keep.shape)}, "
+                              f"the model's parameter has {tuple(current.shape)}")
+        targets.append((module, attr, keep.to(current.device)))
+    for module, attr, keep in targets:
+        prune.custom_from_mask(module, attr, keep)
+    log.info("applied a mask of %d tensors (sparsity %.4f) with torch.nn.utils.prune", len(mask), mask.sparsity())
+    return model
+
+
+def _pruned_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Module, str]]:
+    """``(full name, module, tensor name)`` of every tensor pruned by ``torch.nn.utils.prune``."""
+    for module_name, module in model.named_modules():
+        for buffer_name, _ in module.named_buffers(recurse=False):
+            tensor_name = buffer_name.removesuffix("_mask")
+            if tensor_name != buffer_name and isinstance(getattr(module, f"{tensor_name}_orig", None), nn.Parameter):
+                yield (f"{module_name}.{tensor_name}" if module_name else tensor_name), module, tensor_name
+
+
+def from_torch_prune(model: nn.Module) -> Mask:
+    """The :class:`Mask` held in ``model``'s ``torch.nn.utils.prune`` buffers (``*_mask``; nonzero = kept).
+
+    Entries are named as the pruned weights (``net.1.weight``), so the mask
+    fits the model after :func:`make_permanent` and can be saved with
+    :meth:`Mask.save`. Raises :class:`ConfigError` when nothing is pruned.
+    """
+    found = {name: getattr(module, f"{tensor}_mask").detach() != 0 for name, module, tensor in _pruned_tensors(model)}
+    if not found:
+        raise ConfigError("the model holds no torch.nn.utils.prune masks (no *_orig parameter with a *_mask buffer)")
+    return Mask(found)
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Make every ``torch.nn.utils.prune`` reparametrisation permanent (``prune.remove``); returns ``model``.
+
+    Each pruned weight becomes a plain parameter again, holding zeros where
+    its mask pruned; the ``*_orig`` parameters and ``*_mask`` buffers go.
+    Read the mask first (:func:`from_torch_prune`) if it is still needed.
+    """
+    pruned = list(_pruned_tensors(model))
+    for _, module, tensor in pruned:
+        prune.remove(module, tensor)
+    log.info("made %d pruned tensors permanent", len(pruned))
+    return model
+
+
+# ----------------------------------------------------------------------------- ticket runs
+
+@dataclass(frozen=True)
+class LoadedTicket:
+    """A ticket :func:`load_ticket` loaded: mask, sparsity, stage, and the test accuracy ``tickets.json`` reports."""
+
+    mask: Mask
+    sparsity: float
+    test_accuracy: float | None
+    stage: str
+
+
+def _inside(root: Path, shown: Path, relative: str | os.PathLike, what: str) -> Path:
+    """``root / relative`` resolved (links followed), refused unless it stays inside ``root`` and exists."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"{shown}: the {what} {os.fspath(relative)!r} leads outside the run directory; "
+                          "refusing to follow it")
+    if not path.is_file():
+        raise ConfigError(f"{shown}: the {what} {os.fspath(relative)} does not exist")
+    return path
+
+
+def _read_rows(root: Path, shown: Path) -> list[dict]:
+    """The validated ticket rows of ``tickets.json``."""
+    path = _inside(root, shown, TicketLayout("").summary, "ticket summary")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ConfigError(f"{shown}: cannot read tickets.json ({_reason(exc)})") from None
+    rows = summary.get("tickets") if isinstance(summary, dict) else None
+    if not (isinstance(rows, list) and rows and all(
+            isinstance(r, dict) and isinstance(r.get("stage"), str) and isinstance(r.get("sparsity"), (int, float))
+            for r in rows)):
+        raise ConfigError(f"{shown}: tickets.json is not a pracset ticket summary (no list of tickets with "
+                          "a stage and a sparsity)")
+    return rows
+
+
+def _ticket_files(row: dict) -> tuple[str | Path, str | Path | None]:
+    """The mask and weights of a row, relative to the run directory (weights ``None``: not evaluated).
+
+    A row's own ``mask``/``weights`` keys win; without them the files are
+    where :func:`~pracset.tickets.find_tickets` writes them (the top-level
+    ``mask``/``weights`` of the final ticket name the same files, but relative
+    to the directory the run was started from, so they are not read).
+    """
+    layout, stage_round = TicketLayout(""), row.get("round")
+    mask, weights = row.get("mask"), row.get("weights")
+    if not (isinstance(mask, (str, type(None))) and isinstance(weights, (str, type(None)))
+            and (stage_round is None or type(stage_round) is int and stage_round >= 0)):
+        raise ConfigError(f"tickets.json: the row of {row['stage']} has a malformed round, mask or weights entry")
+    if mask is None:
+        mask = (layout.round(stage_round) if stage_round is not None else layout.sparse).mask
+    if "weights" not in row and row.get("evaluated", True):
+        weights = layout.stage(row["stage"]).model
+    return mask, weights
+
+
+def _check_fits(model: nn.Module, saved: Mapping[str, torch.Tensor], shown: Path) -> None:
+    """Raise a one-line :class:`ConfigError` naming the first tensor where ``model`` and ``saved`` differ."""
+    own = model.state_dict()
+    shape = lambda t: tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__  # noqa: E731
+    problem = next((f"the model's {n} is not in the ticket" if n not in saved else
+                    f"{n} is {shape(t)} in the model, {shape(saved[n])} in the ticket"
+                    for n, t in own.items() if n not in saved or shape(saved[n]) != shape(t)), None)
+    problem = problem or next((f"the ticket's {n} is not in the model" for n in saved if n not in own), None)
+    if problem:
+        raise ConfigError(f"the model does not fit the ticket in {shown}: {problem}")
+
+
+def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | None = None) -> LoadedTicket:
+    """Load a ticket of the run in ``run_dir`` into ``model``: its trained weights, with the pruned ones zero.
+
+    ``run_dir`` is a directory :func:`~pracset.tickets.find_tickets` (``pracset
+    ticket``) wrote; its ``tickets.json`` lists the tickets. The one whose
+    sparsity is closest to ``sparsity`` is loaded (default: the final ticket).
+    ``model`` must have the same tensors (names and shapes) as the ticket's
+    weights, e.g. ``build_model(arch, spec)``; otherwise a one-line
+    :class:`ConfigError` names the first difference, before ``model`` is
+    changed. A ticket that was not trained on the full split (no weights) is
+    refused. Files are read with ``torch.load(..., weights_only=True)``, and a
+    path or link that leads outside ``run_dir`` is refused, never followed.
+    Returns the ticket's mask (apply it with :func:`to_torch_prune` to keep
+    the pruned weights at zero while fine-tuning), sparsity and accuracy.
+    """
+    shown = Path(run_dir)
+    if not shown.is_dir():
+        raise ConfigError(f"{shown} is not a ticket run directory (not a directory)")
+    root = shown.resolve()
+    rows = _read_rows(root, shown)
+    if sparsity is None:
+        row = rows[-1]
+    else:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity <= 1:
+            raise ConfigError(f"sparsity must be a number from 0 to 1, got {sparsity!r}")
+        row = min(rows, key=lambda r: abs(r["sparsity"] - sparsity))
+    mask_file, weights_file = _ticket_files(row)
+    if weights_file is None:
+        evaluated = [r["sparsity"] for r in rows if _ticket_files(r)[1] is not None]
+        raise ConfigError(f"{shown}: the ticket at sparsity {row['sparsity']} ({row['stage']}) was not trained on "
+                          f"the full split, so it has no weights; tickets with weights: "
+                          f"{', '.join(map(str, evaluated)) or 'none'}")
+    weights_path = _inside(root, shown, weights_file, "weights file")
+    try:
+        saved = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise ConfigError(f"cannot read weights file {weights_path}: {_reason(exc)}") from None
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"{weights_path} holds no state dict")
+    mask = Mask.load(_inside(root, shown, mask_file, "mask file"))
+    _check_fits(model, saved, shown)
+    mask.check_model(model)
+    model.load_state_dict(saved)
+    mask.apply_(model)
+    log.info("loaded ticket %s of %s: sparsity %.4f", row["stage"], shown, row["sparsity"])
+    return LoadedTicket(mask=mask, sparsity=float(row["sparsity"]), test_accuracy=row.get("test_accuracy"),
+                        stage=row["stage"])
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets
+
+_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def dataset_card(manifest: "Manifest", *, source_license: str | None = None, id_column: str | None = None) -> str:
+    """A Hugging Face dataset card (``README.md``) for ``manifest``'s subset: YAML front matter, then how it was chosen.
+
+    ``source_license`` is the source data's license text, if known (the front
+    matter then says ``other`` and the prose quotes it; else ``unknown``).
+    """
+    import yaml  # a dependency of datasets, which a card is written for
+
+    data, selection, provenance = manifest.dataset, manifest.selection, manifest.provenance
+    rule = selection.get("rule")
+    front = {"license": "other" if source_license else "unknown", "task_categories": ["image-classification"],
+             "size_categories": [next((label for limit, label in _SIZE_CATEGORIES if manifest.num_selected < limit),
+                                      "n>100M")],
+             "pretty_name": f"{data['name']} subset selected by pracset ({rule})",
+             "tags": ["pracset", "data-subset", "lottery-ticket"]}
+    params = {k: v for k, v in selection.items() if k not in ("rule", "selected", "total", "reasons")}
+    version = provenance.get("pracset_version") or (provenance.get("versions") or {}).get("pracset")
+    epochs = provenance.get("epochs_run", provenance.get("epochs"))
+    digest = _file_digest(Path(manifest.path))
+    show = lambda value: "not recorded" if value is None else f"`{value}`"  # noqa: E731
+    lines = [
+        f"# {data['name']}: {manifest.num_selected} of {manifest.size} training examples selected by pracset",
+        "",
+        f"This is a subset of the training split of the data set `{data['name']}`, chosen by "
+        f"pracset with the selection rule `{rule}`: the examples a network needs to find "
+        "a lottery ticket (sparse, trainable subnetwork) on less data. It was written from a pracset manifest, "
+        "which records, for every training example, whether it was kept and why.",
+        "",
+        "## How the subset was selected",
+        "",
+        f"- selection rule: `{rule}`, parameters `{json.dumps(params, default=str)}`",
+        f"- kept: {manifest.num_selected} of {manifest.size} training examples "
+        f"({100 * manifest.fraction_selected:.2f}%)",
+        f"- kept per reason: `{json.dumps(manifest.reason_counts())}`",
+        f"- architecture the statistics were recorded on: {show(provenance.get('arch'))}, "
+        f"seed {show(provenance.get('seed'))}, epochs {show(epochs)}",
+        f"- pracset version: {show(version)}",
+        f"- data set fingerprint (of its class names and example content hashes): {show(data['fingerprint'])}",
+        f"- manifest: `{Path(manifest.path).name}`" + (f", sha256 `{digest}`" if digest else ""),
+        "",
+        "Rows are in `example_id` order (the example's position in pracset's canonical training split"
+        + (f": {data['id_order']}" if data.get("id_order") else "") + ")"
+        + (f"; the column `{id_column}` holds it." if id_column else "."),
+        "",
+        "## Kept per class",
+        "",
+        "| label | kept | of |",
+        "|---|---|---|",
+        *(f"| {label} | {c['selected']} | {c['total']} |" for label, c in manifest.per_class_counts().items()),
+        "",
+        "## License and loading",
+        "",
+        (f"The examples keep the license of the source data set: {source_license}." if source_license else
+         "The license of the source data set applies; it was not recorded with the data.")
+        + " Load the folder with `datasets.load_from_disk(PATH)` (or `datasets.load_dataset(REPO_ID)` once pushed).",
+        "",
+    ]
+    return f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n" + "\n".join(lines)
+
+
+def _refuse_nonempty(target: Path) -> None:
+    if target.is_symlink() or (target.exists() and not (target.is_dir() and not any(target.iterdir()))):
+        raise ConfigError(f"{target} exists and is not an empty directory; choose another directory")
+
+
+def save_hf_dataset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dataset",
+                    directory: str | os.PathLike, *, card: bool = True, match: str = "auto",
+                    image_column: str | None = None, label_column: str | None = None,
+                    id_column: str | None = None) -> Path:
+    """Write ``manifest``'s subset of ``dataset`` as a Hugging Face dataset folder; returns the folder.
+
+    The subset is :func:`pracset.load_subset` (``match``, ``image_column`` and
+    ``label_column`` are passed on): exactly the selected examples, in
+    example_id order. It is written with ``Dataset.save_to_disk`` (read it
+    with ``datasets.load_from_disk``), with a ``README.md`` dataset card
+    (:func:`dataset_card`) unless ``card=False``; with ``id_column`` a column
+    of that name holds each row's example_id. ``directory`` must not exist or
+    be empty (else a one-line :class:`ConfigError`). Everything is written into
+    a temporary sibling that is renamed into place, so a failure leaves no
+    half-written folder.
+    """
+    from pracset.manifest import Manifest, load_subset, read_manifest
+
+    if not isinstance(manifest, Manifest):
+        manifest = read_manifest(manifest)
+    target = Path(directory)
+    _refuse_nonempty(target)
+    subset = load_subset(manifest, dataset, match=match, image_column=image_column, label_column=label_column)
+    if id_column is not None:
+        if id_column in subset.column_names:
+            raise ConfigError(f"the dataset already has a column {id_column!r}; choose another id_column")
+        subset = subset.flatten_indices().add_column(id_column, manifest.selected_ids.tolist())
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+    try:
+        subset.save_to_disk(str(staging))
+        if card:
+            text = dataset_card(manifest, source_license=getattr(dataset.info, "license", None) or None,
+                                id_column=id_column)
+            (staging / "README.md").write_text(text)
+        _refuse_nonempty(target)  # again: something may have appeared while the subset was written
+        os.replace(staging, target)  # onto an absent or empty directory: atomic
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise
+    log.info("wrote %d of %d examples (manifest %s) to %s", len(subset), len(dataset), manifest.path, target)
+    return target
+
+
+def push_to_hub(directory: str | os.PathLike, repo_id: str, *, card: bool = True, private: bool = True,
+                token: str | None = None) -> None:
+    """Upload a folder :func:`save_hf_dataset` wrote to the Hugging Face Hub as dataset ``repo_id`` (needs internet).
+
+    Nothing is uploaded unless this is called. The rows go up with
+    ``Dataset.push_to_hub`` (a ``private`` repository by default); with
+    ``card`` the folder's ``README.md`` then replaces the card it wrote,
+    keeping that card's YAML keys (the data files it lists) that ours lacks.
+    A failure (offline, no token, no rights) is a one-line :class:`ConfigError`.
+    """
+    import datasets
+    import yaml
+
+    folder = Path(directory)
+    try:
+        subset = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError) as exc:  # FileNotFoundError, or not a save_to_disk folder
+        raise ConfigError(f"{folder} is not a saved dataset folder: {_reason(exc)}") from None
+    readme = folder / "README.md"
+    try:
+        subset.push_to_hub(repo_id, private=private, token=token)
+        if card and readme.is_file():
+            from huggingface_hub import DatasetCard
+
+            ours = DatasetCard(readme.read_text())
+            merged = {**DatasetCard.load(repo_id, token=token).data.to_dict(), **ours.data.to_dict()}
+            merged_card = DatasetCard(f"---\n{yaml.safe_dump(merged, sort_keys=False)}---\n{ours.text}")
+            merged_card.push_to_hub(repo_id, token=token)
+    except Exception as exc:  # network, authentication and hub errors come in many types
+        raise ConfigError(f"could not push {folder} to the Hugging Face Hub as {repo_id}: {_reason(exc)}") from None
+    log.info("pushed %s to the Hugging Face Hub as %s", folder, repo_id)
+
+
+__all__ = ["LoadedTicket", "dataset_card", "from_torch_prune", "load_ticket", "make_permanent", "push_to_hub",
+           "save_hf_dataset", "to_torch_prune"]

@@ -1,0 +1,80 @@
+"""TensorBoard scalars of a training stage, written while it runs (``--tensorboard``).
+
+Needs the optional ``tensorboard`` package (``pip install 'pracset[tensorboard]'``).
+Per epoch, at the global step it ended on, the writer adds the epoch's
+metrics (losses, accuracies, the learning rate it trained with), the
+sparsity of the model's conv and linear weights and the number of examples
+the epoch trained on (a PrAC round's set size). Everything it reads is on the
+host once per epoch; nothing is synchronised per step.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from pracset.errors import ConfigError
+from pracset.sparse.mask import prunable_names
+from pracset.train.loop import Callback, StepOutput, TrainState
+
+log = logging.getLogger(__name__)
+
+
+def require_tensorboard() -> None:
+    """Refuse with one line, before any training, when the optional ``tensorboard`` package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (the import is the check)
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install 'pracset[tensorboard]'") from None
+
+
+@torch.no_grad()
+def weight_sparsity(model: torch.nn.Module) -> float:
+    """The fraction of exact zeros among the model's conv and linear weights."""
+    params = dict(model.named_parameters())
+    names = prunable_names(model, "all")
+    zeros = sum(int((params[n] == 0).sum()) for n in names)
+    total = sum(params[n].numel() for n in names)
+    return zeros / total if total else 0.0
+
+
+class TensorBoardLogger(Callback):
+    """Writes a stage's per-epoch scalars into ``log_dir`` (one event file per fit)."""
+
+    def __init__(self, log_dir: str | Path):
+        require_tensorboard()
+        self.log_dir = Path(log_dir)
+        self._writer = None
+        self._examples = 0
+
+    def on_fit_start(self, state: TrainState) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # here: an optional dependency
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        self._examples = 0
+
+    def on_batch_end(self, state: TrainState, out: StepOutput) -> None:
+        self._examples += len(out.index)  # a host count: no device sync
+
+    def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
+        step = state.step
+        for key, value in metrics.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, test/accuracy, ...
+                self._writer.add_scalar(group, value, step)
+        self._writer.add_scalar("sparsity", weight_sparsity(state.model), step)
+        self._writer.add_scalar("examples_per_epoch", self._examples, step)
+        self._writer.flush()
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+__all__ = ["TensorBoardLogger", "require_tensorboard", "weight_sparsity"]

@@ -246,3 +246,21 @@ def test_tensorboard_without_the_package_is_one_line_before_any_work(tmp_path, m
     assert err == ("pracset train: error: --tensorboard needs the tensorboard package: "
                    "pip install 'pracset[tensorboard]'\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_metrics_log_grows_one_line_per_epoch_while_the_run_runs(tmp_path):
+    """Watched from inside the run: at the start of epoch k the log holds the k epochs already done."""
+    data = load_dataset(DataConfig("digits"))
+    config = TrainConfig(epochs=3, batch_size=256, warmup_epochs=0)
+    model = build_model("mlp", input_spec(data), seed=0)
+    train, test = make_loaders(data, config, torch.device("cpu"))
+    log_path = tmp_path / "metrics.jsonl"
+    seen = []
+
+    class Watch(Callback):
+        def on_epoch_start(self, state):
+            seen.append([json.loads(line)["epoch"] for line in log_path.read_text().splitlines()])
+
+    Trainer(config, metrics_log=log_path).fit(model, train, test, [Watch()])
+    assert seen == [[], [1], [1, 2]]
+    assert [json.loads(line)["epoch"] for line in log_path.read_text().splitlines()] == [1, 2, 3]

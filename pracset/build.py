@@ -33,7 +33,7 @@ import torch
 
 from pracset import __version__
 from pracset.config import option, require, to_dict
-from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
@@ -50,7 +50,8 @@ from pracset.tickets import IMPConfig, find_tickets
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.optim import check_names
-from pracset.train.run import make_loaders, new_model, resolve_data, train_stage
+from pracset.train.run import (check_loader_settings, make_loaders, new_model, resolve_data, split_labels, train_stage,
+                               unaugmented_train_loader)
 from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def stats_path(manifest_path: Path) -> Path:
 def build_identity(data: DataConfig | dict, arch: str, train: TrainConfig, build: BuildConfig,
                    selection: SelectionConfig, early_bird: EarlyBirdConfig) -> dict:
     """What makes two builds the same build (recorded in the manifest and compared before building again)."""
-    return {"data": data if isinstance(data, dict) else to_dict(data), "arch": arch, "train": to_dict(train),
+    return {"data": data if isinstance(data, dict) else data.identity(), "arch": arch, "train": to_dict(train),
             "build": to_dict(build),
             "selection": to_dict(selection), "early_bird": to_dict(early_bird) if build.early_bird else None}
 
@@ -151,10 +152,11 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         run.check()
         # Data and model are checked before anything is written, so a refused build leaves nothing behind.
         dataset = dataset or load_dataset(data)
+        check_loader_settings(dataset, train)
         check_size(selection, len(dataset.train))
         model = new_model(architecture, dataset, seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)
-        run.claim()
+        run.claim(data=dataset)
         if selection.rule == "random" and selection.size_for(len(dataset.train)) is not None:
             return _build_random(layout, dataset, arch, train, selection, identity, device=device, started=started)
         if build.cep == "trained":
@@ -174,13 +176,12 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         statistics = recorder.statistics()
         probe_result = None
         if build.probe_sparsities:
-            mean, std = dataset.normalization
-            probe_loader = DeviceLoader(train_loader.split, max(train.batch_size, 512), mean, std,
-                                        channels_last=train_loader.channels_last)
+            probe_loader = unaugmented_train_loader(dataset, device, max(train.batch_size, 512),
+                                                    channels_last=train_loader.channels_last)
             probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
                                          mask=mask, ranking=build.probe_ranking, precision=train.precision,
                                          ledger=ledger, stage="probe")
-        labels = dataset.train.labels.cpu().numpy()
+        labels = split_labels(dataset.train)
         disagreements = probe_result.disagreements if probe_result else None
         chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), selection)
         columns = manifest_columns(dataset, statistics, disagreements, chosen)
@@ -276,7 +277,7 @@ def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, s
     """
     n = len(dataset.train)
     statistics = ExampleRecorder(n, "cpu").statistics()
-    labels = dataset.train.labels.cpu().numpy()
+    labels = split_labels(dataset.train)
     chosen = select(SelectionInputs.from_statistics(labels, statistics, None), selection)
     columns = manifest_columns(dataset, statistics, None, chosen)
     metadata = {"dataset": dataset_metadata(dataset), "selection": chosen.describe(), "provenance": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -353,13 +354,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    quiet_rank = False
     if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: join the process group
         if init_from_env() and not is_main():
-            logging.getLogger().setLevel(logging.WARNING)  # rank 0 logs the progress
+            logging.getLogger().setLevel(logging.ERROR)  # rank 0 logs the progress and the warnings
+            quiet_rank = True  # and prints the results: every rank computes them alike
     try:
         # With progress bars on, log lines go through tqdm so that they do not overwrite the bar.
         set_threads(getattr(args, "threads", None))
-        with logging_redirect_tqdm() if sys.stderr.isatty() and not args.quiet else contextlib.nullcontext():
+        with logging_redirect_tqdm() if sys.stderr.isatty() and not args.quiet else contextlib.nullcontext(), \
+                contextlib.redirect_stdout(io.StringIO()) if quiet_rank else contextlib.nullcontext():
             code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below
         return code

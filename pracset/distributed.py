@@ -18,6 +18,10 @@ pracset that see data or write files cooperate as follows:
   each rank back-propagates ``sum(losses) * W / global_batch`` so that DDP's
   average over ranks is the mean over the global batch (exact even when the
   last batch does not split evenly, or leaves a rank empty).
+* **BatchNorm**: statistics over each rank's slice, as in plain DDP (rank 0's
+  running statistics are copied to every rank after each epoch); with
+  ``TrainConfig.sync_batchnorm`` (CUDA only) :func:`wrap_ddp` converts the
+  layers to ``SyncBatchNorm``, whose statistics cover the global batch.
 * **Per-example statistics**: the recorder gathers each epoch's presentations
   from all ranks (:func:`all_gather_cat`) before applying them, so every rank
   holds the statistics of a one-process run over the same presentations.
@@ -43,7 +47,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-from pracset.errors import PracsetError
+from pracset.errors import ConfigError, PracsetError
 
 log = logging.getLogger(__name__)
 
@@ -293,14 +297,37 @@ def sync_buffers(module: torch.nn.Module, src: int = 0) -> None:
             data.copy_(sent)
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace ``model``'s BatchNorm layers by ``torch.nn.SyncBatchNorm`` in place; returns ``model``.
+
+    The new layers hold the same parameter and buffer tensors under the same
+    names, so masks, optimizers, checkpoints and callbacks that hold ``model``
+    see no difference. Without an initialised process group SyncBatchNorm
+    computes what BatchNorm does.
+    """
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if converted is not model:  # only a bare BatchNorm layer is replaced rather than converted in place
+        raise ConfigError("sync_batchnorm needs a model that contains its BatchNorm layers, not a bare BatchNorm layer")
+    return model
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device, *, sync_batchnorm: bool = False) -> torch.nn.Module:
     """``model`` in ``DistributedDataParallel`` when distributed, else ``model`` itself.
 
     The wrapper only runs the forward pass: callbacks, masks and checkpoints
     keep using ``model`` (parameter names without the ``module.`` prefix).
+    With ``sync_batchnorm`` (distributed only) the BatchNorm layers are first
+    converted in place (:func:`convert_sync_batchnorm`) so that their
+    statistics cover the global batch; torch computes them on CUDA devices
+    only, so any other device is refused with a :class:`ConfigError`.
     """
     if not is_distributed():
         return model
+    if sync_batchnorm:
+        if device.type != "cuda":
+            raise ConfigError(f"sync_batchnorm needs CUDA devices under torch.distributed (torch's SyncBatchNorm has "
+                              f"no {device.type} kernels); turn it off on {device.type}")
+        convert_sync_batchnorm(model)
     device_ids = None
     if device.type == "cuda":
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -371,7 +398,8 @@ def spawn(fn: Callable, world: int, *args: Any, backend: str = "gloo", timeout_m
 
 __all__ = [
     "all_gather_cat", "all_gather_cat_many", "all_reduce_sum", "barrier", "broadcast_mask", "broadcast_object",
-    "check_same", "check_same_mask", "gather_in_order", "global_batch_len", "init_from_env", "is_distributed",
-    "is_main", "is_sharded", "launched_by_torchrun", "local_rank", "mask_checksum", "parameters_checksum", "rank",
-    "run_on_main", "shard_bounds", "spawn", "sync_buffers", "world_size", "wrap_ddp",
+    "check_same", "check_same_mask", "convert_sync_batchnorm", "gather_in_order", "global_batch_len",
+    "init_from_env", "is_distributed", "is_main", "is_sharded", "launched_by_torchrun", "local_rank",
+    "mask_checksum", "parameters_checksum", "rank", "run_on_main", "shard_bounds", "spawn", "sync_buffers",
+    "world_size", "wrap_ddp",
 ]

@@ -63,7 +63,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets
 from pracset.tickets.methods import DynamicSparse
 from pracset.train.config import TrainConfig
-from pracset.train.run import input_spec
+from pracset.train.run import check_loader_settings, input_spec
 from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class Pipeline:
         for key in _SECTIONS:
             value = getattr(self, key)
             out[key] = to_dict(value) if value is not None else None
+        out["data"] = self.data.identity()  # the decoding workers are not part of what the run is
         return out
 
     @property
@@ -270,7 +271,8 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
         for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
             build_model(arch, input_spec(dataset))
         _check_settings(pipeline, len(dataset.train))
-        run.claim()
+        check_loader_settings(dataset, pipeline.train)
+        run.claim(data=dataset)
         results = _run_stages(pipeline, layout, dataset, device=device, progress=progress)
         return write_report(pipeline, layout, results)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from pracset.errors import ConfigError
+from pracset.errors import ConfigError, DataError
 from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_directory, holds_only_temporaries,
                             locked_output_directory, remove_temporaries)
 from pracset.train.ledger import IterationLedger
@@ -246,6 +246,15 @@ class BuildLayout:
         return StageFiles("dense", self.work)
 
 
+def data_check(dataset: Any) -> dict | None:
+    """What identifies a loaded data set's training files cheaply: its size and, when streamed, its listing digest."""
+    train = getattr(dataset, "train", None)
+    if train is None:
+        return None
+    key = train.cache_key() if callable(getattr(train, "cache_key", None)) else None
+    return {"train_examples": len(train), "listing": key}
+
+
 # ----------------------------------------------------------------------------- the directory itself
 
 class RunDirectory:
@@ -314,13 +323,29 @@ class RunDirectory:
         remove_temporaries(self.root)  # left by a killed run; the lock makes this directory ours
         self.ledger = IterationLedger.load(self.ledger_path) if self.ledger_path.exists() else IterationLedger()
 
-    def claim(self, extra_record: Mapping[str, Any] | None = None) -> None:
-        """Write the identity record (with ``extra_record``) of a new run: from here on the directory is this run's."""
+    def claim(self, extra_record: Mapping[str, Any] | None = None, *, data: Any = None) -> None:
+        """Write the identity record (with ``extra_record``) of a new run: from here on the directory is this run's.
+
+        With ``data`` (the loaded data set), the record keeps what identifies
+        its files (:func:`data_check`) and a resumed run refuses data that
+        changed since it started: a streamed folder with files added or
+        removed would otherwise continue with statistics of another size.
+        """
+        check = data_check(data) if data is not None else None
         if self.status == "new" and not self.record.exists():
             from pracset.device import environment  # here: runs.py stays free of torch at import
 
             atomic_write_json(self.record, {"identity": self.identity, "environment": environment(),
-                                            **(extra_record or {})})
+                                            **({"data_check": check} if check else {}), **(extra_record or {})})
+        elif check:
+            try:
+                previous = json.loads(self.record.read_text()).get("data_check")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                previous = None
+            if previous and previous != check:
+                changes = "; ".join(describe_changes(previous, check))
+                raise DataError(f"the data changed since {self.root} started ({changes}); restore it, or choose "
+                                "another --out")
 
     @property
     def ledger_path(self) -> Path:

@@ -397,6 +397,16 @@ CASES: list[Case] = [
     Case("config-bad-toml", "--config naming a file that is not TOML",
          ["train", "--config", "p.toml", "--arch", "mlp", "--out", "t", *TINY],
          setup=_write("p.toml", "[train\nlr = "), message="p.toml is not valid TOML", exact=False),
+    Case("random-resized-crop-in-memory", "--random-resized-crop on data held in memory",
+         ["train", "--arch", "mlp", "--random-resized-crop", "--out", "t", *TINY],
+         message="random_resized_crop is drawn by the streaming loader's workers: turn on --stream "
+                 "(or [data] stream = true) for it"),
+    Case("stream-small-data-set", "--stream on a data set that loads in memory",
+         ["train", "--arch", "mlp", "--stream", "--out", "t", *TINY],
+         message="data set 'digits' is small and loads in memory; streaming serves imagefolder, tiny-imagenet, hf"),
+    Case("workers-negative", "--workers negative",
+         ["train", "--arch", "mlp", "--stream", "--workers=-1", "--out", "t", *TINY],
+         message="workers must not be negative, got -1"),
     Case("threads-zero", "--threads 0",
          ["train", "--arch", "mlp", "--threads", "0", "--out", "t", *TINY],
          message="argument --threads: must be a positive integer, got '0'"),
@@ -559,7 +569,7 @@ CASES: list[Case] = [
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
          message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                  "schedule, milestones, gamma, warmup_epochs, seed, precision, eval_every, crop_padding, flip, "
-                 "drop_last"),
+                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm"),
     Case("pipeline-unknown-section", "a pipeline with an unknown section",
          ["run", "p.toml", "-q"], setup=_toml(replace=("[report]", "[reporting]")),
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
@@ -665,7 +675,7 @@ CASES: list[Case] = [
          call=_from_dict("pracset.train.TrainConfig", {"epoch": 3}, where="train"), error=ConfigError,
          message="unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                  "schedule, milestones, gamma, warmup_epochs, seed, precision, eval_every, crop_padding, flip, "
-                 "drop_last"),
+                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm"),
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",
          call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "colour": "red"}), error=ConfigError,
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "

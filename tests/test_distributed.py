@@ -383,3 +383,83 @@ def test_streaming_loader_under_ddp_matches_the_device_loader(ranks):
 def _assert_statistics_equal_columns(a, b):
     for name, column in a.columns().items():
         assert np.array_equal(column, b.columns()[name], equal_nan=column.dtype.kind == "f"), name
+
+
+# ----------------------------------------------------------------------------- SyncBatchNorm (TrainConfig.sync_batchnorm)
+def _bn_mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.BatchNorm1d(16),
+                               torch.nn.ReLU(), torch.nn.Linear(16, 10))
+
+
+def _sync_batchnorm_worker(rank: int, tmp: str) -> None:
+    """One rank: what sync_batchnorm does on the CPU under two gloo ranks; saves to ``tmp/syncbn{rank}.pt``."""
+    torch.set_num_threads(1)
+    cpu, seen = torch.device("cpu"), {}
+    dataset = load_dataset(DataConfig("digits"))
+    config = _train_config(epochs=1, sync_batchnorm=True)
+    model = _bn_mlp()
+    before = ddp.parameters_checksum(model)
+    for what, call in (("wrap_ddp", lambda: ddp.wrap_ddp(model, cpu, sync_batchnorm=True)),
+                       ("fit", lambda: Trainer(config).fit(model, _loader(dataset, config, _subset_ids())))):
+        try:
+            call()
+            seen[what] = None
+        except ConfigError as exc:
+            seen[what] = str(exc)
+    seen["untouched"] = torch.equal(before, ddp.parameters_checksum(model)) and isinstance(model[2], torch.nn.BatchNorm1d)
+    seen["plain_ddp"] = type(ddp.wrap_ddp(_bn_mlp(), cpu)).__name__
+    converted = ddp.convert_sync_batchnorm(_bn_mlp()).train()  # why it is refused: torch has no CPU kernels for it
+    try:
+        converted(dataset.train.images[:8].float())
+        seen["torch_on_cpu"] = None
+    except ValueError as exc:
+        seen["torch_on_cpu"] = str(exc)
+    torch.save(seen, Path(tmp) / f"syncbn{rank}.pt")
+
+
+def test_sync_batchnorm_is_refused_on_cpu_ranks_before_any_step(tmp_path):
+    ddp.spawn(_sync_batchnorm_worker, WORLD, str(tmp_path), backend="gloo", timeout_minutes=2)
+    message = ("sync_batchnorm needs CUDA devices under torch.distributed (torch's SyncBatchNorm has no cpu "
+               "kernels); turn it off on cpu")
+    for rank in range(WORLD):
+        seen = torch.load(tmp_path / f"syncbn{rank}.pt", weights_only=False)
+        assert seen["wrap_ddp"] == seen["fit"] == message
+        assert seen["untouched"]  # refused before converting or training anything
+        assert seen["plain_ddp"] == "DistributedDataParallel"
+        # if this starts passing, torch learned SyncBatchNorm on the CPU and the refusal can go
+        assert seen["torch_on_cpu"] is not None and "SyncBatchNorm expected input tensor to be on GPU" in seen["torch_on_cpu"]
+
+
+def test_sync_batchnorm_keeps_parameter_names_and_tensors():
+    """Masks, optimizers and checkpoints hold the model's own tensors by name: the conversion keeps both."""
+    import copy
+
+    from pracset.models import InputSpec, build_model
+
+    model = build_model("resnet20", InputSpec(3, 16, 16, 10), seed=0)
+    reference = copy.deepcopy(model)
+    parameters, buffers = dict(model.named_parameters()), dict(model.named_buffers())
+    layers = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert ddp.convert_sync_batchnorm(model) is model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == layers == 21
+    assert list(dict(model.named_parameters())) == list(parameters)
+    assert all(p is parameters[name] for name, p in model.named_parameters())
+    assert all(b is buffers[name] for name, b in model.named_buffers())
+    assert list(model.state_dict()) == list(reference.state_dict())
+    x = torch.randn(4, 3, 16, 16)  # without a process group SyncBatchNorm is BatchNorm
+    assert torch.allclose(model.train()(x), reference.train()(x), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(model.buffers(), reference.buffers()))
+
+
+def test_sync_batchnorm_changes_nothing_in_one_process():
+    dataset = load_dataset(DataConfig("digits"))
+    weights = []
+    for sync in (False, True):
+        config = _train_config(epochs=1, sync_batchnorm=sync)
+        model = _bn_mlp()
+        Trainer(config).fit(model, _loader(dataset, config, _subset_ids()[:256]))  # no batch of one for BatchNorm
+        assert type(model[2]) is torch.nn.BatchNorm1d
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -182,3 +182,20 @@ def test_a_pipeline_says_which_run_of_how_many_and_the_time_left(caplog, monkeyp
     # the finished run that was skipped does not count; the mean of 2 and 4 minutes, for the one run left
     assert lines[2] == "pipeline p: run 3 of 4: mlp imp seed 0; about 4 min left"
     assert lines[3] == "pipeline p: run 4 of 4: mlp prac-imp seed 0; about 3 min left"
+
+
+def test_the_imagenet_recipe_steps_its_rate_at_epochs_30_60_and_80():
+    """pipelines/imagenet-resnet50.toml: open_lth's ResNet-50 schedule, streamed, with ImageNet's augmentation."""
+    from pracset.train import lr_factor
+
+    pipeline = load_pipeline(Path(__file__).parents[1] / "pipelines" / "imagenet-resnet50.toml")
+    train = pipeline.train
+    assert (pipeline.arch, pipeline.data.name, pipeline.data.stream, pipeline.data.image_size) == (
+        "resnet50-imagenet", "imagefolder", True, 224)
+    assert (train.epochs, train.batch_size, train.lr, train.warmup_epochs) == (90, 1024, 0.4, 5.0)
+    assert train.random_resized_crop and train.flip and train.label_smoothing == 0.1 and not train.crop_padding
+    per_epoch = -(-1_281_167 // 1024)  # ILSVRC-2012's training images, the last batch kept
+    factor = [lr_factor(epoch * per_epoch, 90 * per_epoch, per_epoch, train) for epoch in range(90)]
+    changes = [epoch for epoch in range(6, 90) if factor[epoch] != factor[epoch - 1]]
+    assert changes == [30, 60, 80] and factor[5] == 1.0 and factor[89] == pytest.approx(1e-3)
+    assert factor[0] == pytest.approx(1 / (5 * per_epoch))  # the linear warm-up's first step

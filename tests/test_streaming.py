@@ -288,3 +288,59 @@ def test_make_streaming_loaders_like_make_loaders(tree, in_memory):
     _assert_same_batches(test, device_test, epochs=(0,))
     state = Trainer(config).fit(build_model("mlp", data.input_spec(), seed=0), train, test)
     assert state.step == 2 and "test_accuracy" in state.history[-1]
+
+
+# ----------------------------------------------------------------------------- random-resized crop (ImageNet)
+def _crops_by_id(streamed, mean, std, *, batch_size, epoch, workers=0, **extra):
+    loader = StreamingLoader(streamed.train, batch_size, mean, std, shuffle=True, seed=3,
+                             random_resized_crop=True, workers=workers, **extra)  # no flip: only the crop varies
+    loader.set_epoch(epoch)
+    return {int(i): x for batch in loader for i, x in zip(batch.index, batch.x)}
+
+
+def test_random_resized_crop_depends_on_seed_epoch_and_id_only(streamed, in_memory):
+    mean, std = in_memory.normalization
+    alone = _crops_by_id(streamed, mean, std, batch_size=4, epoch=0)
+    regrouped = _crops_by_id(streamed, mean, std, batch_size=7, epoch=0, workers=2)
+    ranks = {**_crops_by_id(streamed, mean, std, batch_size=4, epoch=0, rank=0, world_size=2),
+             **_crops_by_id(streamed, mean, std, batch_size=4, epoch=0, rank=1, world_size=2)}
+    assert alone.keys() == regrouped.keys() == ranks.keys() == set(range(len(streamed.train)))
+    assert all(torch.equal(alone[i], regrouped[i]) and torch.equal(alone[i], ranks[i]) for i in alone)
+    assert all(x.shape == (3, SIZE[1], SIZE[0]) for x in alone.values())  # back to the image size
+    later = _crops_by_id(streamed, mean, std, batch_size=4, epoch=1)
+    assert sum(not torch.equal(alone[i], later[i]) for i in alone) >= len(alone) - 1  # a new crop each epoch
+    plain = StreamingLoader(streamed.train, 4, mean, std, shuffle=True, seed=3, workers=0)
+    assert sum(not torch.equal(alone[int(i)], x) for b in plain for i, x in zip(b.index, b.x)) >= len(alone) - 1
+
+
+def test_random_resized_crop_by_hand():
+    from PIL import Image
+
+    from pracset.data.host_augment import resized_crop_boxes, resized_crops
+
+    rng = np.random.default_rng(1)
+    square = rng.integers(0, 256, (3, 2, 9, 9), dtype=np.uint8)
+    whole = dict(seed=0, epoch=4, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert np.array_equal(resized_crops(square, np.array([5, 6, 7]), **whole), square)  # the crop is the image
+    # a 12-wide, 10-high image cannot hold a square of its whole area: the central 10x10 crop, stretched to 12 wide
+    wide = rng.integers(0, 256, (1, 1, 10, 12), dtype=np.uint8)
+    assert resized_crop_boxes(10, 12, np.array([0]), **whole).tolist() == [[0, 1, 10, 10]]
+    expected = np.asarray(Image.fromarray(wide[0, 0][:, 1:11]).resize((12, 10), Image.BILINEAR))
+    assert np.array_equal(resized_crops(wide, np.array([0]), **whole)[0, 0], expected)
+
+    boxes = resized_crop_boxes(64, 48, np.arange(4000), seed=1, epoch=0)  # torchvision's defaults
+    top, left, height, width = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + height <= 64).all() and (left + width <= 48).all()
+    share, aspect = height * width / (64 * 48), width / height
+    assert share.min() > 0.07 and share.max() <= 1 and 0.4 < share.mean() < 0.55
+    assert aspect.min() > 0.7 and aspect.max() < 1.4  # 3/4..4/3, up to rounding to whole pixels
+
+
+def test_random_resized_crop_replaces_the_padded_crop(streamed, in_memory):
+    from pracset.train.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="random_resized_crop replaces the padded random crop: pass crop_padding=0"):
+        StreamingLoader(streamed.train, 4, *in_memory.normalization, crop_padding=4, random_resized_crop=True)
+    with pytest.raises(ConfigError, match="leave crop_padding unset or 0, got 4"):
+        TrainConfig(random_resized_crop=True, crop_padding=4)
+    assert TrainConfig(random_resized_crop=True).crop_padding is None  # the data set's default yields to it

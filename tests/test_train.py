@@ -264,3 +264,37 @@ def test_the_metrics_log_grows_one_line_per_epoch_while_the_run_runs(tmp_path):
     Trainer(config, metrics_log=log_path).fit(model, train, test, [Watch()])
     assert seen == [[], [1], [1, 2]]
     assert [json.loads(line)["epoch"] for line in log_path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_label_smoothing_is_the_loss_trained_on_and_evaluation_stays_plain_cross_entropy():
+    """Callbacks see (1 - e) * -log p_y + e * mean_k(-log p_k) per example; evaluation reports plain cross-entropy."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from pracset.errors import ConfigError
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 4, generator=gen), torch.tensor([0, 1, 2, 2, 1, 0])
+    smoothing = 0.2
+    seen = []
+
+    class Losses(Callback):
+        def on_batch_end(self, state, out):
+            seen.append((out.logits.clone(), out.labels.clone(), out.losses.clone()))
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    config = TrainConfig(epochs=1, batch_size=3, lr=0.1, warmup_epochs=0, label_smoothing=smoothing)
+    batches = DataLoader(TensorDataset(x, y, torch.arange(6)), batch_size=3)
+    state = Trainer(config).fit(model, batches, DataLoader(TensorDataset(x, y), batch_size=3), [Losses()])
+    assert len(seen) == 2
+    for logits, labels, losses in seen:
+        for logit, label, loss in zip(logits.tolist(), labels.tolist(), losses.tolist()):
+            log_p = [v - math.log(sum(math.exp(u) for u in logit)) for v in logit]
+            by_hand = (1 - smoothing) * -log_p[label] + smoothing * -sum(log_p) / 3
+            assert loss == pytest.approx(by_hand, rel=1e-5)
+    metrics = state.history[-1]
+    assert metrics["train_loss"] == pytest.approx(float(torch.cat([s[2] for s in seen]).mean()), rel=1e-6)
+    assert metrics["test_loss"] == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)  # not smoothed
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=rf"label_smoothing must lie in \[0, 1\), got {bad}"):
+            TrainConfig(label_smoothing=bad)

@@ -8,7 +8,7 @@ data. Each ends with a line ``VERDICT PASS|FAIL|SKIP: ...`` (see ``common``).
 - ``manifest``: writing, reading and applying an ImageNet-sized PrAC manifest.
 - ``recorder``: the per-example recorder's cost per training epoch, and its host syncs.
 - ``sparse``: the overhead of a static mask, RigL and GraNet over dense training.
-- ``streaming``: the StreamingLoader against the in-memory loader on JPEG CIFAR-10.
+- ``streaming``: the StreamingLoader (1, 2, all workers) against the in-memory loader on JPEG CIFAR-10 or any JPEG folder or tar, and how long a GPU waits for it.
 - ``train``: the training loop's speed and its host syncs per step.
 """
 

@@ -61,6 +61,17 @@ class FolderTree:
         """The bytes of file ``rel``."""
         return (self.root / rel).read_bytes()
 
+    def signature(self, files: Sequence[str]) -> str:
+        """What ``files`` hold, cheaply: each name, size and modification time (changes when a file does)."""
+        parts = []
+        for rel in files:
+            try:
+                stat = (self.root / rel).stat()
+            except OSError as exc:
+                raise DataError(f"cannot read {self.root / rel}: {exc.strerror or exc}") from None
+            parts.append(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}")
+        return "\n".join(parts)
+
 
 class ArchiveTree:
     """The files of a tar archive (compressed or not), all read into memory in one pass."""
@@ -109,6 +120,11 @@ class TarTree:
             self._fd, self._pid = os.open(self.root, os.O_RDONLY), os.getpid()
         offset, size = self._offsets[rel]
         return os.pread(self._fd, size, offset)
+
+    def signature(self, files: Sequence[str]) -> str:
+        """What ``files`` hold, cheaply: the archive's size and modification time and each member's place."""
+        stat = self.root.stat()
+        return f"{stat.st_size}\0{stat.st_mtime_ns}\n" + "\n".join(f"{rel}\0{self._offsets[rel]}" for rel in files)
 
     def __getstate__(self) -> dict:
         # a descriptor does not survive pickling into a worker process: each opens its own
@@ -249,12 +265,20 @@ class TreeReader:
         self.files = list(files)
 
     def read_many(self, ids: Sequence[int]) -> list[bytes]:
-        """The encoded images ``ids``, in that order."""
-        return [self.tree.read(self.files[i]) for i in ids]
+        """The encoded images ``ids``, in that order (a file gone or unreadable since the listing: one line)."""
+        try:
+            return [self.tree.read(self.files[i]) for i in ids]
+        except OSError as exc:
+            raise DataError(f"cannot read {exc.filename or self.tree.root}: {exc.strerror or exc}; the data "
+                            "changed since it was listed? (--resume continues once it is back)") from None
 
     def describe(self, i: int) -> str:
         """Where example ``i`` comes from, for error messages."""
         return f"{self.tree.root}/{self.files[i]}"
+
+    def signature(self) -> str:
+        """A cheap summary of the split's files that changes when one is added, removed or rewritten."""
+        return f"tree:{self.tree.root}\n" + self.tree.signature(self.files)
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
@@ -303,6 +327,11 @@ class HFReader:
     def describe(self, i: int) -> str:
         """Where row ``i`` comes from, for error messages."""
         return f"row {i} of column {self.column!r}"
+
+    def signature(self) -> str:
+        """The split's own ``datasets`` fingerprint (it changes with every edit) and the image column."""
+        fingerprint = getattr(self.split, "_fingerprint", None)
+        return None if fingerprint is None else f"hf:{fingerprint}:{len(self.split)}:{self.column}"
 
 
 def open_hf_split(split, image_column: str | None, label_column: str | None,

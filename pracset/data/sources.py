@@ -8,6 +8,7 @@ source's ``example_id``.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import os
@@ -47,9 +48,22 @@ class DataConfig:
     label_column: str | None = option(None, "hf: the label column (default: the first ClassLabel feature, else 'label')", metavar="COLUMN")
     train_split: str = option("train", "hf: the split to train on and select from", metavar="SPLIT")
     test_split: str = option("test", "hf: the held-out split used for evaluation", metavar="SPLIT")
+    stream: bool = option(False, "decode the images batch by batch in worker processes instead of holding the "
+                                 "training split in memory (imagefolder, tiny-imagenet, hf: data larger than memory)")
+    workers: int | None = option(None, "--stream: decoding processes (default: one per CPU, up to 8; 0 decodes in "
+                                       "the training process)", metavar="N")
 
     def __post_init__(self) -> None:
         require(self.image_size is None or self.image_size > 0, f"image_size must be a positive integer, got {self.image_size}")
+        require(self.workers is None or self.workers >= 0, f"workers must not be negative, got {self.workers}")
+
+    def identity(self) -> dict:
+        """The settings that make two runs' data the same: all but ``workers`` (decoding processes change
+        nothing), and ``stream`` only when on (so runs from before it existed keep their identity)."""
+        settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "workers"}
+        if not self.stream:
+            del settings["stream"]
+        return settings
 
     def resolved_data_dir(self) -> Path | None:
         """``data_dir``, else ``$PRACSET_DATA_DIR``, else None."""
@@ -387,6 +401,12 @@ SOURCES: Registry[DataSource] = Registry("data set", {
 })
 
 
-def load_dataset(config: DataConfig) -> ImageDataset:
-    """Load the data set that ``config`` names."""
-    return SOURCES.get(config.name).load(config)
+def load_dataset(config: DataConfig):
+    """Load the data set that ``config`` names: in memory (an :class:`ImageDataset`), or streamed with ``stream``
+    (a :class:`~pracset.data.streaming.StreamingSplits`; both are a :class:`~pracset.data.protocol.SplitDataset`)."""
+    source = SOURCES.get(config.name)
+    if config.stream:
+        from pracset.data.streaming import open_streaming  # here: streaming.py imports this module
+
+        return open_streaming(config)
+    return source.load(config)

@@ -12,9 +12,10 @@
   slice of every batch (:func:`pracset.distributed.shard_bounds`): each id
   once per epoch overall.
 * Workers run a :class:`BatchDecoder`: they decode a whole batch and augment
-  it on uint8 pixels (random crop with zero padding, horizontal flip; the
-  draw of an example depends only on ``(seed, epoch, example id)``, not on
-  the batching, the worker or the rank), and return one uint8 tensor. The
+  it on uint8 pixels (random crop with zero padding, or ImageNet's
+  random-resized crop; horizontal flip; the draw of an example depends only
+  on ``(seed, epoch, example id)``, not on the batching, the worker or the
+  rank), and return one uint8 tensor. The
   training process copies it from pinned memory with ``non_blocking=True``
   and normalises on the device, as the device loader does, so
   :class:`StreamingLoader` yields the same ``Batch(x, y, index)`` (it is a
@@ -23,6 +24,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Iterator, Sequence
 
@@ -31,8 +33,9 @@ import torch
 
 from pracset import distributed as ddp
 from pracset.data.decode import decode_image, detect_mode, pixels_as_uint8, to_chw
+from pracset.data.host_augment import augment
 from pracset.data.loader import Batch, num_batches
-from pracset.errors import ConfigError, DataError
+from pracset.errors import ConfigError, DataError, PracsetError
 
 
 def default_workers(workers: int | None) -> int:
@@ -63,6 +66,17 @@ class StreamingDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def cache_key(self) -> str | None:
+        """A digest of everything this split's decoded pixels depend on (None: no cheap way to tell)."""
+        signature = getattr(self.reader, "signature", lambda: None)()
+        if signature is None:
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (signature, self.mode, str(self.image_size), str(self.image_shape)):
+            digest.update(str(part).encode() + b"\0")
+        digest.update(np.ascontiguousarray(self.labels, dtype="<i8").tobytes())
+        return digest.hexdigest()
 
     def _decode_one(self, item, i: int) -> np.ndarray:
         if self.reader.kind == "array":
@@ -97,48 +111,13 @@ class StreamingDataset(torch.utils.data.Dataset):
         return torch.from_numpy(self.decode([i])[0]), int(self.labels[i])
 
 
-def _hash64(*parts: np.ndarray | int) -> np.ndarray:
-    """SplitMix64 of a tuple of unsigned integers (element-wise over arrays): a counter-based random draw."""
-    with np.errstate(over="ignore"):
-        out = np.zeros((), dtype=np.uint64)
-        for part in parts:
-            x = out ^ np.asarray(part).astype(np.uint64)
-            x = x + np.uint64(0x9E3779B97F4A7C15)
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            out = x ^ (x >> np.uint64(31))
-    return out
-
-
-def augment(images: np.ndarray, ids: np.ndarray, *, seed: int, epoch: int, crop_padding: int, flip: bool) -> np.ndarray:
-    """Random crop with zero padding and horizontal flip of uint8 (B, C, H, W) images, on the host.
-
-    Example ``ids[j]``'s offsets and flip depend on ``(seed, epoch, ids[j])`` only.
-    """
-    if not len(images) or (not crop_padding and not flip):
-        return images
-    draw = _hash64(seed, epoch, ids.astype(np.int64))
-    out = images
-    if crop_padding:
-        p = crop_padding
-        b, c, h, w = images.shape
-        padded = np.zeros((b, c, h + 2 * p, w + 2 * p), dtype=images.dtype)
-        padded[:, :, p:p + h, p:p + w] = images
-        rows = (draw % np.uint64(2 * p + 1)).astype(np.int64)
-        cols = ((draw >> np.uint64(16)) % np.uint64(2 * p + 1)).astype(np.int64)
-        out = np.stack([padded[j, :, rows[j]:rows[j] + h, cols[j]:cols[j] + w] for j in range(b)])
-    if flip:
-        flips = ((draw >> np.uint64(40)) & np.uint64(1)).astype(bool)
-        out = out.copy() if out is images else out
-        out[flips] = out[flips][..., ::-1]
-    return out
-
-
 class BatchDecoder(torch.utils.data.Dataset):
     """What the workers run: a key ``(epoch, ids)`` -> ``(uint8 images, labels, ids)`` tensors of one batch."""
 
-    def __init__(self, dataset: StreamingDataset, crop_padding: int = 0, flip: bool = False, seed: int = 0):
+    def __init__(self, dataset: StreamingDataset, crop_padding: int = 0, flip: bool = False, seed: int = 0,
+                 random_resized_crop: bool = False):
         self.dataset, self.crop_padding, self.flip, self.seed = dataset, crop_padding, flip, seed
+        self.random_resized_crop = random_resized_crop
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -146,7 +125,8 @@ class BatchDecoder(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         epoch, ids = key
         images = self.dataset.decode(ids)
-        images = augment(images, ids, seed=self.seed, epoch=epoch, crop_padding=self.crop_padding, flip=self.flip)
+        images = augment(images, ids, seed=self.seed, epoch=epoch, crop_padding=self.crop_padding, flip=self.flip,
+                         random_resized_crop=self.random_resized_crop)
         return (torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(self.dataset.labels[ids]),
                 torch.from_numpy(ids.astype(np.int64)))
 
@@ -225,6 +205,28 @@ class _Labels:
         return len(self.labels)
 
 
+def _one_line_errors(batches, what: str):
+    """Iterate ``batches``, turning a worker's failure into one line: torch re-raises a worker's exception with
+    its whole traceback in the message, and reports a killed worker as a RuntimeError."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except PracsetError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            last = lines[-1] if lines else type(exc).__name__
+            raise type(exc)(last.split(": ", 1)[1] if last.startswith(("pracset.", "DataError", "ConfigError"))
+                            else last) from None
+        except RuntimeError as exc:
+            if "DataLoader worker" not in str(exc):
+                raise
+            raise DataError(f"{what}: a decoding worker died ({str(exc).splitlines()[0]}); "
+                            "--resume continues from the last finished epoch") from None
+        yield batch
+
+
 class StreamingLoader:
     """Iterates ``Batch(x, y, index)`` over a :class:`StreamingDataset`, decoding in worker processes.
 
@@ -233,20 +235,28 @@ class StreamingLoader:
     recorder and the probe take either. ``workers=0`` decodes in the training
     process. Under CUDA the workers' batches are pinned and copied with
     ``non_blocking=True``. ``rank``/``world_size`` override the process
-    group's (tests, custom launchers).
+    group's (tests, custom launchers). ``random_resized_crop`` crops and
+    resizes every training image as ImageNet recipes do
+    (:func:`~pracset.data.host_augment.resized_crops`); it replaces the
+    padded crop, so it takes ``crop_padding=0``.
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int, mean: Sequence[float], std: Sequence[float], *,
                  device: torch.device | str = "cpu", ids: Sequence[int] | np.ndarray | torch.Tensor | None = None,
                  shuffle: bool = False, crop_padding: int = 0, flip: bool = False, drop_last: bool = False,
                  seed: int = 0, channels_last: bool = False, workers: int | None = None, prefetch: int = 4,
-                 shard: bool = True, rank: int | None = None, world_size: int | None = None):
+                 shard: bool = True, rank: int | None = None, world_size: int | None = None,
+                 random_resized_crop: bool = False):
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        if random_resized_crop and crop_padding:
+            raise ConfigError(f"random_resized_crop replaces the padded random crop: pass crop_padding=0, "
+                              f"got {crop_padding}")
         self.dataset = dataset
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.shuffle, self.crop_padding, self.flip = shuffle, crop_padding, flip
+        self.random_resized_crop = random_resized_crop
         self.drop_last, self.seed, self.channels_last = drop_last, seed, channels_last
         self.shard = shard
         self.workers = default_workers(workers)
@@ -272,7 +282,7 @@ class StreamingLoader:
         self.split = _Labels(dataset.labels, self.device)
         self.sampler = ShardedBatchSampler(ids_np, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                            shard=shard, rank=rank, world_size=world_size)
-        self._decoder = BatchDecoder(dataset, crop_padding, flip, seed)
+        self._decoder = BatchDecoder(dataset, crop_padding, flip, seed, random_resized_crop)
         self._loader: torch.utils.data.DataLoader | None = None
 
     @property
@@ -311,7 +321,7 @@ class StreamingLoader:
     def __iter__(self) -> Iterator[Batch]:
         self.sampler.epoch = self.epoch
         device, non_blocking = self.device, self.device.type == "cuda"
-        for images, labels, index in self._data_loader():
+        for images, labels, index in _one_line_errors(self._data_loader(), self.dataset.what):
             images = images.to(device, non_blocking=non_blocking)
             x = torch.addcmul(self._shift, images.float(), self._scale)
             if self.channels_last:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from pracset.data.base import content_hashes, fingerprint
+from pracset.data.cache import cached_hashes, cached_normalization
 from pracset.data.decode import detect_mode
 from pracset.data.protocol import describe_dataset
 from pracset.data.readers import (TreeReader, extract_archive, list_image_folder, load_hf_splits, open_hf_split,
@@ -82,15 +83,30 @@ class StreamingSplits:
         """Per-channel mean and std of the training pixels in [0, 1], from an evenly spaced sample.
 
         Over every example (equal to the in-memory value) when the split holds
-        at most ``normalization_sample`` examples or that is None.
+        at most ``normalization_sample`` examples or that is None. Cached
+        across runs (:mod:`pracset.data.cache`).
         """
-        return estimate_normalization(self.train, self.normalization_sample, self.workers)
+        def compute():
+            return estimate_normalization(self.train, self.normalization_sample, self.workers)
+
+        key = self.train.cache_key()
+        if key is None:
+            return compute()
+        return cached_normalization(f"{key}-{self.normalization_sample}", compute)
 
     @cached_property
     def train_hashes(self) -> np.ndarray:
-        """Content hash of every training example, indexed by example id (equal to the in-memory dataset's)."""
-        batches = decoded_batches(self.train, np.arange(len(self.train)), 1024, self.workers)
-        return np.concatenate([content_hashes(x, y) for x, y, _ in batches])
+        """Content hash of every training example, indexed by example id (equal to the in-memory dataset's).
+
+        One decoding pass in the loader's workers, cached across runs
+        (:mod:`pracset.data.cache`): a second build on the same files reads them back.
+        """
+        def compute():
+            batches = decoded_batches(self.train, np.arange(len(self.train)), 1024, self.workers)
+            return np.concatenate([content_hashes(x, y) for x, y, _ in batches])
+
+        key = self.train.cache_key()
+        return compute() if key is None else cached_hashes(key, len(self.train), compute)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -172,25 +188,34 @@ def open_streaming(config: DataConfig, *, extract_to: str | Path | None = None) 
         raise ConfigError(f"data set {config.name!r} is small and loads in memory; streaming serves "
                           f"{', '.join(STREAMING_SOURCES)}")
     if config.name == "hf":
-        return hf_splits(config.hf_target(), train_split=config.train_split, test_split=config.test_split,
-                         image_column=config.image_column, label_column=config.label_column,
-                         image_size=config.image_size)
-    root = config.resolved_data_dir()
-    if root is None:
-        raise DataError(f"{config.name} needs --data-dir naming the directory (or tar archive) that holds it")
-    return image_folder_splits(root, image_size=config.image_size, extract_to=extract_to, name=config.name)
+        splits = hf_splits(config.hf_target(), train_split=config.train_split, test_split=config.test_split,
+                           image_column=config.image_column, label_column=config.label_column,
+                           image_size=config.image_size)
+    else:
+        root = config.resolved_data_dir()
+        if root is None:
+            raise DataError(f"{config.name} needs --data-dir naming the directory (or tar archive) that holds it")
+        splits = image_folder_splits(root, image_size=config.image_size, extract_to=extract_to, name=config.name)
+    splits.workers = config.workers
+    return splits
 
 
 def make_streaming_loaders(data: StreamingSplits, config, device: torch.device, *, ids=None, conv_net: bool = False,
                            workers: int | None = None) -> tuple[StreamingLoader, StreamingLoader]:
-    """The streaming counterpart of :func:`pracset.train.run.make_loaders`: training and test loaders."""
+    """The streaming counterpart of :func:`pracset.train.run.make_loaders`: training and test loaders.
+
+    ``workers`` defaults to the data set's own (``DataConfig.workers``).
+    """
+    workers = data.workers if workers is None else workers
     mean, std = data.normalization
     channels_last = conv_net and device.type == "cuda"
     crop = data.default_crop_padding if config.crop_padding is None else config.crop_padding
     flip = data.default_flip if config.flip is None else config.flip
+    resized = getattr(config, "random_resized_crop", False)
     train = StreamingLoader(data.train, config.batch_size, mean, std, device=device, ids=ids, shuffle=True,
-                            crop_padding=crop, flip=flip, drop_last=config.drop_last, seed=config.seed,
-                            channels_last=channels_last, workers=workers)
+                            crop_padding=0 if resized else crop, flip=flip, drop_last=config.drop_last,
+                            seed=config.seed, channels_last=channels_last, workers=workers,
+                            random_resized_crop=resized)
     test = StreamingLoader(data.test, max(config.batch_size, 512), mean, std, device=device,
                            channels_last=channels_last, workers=workers)
     return train, test

@@ -14,13 +14,18 @@ def manifest_columns(dataset, statistics, disagreements: np.ndarray | None, chos
     return {
         "example_id": np.arange(n, dtype=np.int64),
         "content_hash": dataset.train_hashes,
-        "label": dataset.train.labels.cpu().numpy(),
+        "label": _labels(dataset.train.labels),
         **statistics.columns(),
         "cep_disagreements": disagreements if disagreements is not None else np.zeros(n, dtype=np.int32),
         "score": chosen.scores,
         "selected": chosen.selected,
         "reason": chosen.reasons,
     }
+
+
+def _labels(labels) -> np.ndarray:
+    """Host int64 labels, from a device tensor (in memory) or a NumPy array (streamed)."""
+    return labels.cpu().numpy() if hasattr(labels, "cpu") else np.asarray(labels, dtype=np.int64)
 
 
 def dataset_metadata(dataset) -> dict:

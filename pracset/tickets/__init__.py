@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pracset.config import to_dict
-from pracset.data import DataConfig, ImageDataset, load_dataset
+from pracset.data import ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json
 from pracset.manifest import read_manifest
@@ -32,7 +32,7 @@ from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
 from pracset.tickets.rounds import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
-from pracset.train.run import new_model, resolve_data
+from pracset.train.run import check_loader_settings, new_model, resolve_data
 from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     data, dataset, data_identity = resolve_data(data, dataset)
     settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
     dataset = dataset or load_dataset(data)
+    check_loader_settings(dataset, train)
     fixed_ids, manifest_info = None, None
     if manifest is not None:
         m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
@@ -87,7 +88,7 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
         if run.status == "done":
             log.info("%s already holds this finished run", layout.root)
             return {**json.loads(layout.summary.read_text()), "skipped": True}
-        run.claim()
+        run.claim(data=dataset)
         board = None if tensorboard is False else (layout.tensorboard if tensorboard is True else Path(tensorboard))
         ctx = TicketContext(dataset, architecture, train, device, run, layout, progress, board)
         rows = runner.run(ctx, settings, fixed_ids)

@@ -17,7 +17,7 @@ from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, StepOutput, TrainState
-from pracset.train.run import StageResult, make_loaders, new_model, train_stage
+from pracset.train.run import StageResult, make_loaders, new_model, train_stage, unaugmented_train_loader
 
 
 class Snapshot(Callback):
@@ -80,7 +80,7 @@ class TicketContext:
 
     def full_split_loader(self) -> DeviceLoader:
         """The whole training split in id order, without augmentation (for probes)."""
-        return DeviceLoader(self.dataset.train.to(self.device), 512, *self.dataset.normalization)
+        return unaugmented_train_loader(self.dataset, self.device)
 
     def train_stage(self, stage: StageFiles, model: nn.Module, *, ids=None, train: TrainConfig | None = None,
                     callbacks: Sequence[Callback] = (), start_step: int = 0) -> StageResult:

@@ -36,6 +36,7 @@ from pracset.tickets.controls import CONTROLS, train_and_complete_controls, verd
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
+from pracset.train.run import split_labels
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class PracSetPolicy(RoundPolicy):
                                   ledger=probe_ledger, stage=self.ctx.layout.probe_stage(r))
             disagreements = probe.disagreements
             extra["cep"] = int(probe.critical.sum())
-        labels = self.ctx.dataset.train.labels.cpu().numpy()
+        labels = split_labels(self.ctx.dataset.train)
         statistics = recorder.statistics()
         chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), self.selection)
         next_ids = chosen.ids

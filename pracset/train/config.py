@@ -29,9 +29,16 @@ class TrainConfig:
     crop_padding: int | None = option(None, "random-crop padding in pixels (default: the data set's; 0 turns it off)")
     flip: bool | None = option(None, "random horizontal flips (default: the data set's)")
     drop_last: bool = option(False, "drop the last incomplete batch of each epoch")
+    label_smoothing: float = option(0.0, "label smoothing of the training loss (0.1 in the usual ImageNet recipe); "
+                                         "the recorder and train_loss see this smoothed loss, evaluation plain "
+                                         "cross-entropy")
+    random_resized_crop: bool = option(False, "streamed data: a random-resized crop (scale 0.08-1, aspect 3/4-4/3, "
+                                              "back to the image size; ImageNet's) in place of the padded crop")
+    sync_batchnorm: bool = option(False, "under torch.distributed, BatchNorm statistics over the global batch "
+                                         "(torch's SyncBatchNorm; CUDA only) instead of each rank's slice")
 
     def __post_init__(self) -> None:
-        require_finite(self, "lr", "momentum", "weight_decay", "gamma", "warmup_epochs")
+        require_finite(self, "lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing")
         require_seed(self.seed)
         require(self.epochs > 0, f"epochs must be a positive integer, got {self.epochs}")
         require(self.batch_size > 0, f"batch_size must be a positive integer, got {self.batch_size}")
@@ -44,4 +51,8 @@ class TrainConfig:
         require(self.warmup_epochs >= 0, f"warmup_epochs must not be negative, got {self.warmup_epochs}")
         require(self.eval_every > 0, f"eval_every must be a positive integer, got {self.eval_every}")
         require(self.crop_padding is None or self.crop_padding >= 0, f"crop_padding must not be negative, got {self.crop_padding}")
+        require(0 <= self.label_smoothing < 1, f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        require(not (self.random_resized_crop and self.crop_padding),
+                f"random_resized_crop replaces the padded random crop: leave crop_padding unset or 0, "
+                f"got {self.crop_padding}")
         require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -180,7 +180,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
         # Under torch.distributed, DDP all-reduces the gradients; callbacks keep seeing the bare ``model``.
         sharded = ddp.is_sharded(train_loader)
-        forward = ddp.wrap_ddp(model, device) if sharded else model
+        forward = ddp.wrap_ddp(model, device, sync_batchnorm=config.sync_batchnorm) if sharded else model
         world = ddp.world_size() if sharded else 1
         optimizer = make_optimizer(model, config)
         steps_per_epoch = len(train_loader)
@@ -219,7 +219,9 @@ class Trainer:
                     continue
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                     logits = forward(batch.x)
-                losses = F.cross_entropy(logits.float(), batch.y, reduction="none")
+                # the loss trained on (smoothed when asked) is what callbacks and train_loss see; evaluate() is plain CE
+                losses = F.cross_entropy(logits.float(), batch.y, reduction="none",
+                                         label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 if world > 1:  # distributed: DDP's mean over ranks of these is the global batch's mean loss
                     global_len = ddp.global_batch_len(train_loader, position)

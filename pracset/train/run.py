@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.data.stream_loader import StreamingLoader
+from pracset.data.streaming import StreamingSplits, make_streaming_loaders
 from pracset.data.torch_data import as_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save
@@ -27,9 +30,34 @@ from pracset.train.tensorboard import TensorBoardLogger, require_tensorboard
 log = logging.getLogger(__name__)
 
 
+def is_streamed(dataset) -> bool:
+    """Whether ``dataset`` is decoded batch by batch (``DataConfig.stream``) rather than held in memory."""
+    return isinstance(dataset, StreamingSplits)
+
+
+def split_labels(split) -> np.ndarray:
+    """A split's labels as a host int64 array (a device tensor in memory, a NumPy array when streamed)."""
+    labels = split.labels
+    return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels, dtype=np.int64)
+
+
+def check_loader_settings(dataset, config: TrainConfig) -> None:
+    """Refuse a recipe the data's loader cannot follow (called before anything is written)."""
+    if config.random_resized_crop and not is_streamed(dataset):
+        raise ConfigError("random_resized_crop is drawn by the streaming loader's workers: turn on --stream "
+                          "(or [data] stream = true) for it")
+
+
 def make_loaders(dataset: ImageDataset, config: TrainConfig, device: torch.device, *,
                  ids=None, conv_net: bool = False) -> tuple[DeviceLoader, DeviceLoader]:
-    """The training loader (shuffled, augmented, optionally a subset) and the test loader."""
+    """The training loader (shuffled, augmented, optionally a subset) and the test loader.
+
+    In memory: :class:`DeviceLoader` over the split on ``device``; streamed:
+    :class:`~pracset.data.stream_loader.StreamingLoader` decoding in workers.
+    """
+    check_loader_settings(dataset, config)
+    if is_streamed(dataset):
+        return make_streaming_loaders(dataset, config, device, ids=ids, conv_net=conv_net)
     mean, std = dataset.normalization
     channels_last = conv_net and device.type == "cuda"
     crop = dataset.default_crop_padding if config.crop_padding is None else config.crop_padding
@@ -46,6 +74,15 @@ def input_spec(dataset: ImageDataset) -> InputSpec:
     """The input shape and class count a model for ``dataset`` is built with."""
     height, width = dataset.image_size
     return InputSpec(dataset.channels, height, width, dataset.num_classes)
+
+
+def unaugmented_train_loader(dataset, device: torch.device, batch_size: int = 512, *,
+                              channels_last: bool = False):
+    """The whole training split in id order without augmentation (the pruning probe), in memory or streamed."""
+    if is_streamed(dataset):
+        return StreamingLoader(dataset.train, batch_size, *dataset.normalization, device=device,
+                               channels_last=channels_last, workers=dataset.workers)
+    return DeviceLoader(dataset.train.to(device), batch_size, *dataset.normalization, channels_last=channels_last)
 
 
 def input_shape(dataset) -> tuple[int, ...]:
@@ -75,7 +112,7 @@ def resolve_data(data, dataset=None) -> tuple[DataConfig | None, object | None, 
     is identified by its name and fingerprint.
     """
     if isinstance(data, DataConfig):
-        return data, dataset, to_dict(data)
+        return data, dataset, data.identity()
     given = as_dataset(data) if data is not None else dataset
     if given is None:
         raise ConfigError("data must be a DataConfig, a pracset data set or a (train, test) pair of torch "
@@ -163,9 +200,10 @@ def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, o
             return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
         # The data and the model are checked before anything is written.
         dataset = dataset or load_dataset(data)
+        check_loader_settings(dataset, config)
         model = new_model(architecture, dataset, seed=config.seed)
         run.claim({"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
-                   "torch": torch.__version__})
+                   "torch": torch.__version__}, data=dataset)
         train_loader, test_loader = make_loaders(dataset, config, device, conv_net=has_convolutions(model))
         result = train_stage(layout.dense, model, train_loader, test_loader, config, callbacks=callbacks or [],
                              progress=progress, tensorboard=layout.tensorboard if tensorboard else None)

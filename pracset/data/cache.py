@@ -1,0 +1,87 @@
+"""A cache of the per-example content hashes (and pixel statistics) of streamed data sets.
+
+Hashing a streamed training split decodes every image once (in the loader's
+workers); a second build on the same files should not pay that again. The
+cache key is a digest of what the hashes depend on: the split's listing (each
+file's name, size and modification time; a tar's size, modification time and
+member offsets; a Hugging Face split's own fingerprint), the labels, the colour
+mode and the resize. Files added, removed, rewritten or relabelled give
+another key, so a stale entry is never read.
+
+Entries live in ``$PRACSET_CACHE_DIR`` (default ``$XDG_CACHE_HOME/pracset``,
+else ``~/.cache/pracset``) as ``hashes-KEY.npy`` (read with
+``allow_pickle=False``, checked for length and type; anything else is
+ignored and recomputed) and ``normalization-KEY.json``. Writes are atomic;
+a cache that cannot be written is logged and skipped, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "PRACSET_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """Where cached hashes live: ``$PRACSET_CACHE_DIR``, else ``$XDG_CACHE_HOME/pracset``, else ``~/.cache/pracset``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "pracset"
+
+
+def _write(path: Path, payload: bytes) -> None:
+    from pracset.fileio import atomic_write_bytes  # here: fileio imports torch.distributed helpers
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, payload)
+    except OSError as exc:  # a read-only home, a full disk: the cache is an optimisation only
+        log.warning("could not cache %s (%s); it will be computed again next time", path.name, exc.strerror or exc)
+
+
+def cached_hashes(key: str, count: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The ``count`` content hashes cached under ``key``, else ``compute()`` them and cache them."""
+    path = cache_dir() / f"hashes-{key}.npy"
+    if path.is_file() and not path.is_symlink():
+        try:
+            hashes = np.load(path, allow_pickle=False)
+            if hashes.dtype == np.dtype("<U16") and hashes.shape == (count,):
+                log.info("content hashes of %d examples read from the cache (%s)", count, path)
+                return hashes
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring the unreadable cache entry %s (%s)", path, exc)
+    hashes = np.asarray(compute()).astype("<U16")
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, hashes, allow_pickle=False)
+    _write(path, buffer.getvalue())
+    return hashes
+
+
+def cached_normalization(key: str, compute: Callable[[], tuple]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel (mean, std) cached under ``key``, else ``compute()`` and cache them."""
+    path = cache_dir() / f"normalization-{key}.json"
+    if path.is_file() and not path.is_symlink():
+        try:
+            mean, std = json.loads(path.read_text())
+            if all(isinstance(v, (int, float)) for v in [*mean, *std]) and len(mean) == len(std) > 0:
+                return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring the unreadable cache entry %s (%s)", path, exc)
+    mean, std = compute()
+    _write(path, json.dumps([list(mean), list(std)]).encode())
+    return mean, std
+
+
+__all__ = ["CACHE_ENV", "cache_dir", "cached_hashes", "cached_normalization"]

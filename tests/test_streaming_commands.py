@@ -197,3 +197,38 @@ def test_the_tiny_imagenet_pipeline_runs_end_to_end_streamed_from_a_tar(tmp_path
     assert manifest.size == 18 and manifest.metadata["dataset"]["name"] == "tiny-imagenet"
     tickets = json.loads((tmp_path / "run" / "vgg16" / "imp-s0" / "tickets.json").read_text())
     assert tickets["tickets"][-1]["sparsity"] > 0  # the transfer to VGG-16 found a pruned ticket too
+
+
+class _KillingReader:
+    """A tree reader whose worker processes die (SIGKILL) on their first read: a worker killed by the OOM killer."""
+
+    def __init__(self, reader, parent: int):
+        self.reader, self.parent, self.kind = reader, parent, reader.kind
+
+    def read_many(self, ids):
+        import os
+        import signal
+
+        if os.getpid() != self.parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.reader.read_many(ids)
+
+    def describe(self, i):
+        return self.reader.describe(i)
+
+
+def test_a_worker_that_dies_is_one_line(tree):
+    import os
+
+    from pracset.data.stream_loader import StreamingLoader
+    from pracset.data.streaming import open_streaming
+    from pracset.errors import DataError
+
+    splits = open_streaming(DataConfig("imagefolder", data_dir=str(tree), stream=True, workers=0))
+    mean, std = splits.normalization
+    splits.train.reader = _KillingReader(splits.train.reader, os.getpid())
+    with pytest.raises(DataError) as caught:
+        list(StreamingLoader(splits.train, 16, mean, std, workers=1))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{splits.train.what}: a decoding worker died (DataLoader worker")
+    assert message.endswith("--resume continues from the last finished epoch")

@@ -87,10 +87,17 @@ def from_dict(cls: type[C], values: Mapping[str, Any], where: str = "") -> C:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON/TOML-friendly dict of a configuration (tuples become lists)."""
+    """A JSON/TOML-friendly dict of a configuration (tuples become lists).
+
+    A field declared with ``option(..., added_later=True)`` is left out while
+    it holds its default: run identities recorded before the field existed
+    then still match, and a run resumed across the upgrade is not refused.
+    """
     out = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if f.metadata.get("added_later") and value == f.default:
+            continue
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
 

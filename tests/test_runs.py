@@ -162,3 +162,15 @@ def test_the_lock_never_follows_a_link_nor_touches_a_file_it_did_not_create(tmp_
     with pytest.raises(ConfigError, match=r"\.lock is (a link or cannot be opened|not a regular file)"):
         with RunDirectory(odd, {}, resume=False, finished="x"):
             pass
+
+
+def test_settings_added_later_keep_older_identities_while_at_their_default():
+    """A run recorded before label_smoothing / pack_controls existed is still the same run at their defaults."""
+    from pracset.config import to_dict
+    from pracset.tickets import IMPConfig
+    from pracset.train import TrainConfig
+
+    assert "label_smoothing" not in to_dict(TrainConfig()) and "pack_controls" not in to_dict(IMPConfig())
+    assert to_dict(TrainConfig(label_smoothing=0.1))["label_smoothing"] == 0.1
+    assert to_dict(IMPConfig(pack_controls="on"))["pack_controls"] == "on"
+    assert "lr" in to_dict(TrainConfig())  # the settings that were always there stay recorded at their default

@@ -6,10 +6,11 @@ data. Each ends with a line ``VERDICT PASS|FAIL|SKIP: ...`` (see ``common``).
 
 - ``loader``: one MNIST epoch fed by pracset's DeviceLoader vs bare tensors and a torch DataLoader.
 - ``manifest``: writing, reading and applying an ImageNet-sized PrAC manifest.
+- ``packed``: K models (a ticket's controls) trained as one packed job against one model alone.
 - ``recorder``: the per-example recorder's cost per training epoch, and its host syncs.
 - ``sparse``: the overhead of a static mask, RigL and GraNet over dense training.
 - ``streaming``: the StreamingLoader (1, 2, all workers) against the in-memory loader on JPEG CIFAR-10 or any JPEG folder or tar, and how long a GPU waits for it.
 - ``train``: the training loop's speed and its host syncs per step.
 """
 
-NAMES = ("loader", "manifest", "recorder", "sparse", "streaming", "train")
+NAMES = ("loader", "manifest", "packed", "recorder", "sparse", "streaming", "train")

@@ -28,6 +28,9 @@ def parse_rewind(point: str) -> tuple[int, str]:
     return int(match.group(1)), match.group(2)
 
 
+#: When the sanity-check controls of a ticket train together as one packed job.
+PACK_CHOICES = ("auto", "on", "off")
+
 #: Which PrAC-IMP masks are trained on the full split as tickets.
 EVALUATE_CHOICES = ("final", "every-round", "none")
 
@@ -59,6 +62,9 @@ class IMPConfig:
                                      "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
                                      "fall as |P|/N)", choices=BUDGET_RULES)
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
+    pack_controls: str = option("auto", "train a ticket's controls together as one packed job (one vmap-ed "
+                                        "network; equal to one by one up to float rounding): auto = on CUDA, "
+                                        "where it saves kernel launches", choices=PACK_CHOICES, added_later=True)
     evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, the "
                                     "ticket of every round (for an accuracy-against-sparsity curve), or none "
                                     "(only the sets and masks)",
@@ -73,6 +79,8 @@ class IMPConfig:
         parse_rewind(self.rewind)
         require(self.evaluate in EVALUATE_CHOICES,
                 f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {self.evaluate!r}")
+        require(self.pack_controls in PACK_CHOICES,
+                f"pack_controls must be one of {', '.join(PACK_CHOICES)}, got {self.pack_controls!r}")
         require(self.budget in BUDGET_RULES, f"budget must be one of {', '.join(BUDGET_RULES)}, got {self.budget!r}")
         require(self.ranking in RANKING_CHOICES,
                 f"ranking must be one of {', '.join(RANKING_CHOICES)}, got {self.ranking!r}")

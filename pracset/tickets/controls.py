@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from pracset.fileio import atomic_torch_save
 from pracset.registry import Registry
 from pracset.runs import StageFiles
 from pracset.sparse import StaticMask
@@ -57,8 +58,17 @@ CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": Random
 
 
 def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
-                                start_step: int) -> dict[str, float]:
-    """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key."""
+                                start_step: int, *, pack: bool = False) -> dict[str, float]:
+    """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key.
+
+    With ``pack``, controls none of which has started train together as one
+    packed job (:func:`pracset.train.packed.fit_packed`); the others (and a
+    resumed run's) one by one.
+    """
+    stages = {name: ctx.layout.control(ticket, control.stage_suffix) for name, control in CONTROLS.items()}
+    fresh = all(ctx.run.finished_stage_metrics(s) is None and not s.checkpoint.exists() for s in stages.values())
+    if pack and fresh and len(stages) > 1:
+        _train_and_complete_packed(ctx, stages, mask, rewind, start_step)
     out = {}
     for _, control in CONTROLS.items():
         stage = ctx.layout.control(ticket, control.stage_suffix)
@@ -69,6 +79,27 @@ def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Ma
                                                    start_step=start_step)
         out[control.key] = metrics["final"]["test_accuracy"]
     return out
+
+
+def _train_and_complete_packed(ctx: TicketContext, stages: dict[str, StageFiles], mask: Mask, rewind: dict,
+                               start_step: int) -> None:
+    """Every control at once (one packed job), each then written and completed as its own stage."""
+    from pracset.train.packed import fit_packed  # here: torch.func is needed only when packing
+
+    starts = [CONTROLS.get(name).start(ctx, mask, rewind) for name in stages]
+    models, masks = [m for m, _ in starts], [m for _, m in starts]
+    train_loader, test_loader = ctx.loaders(None, ctx.train)
+    for stage in stages.values():
+        stage.directory.mkdir(parents=True, exist_ok=True)
+    histories, ledgers = fit_packed(models, masks, train_loader, test_loader, ctx.train,
+                                    stages=[s.name for s in stages.values()], start_step=start_step,
+                                    metrics_logs=[s.metrics_log for s in stages.values()])
+    for stage, model, history, ledger in zip(stages.values(), models, histories, ledgers):
+        atomic_torch_save(model.state_dict(), stage.model)
+        metrics = {"stage": stage.name, "final": dict(history[-1]), "history": history, "epochs": ctx.train.epochs,
+                   "epochs_run": history[-1]["epoch"], "examples": train_loader.num_examples, "packed": True,
+                   "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
+        ctx.run.complete_stage(stage, metrics, ledger)
 
 
 def verdict(accuracy: float, dense_accuracy: float | None, controls: dict[str, float], tolerance: float, *,

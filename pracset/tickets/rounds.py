@@ -20,6 +20,7 @@ import torch
 from pracset import __version__
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
+from pracset.distributed import is_distributed
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save
 from pracset.manifest import write_manifest
@@ -214,6 +215,13 @@ class PracSetPolicy(RoundPolicy):
         return ticket, done
 
 
+def _pack_controls(config: IMPConfig, ctx: TicketContext) -> bool:
+    """Whether a ticket's controls train as one packed job: asked for, or ``auto`` on one CUDA process."""
+    if is_distributed():  # packed training has no DDP path: the controls train one by one on every rank
+        return False
+    return config.pack_controls == "on" or (config.pack_controls == "auto" and ctx.device.type == "cuda")
+
+
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
                               extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
     """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
@@ -277,7 +285,8 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         mask = Mask.load(stage.mask)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
         evaluated = ticket is not None
-        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy))
+        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy),
+                                                pack=_pack_controls(config, ctx))
                     if config.controls and evaluated else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)

@@ -31,11 +31,13 @@ class TrainConfig:
     drop_last: bool = option(False, "drop the last incomplete batch of each epoch")
     label_smoothing: float = option(0.0, "label smoothing of the training loss (0.1 in the usual ImageNet recipe); "
                                          "the recorder and train_loss see this smoothed loss, evaluation plain "
-                                         "cross-entropy")
+                                         "cross-entropy", added_later=True)
     random_resized_crop: bool = option(False, "streamed data: a random-resized crop (scale 0.08-1, aspect 3/4-4/3, "
-                                              "back to the image size; ImageNet's) in place of the padded crop")
+                                              "back to the image size; ImageNet's) in place of the padded crop",
+                                 added_later=True)
     sync_batchnorm: bool = option(False, "under torch.distributed, BatchNorm statistics over the global batch "
-                                         "(torch's SyncBatchNorm; CUDA only) instead of each rank's slice")
+                                         "(torch's SyncBatchNorm; CUDA only) instead of each rank's slice",
+                            added_later=True)
 
     def __post_init__(self) -> None:
         require_finite(self, "lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing")

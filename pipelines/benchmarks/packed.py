@@ -1,0 +1,91 @@
+"""Several models per GPU: K ResNet-20s trained as one packed job against one trained alone.
+
+A ticket's controls (and, later, the seeds of a round) share a recipe and a
+data order; :func:`pracset.train.packed.fit_packed` trains them as one
+``vmap``-ed network. This times one epoch of one model through the Trainer
+(with its static mask) and one epoch of K models packed, on CIFAR-10-shaped
+random data held on the device, and reports the packed epoch's time over the
+single one. Target (issue 14, on an H100/H200): 9 packed ResNet-20 models at
+batch 128 in at most 3x the time of one. On a CPU the models are
+compute-bound, packing saves nothing there, and the verdict is SKIP.
+
+Run it
+------
+  python -m pipelines.benchmarks.packed --device cuda              # 9 x ResNet-20, batch 128
+  python -m pipelines.benchmarks.packed --models 3 --smoke         # a few steps on the CPU
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipelines.benchmarks import common
+
+#: Issue 14's target: K = 9 packed models in at most this many times one model's epoch.
+TARGET_PACKED_OVER_ONE = 3.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common.make_parser(__doc__)
+    common.add_device(parser, default="auto")
+    common.add_threads(parser, "torch's default")
+    parser.add_argument("--arch", default="resnet20")
+    parser.add_argument("--models", type=int, default=9, help="how many models the packed job trains")
+    parser.add_argument("--examples", type=int, default=50_000, help="training examples per epoch")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = common.parse(parser, argv, smoke={"examples": 64, "batch_size": 16, "models": 3, "repeats": 1,
+                                             "arch": "resnet20"}, positive=("models", "examples", "batch_size",
+                                                                           "repeats"))
+    import torch
+
+    from pracset.data import DeviceLoader, ImageSplit
+    from pracset.models import InputSpec, build_model
+    from pracset.sparse import Mask, StaticMask
+    from pracset.train import TrainConfig, Trainer
+    from pracset.train.packed import fit_packed
+
+    device, skip = common.open_device(args.device)
+    if skip:
+        return common.finish(args, {}, skip=skip)
+    common.set_threads(args.threads, None)
+    generator = torch.Generator().manual_seed(0)
+    split = ImageSplit(torch.randint(0, 256, (args.examples, 3, 32, 32), dtype=torch.uint8, generator=generator),
+                       torch.randint(0, 10, (args.examples,), generator=generator)).to(device)
+    loader = DeviceLoader(split, args.batch_size, (0.5,) * 3, (0.25,) * 3, shuffle=True, crop_padding=4, flip=True,
+                          channels_last=device.type == "cuda")
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, warmup_epochs=0)
+    spec = InputSpec(3, 32, 32, 10)
+
+    def masked(seed: int):
+        model = build_model(args.arch, spec, seed=seed)
+        return model, Mask.ones(model)
+
+    def one() -> float:
+        model, mask = masked(0)
+        return common.timed(device, lambda: Trainer(config).fit(model, loader, None, [StaticMask(mask)]))
+
+    def packed() -> float:
+        pairs = [masked(seed) for seed in range(args.models)]
+        return common.timed(device, lambda: fit_packed([m for m, _ in pairs], [k for _, k in pairs], loader, None,
+                                                       config, stages=[f"m{i}" for i in range(args.models)]))
+
+    one(), packed()  # warm-up: kernel selection, first-call costs
+    times = common.interleaved(["one", "packed"], args.repeats, lambda v: one() if v == "one" else packed())
+    medians = common.medians(times)
+    ratio = medians["packed"] / medians["one"]
+    print(common.machine_line(device))
+    print(f"{args.arch}, {args.examples} examples at batch {args.batch_size}: one model {medians['one']:.3f} s/epoch, "
+          f"{args.models} packed {medians['packed']:.3f} s/epoch: {ratio:.2f}x one "
+          f"({args.models / ratio:.2f} models per model-time)")
+    report = {"settings": vars(args), "seconds": times, "medians": medians, "packed_over_one": ratio}
+    checks = [common.Check(f"{args.models} packed / one model epoch", ratio, "<=", TARGET_PACKED_OVER_ONE,
+                           unit="x", gate=args.models == 9)]
+    if device.type != "cuda":
+        return common.finish(args, report, checks, skip=f"the target is about a GPU's idle capacity; on {device} "
+                                                        "the models are compute-bound and packing saves nothing")
+    return common.finish(args, report, checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

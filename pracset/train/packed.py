@@ -1,0 +1,203 @@
+"""Several models of one architecture trained as one job: the sanity-check controls of a ticket.
+
+A ResNet-20 at batch 128 uses a small part of a large GPU: its step is bound
+by kernel launches, not by arithmetic. :func:`fit_packed` trains K models
+that share a recipe and a data order (the controls of a ticket: the same
+split, seed and schedule, each with its own initialisation and fixed mask) as
+one network: their parameters and buffers are stacked with
+``torch.func.stack_module_state`` and one ``vmap``-ed forward and backward
+computes all K per step, so K models cost about the launches of one.
+
+Each model trains as it would alone: the loss is the sum of the K per-model
+batch means (so model k's gradient is its own mean's), the optimizer (SGD,
+AdamW) acts element-wise on the stacked tensors, the mask multiply zeroes
+each model's masked weights and their optimizer state after every step, and
+BatchNorm keeps per-model running statistics (the stacked buffers). The
+results equal separate training up to float rounding (batched kernels sum in
+another order), which ``tests/test_packed.py`` checks against the Trainer.
+
+Not supported here (the Trainer handles them): callbacks, mask changes during
+training (RigL, GraNet), different data per model, checkpoints within the
+run (a packed run that is killed starts again), torch.distributed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from pracset.errors import ConfigError
+from pracset.fileio import atomic_write_bytes
+from pracset.sparse.mask import Mask
+from pracset.train.config import TrainConfig
+from pracset.train.ledger import IterationLedger
+from pracset.train.loop import use_bf16
+from pracset.train.optim import OPTIMIZERS, make_scheduler
+
+log = logging.getLogger(__name__)
+
+
+class _Packed:
+    """K models as stacked parameters and buffers, with a functional forward over all of them."""
+
+    def __init__(self, models: Sequence[nn.Module], device: torch.device):
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state([m.to(device) for m in models])
+        self.params: dict[str, torch.Tensor] = params
+        self.buffers: dict[str, torch.Tensor] = buffers
+        self.count = len(models)
+
+    def forward(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
+        """Logits (K, B, classes) of every model on the shared batch ``x``."""
+        self.base.train(training)
+
+        def one(params, buffers, inputs):
+            return functional_call(self.base, (params, buffers), (inputs,))
+
+        return vmap(one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def write_back(self, models: Sequence[nn.Module]) -> None:
+        """Copy model k's slice of every stacked tensor into ``models[k]``."""
+        for k, model in enumerate(models):
+            model.load_state_dict({**{n: t[k] for n, t in self.params.items()},
+                                   **{n: t[k] for n, t in self.buffers.items()}})
+
+
+def _stacked_keep(packed: _Packed, masks: Sequence[Mask]) -> dict[str, torch.Tensor]:
+    names = set(masks[0])
+    if any(set(m) != names for m in masks):
+        raise ConfigError("packed models must mask the same tensors")
+    keep = {}
+    for name in names:
+        if name not in packed.params:
+            raise ConfigError(f"the mask names {name!r}, which the model does not have")
+        param = packed.params[name]
+        keep[name] = torch.stack([m[name].to(param.device) for m in masks]).to(param.dtype)
+    return keep
+
+
+@torch.no_grad()
+def _enforce(packed: _Packed, keep: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    """Zero every model's masked weights and their optimizer state (one fused multiply, no host sync)."""
+    tensors, factors = [], []
+    for name, factor in keep.items():
+        param = packed.params[name]
+        tensors.append(param)
+        factors.append(factor)
+        for value in optimizer.state.get(param, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                tensors.append(value)
+                factors.append(factor)
+    if tensors:
+        torch._foreach_mul_(tensors, factors)
+
+
+@torch.no_grad()
+def _evaluate(packed: _Packed, loader, precision: str, ledgers, stages) -> list[dict]:
+    device = loader.device
+    bf16 = use_bf16(TrainConfig(precision=precision), device)
+    loss_sum = torch.zeros(packed.count, device=device)
+    correct = torch.zeros(packed.count, device=device, dtype=torch.int64)
+    for batch in loader:
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = packed.forward(batch.x, training=False)
+        k, b, classes = logits.shape
+        losses = F.cross_entropy(logits.float().reshape(k * b, classes), batch.y.repeat(k), reduction="none")
+        loss_sum += losses.view(k, b).sum(1)
+        correct += (logits.argmax(2) == batch.y).sum(1)
+        for ledger, stage in zip(ledgers, stages):
+            ledger.add(stage, "eval", examples=len(batch.index))
+    n = loader.num_examples
+    return [{"loss": float(loss_sum[i]) / n, "accuracy": int(correct[i]) / n} for i in range(packed.count)]
+
+
+def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
+               stages: Sequence[str], start_step: int = 0, metrics_logs: Sequence[Path | None] | None = None,
+               ) -> tuple[list[list[dict]], list[IterationLedger]]:
+    """Train ``models`` (in place) together on ``train_loader``'s batches, model k under ``masks[k]``.
+
+    Returns each model's per-epoch history (the Trainer's metrics) and its
+    ledger, booked under ``stages[k]``. ``start_step`` continues the schedule
+    from that step (rewinding), as :meth:`pracset.train.Trainer.fit` does.
+    """
+    if not models or len(models) != len(masks) or len(models) != len(stages):
+        raise ConfigError("fit_packed needs one mask and one stage name per model")
+    if getattr(train_loader, "sharded", False):
+        raise ConfigError("packed training does not run under torch.distributed; train the models one by one")
+    device = train_loader.device
+    packed = _Packed(models, device)
+    keep = _stacked_keep(packed, masks)
+    optimizer = OPTIMIZERS.get(config.optimizer)(list(packed.params.values()), config)
+    steps_per_epoch = len(train_loader)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = make_scheduler(optimizer, total_steps, steps_per_epoch, config)
+    if not 0 <= start_step < total_steps:
+        raise ConfigError(f"start step {start_step} is outside the run's {total_steps} steps")
+    if start_step:
+        scheduler.last_epoch = start_step
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * scheduler.lr_lambdas[0](start_step)
+    _enforce(packed, keep, optimizer)
+    ledgers = [IterationLedger() for _ in models]
+    histories: list[list[dict]] = [[] for _ in models]
+    bf16 = use_bf16(config, device)
+    count = packed.count
+    step, epoch = start_step, start_step // steps_per_epoch
+    while epoch < config.epochs:
+        started = time.perf_counter()
+        train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros(count, device=device)
+        correct = torch.zeros(count, device=device, dtype=torch.int64)
+        seen, epoch_lr = 0, optimizer.param_groups[0]["lr"]
+        for position, batch in enumerate(train_loader):
+            if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
+                continue
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = packed.forward(batch.x, training=True)
+            k, b, classes = logits.shape
+            losses = F.cross_entropy(logits.float().reshape(k * b, classes), batch.y.repeat(k),
+                                     reduction="none", label_smoothing=config.label_smoothing).view(k, b)
+            optimizer.zero_grad(set_to_none=True)
+            losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
+            epoch_lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            _enforce(packed, keep, optimizer)
+            step += 1
+            seen += b
+            for ledger, stage in zip(ledgers, stages):
+                ledger.add(stage, "train", examples=b)
+            with torch.no_grad():
+                loss_sum += losses.detach().sum(1)
+                correct += (logits.detach().argmax(2) == batch.y).sum(1)
+        epoch += 1
+        last = epoch == config.epochs
+        results = (_evaluate(packed, eval_loader, config.precision, ledgers, stages)
+                   if eval_loader is not None and (epoch % config.eval_every == 0 or last) else None)
+        seconds = round(time.perf_counter() - started, 4)
+        for i in range(count):
+            metrics = {"epoch": epoch, "step": step, "lr": epoch_lr, "train_loss": float(loss_sum[i]) / max(seen, 1),
+                       "train_accuracy": int(correct[i]) / max(seen, 1)}
+            if results is not None:
+                metrics.update(test_loss=results[i]["loss"], test_accuracy=results[i]["accuracy"])
+            metrics["seconds"] = seconds
+            histories[i].append(metrics)
+            if metrics_logs is not None and metrics_logs[i] is not None:
+                atomic_write_bytes(metrics_logs[i], "".join(json.dumps(h) + "\n" for h in histories[i]).encode())
+        log.info("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
+                 ", ".join(f"{h[-1].get('test_accuracy', float('nan')):.4f}" for h in histories))
+    packed.write_back(models)
+    return histories, ledgers
+
+
+__all__ = ["fit_packed"]

@@ -1,0 +1,83 @@
+"""Packed training (the controls of a ticket as one vmap-ed job) against training each model alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pracset.data import DataConfig, DeviceLoader, ImageSplit, load_dataset
+from pracset.sparse import Mask, StaticMask
+from pracset.tickets import IMPConfig, find_tickets
+from pracset.train import TrainConfig, Trainer
+from pracset.train.packed import fit_packed
+
+CONFIG = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=1, momentum=0.9, weight_decay=5e-4)
+
+
+class SmallBN(nn.Module):
+    """A conv net with BatchNorm: the packed job must keep per-model running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _data(n: int, seed: int) -> ImageSplit:
+    generator = torch.Generator().manual_seed(seed)
+    return ImageSplit(torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=generator),
+                      torch.randint(0, 3, (n,), generator=generator))
+
+
+def _random_mask(model: nn.Module, seed: int) -> Mask:
+    generator = torch.Generator().manual_seed(seed)
+    return Mask({n: torch.rand(p.shape, generator=generator) < 0.5
+                 for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1})
+
+
+def test_packed_models_train_as_they_would_alone():
+    train, test = _data(64, 0), _data(32, 1)
+    loaders = (DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, seed=3), DeviceLoader(test, 32, (0.5,), (0.25,)))
+    torch.manual_seed(0)
+    models = [SmallBN() for _ in range(3)]
+    masks = [_random_mask(m, i) for i, m in enumerate(models)]
+    alone = [SmallBN() for _ in range(3)]
+    for a, m in zip(alone, models):
+        a.load_state_dict(m.state_dict())
+    histories, ledgers = fit_packed(models, masks, *loaders, CONFIG, stages=["a", "b", "c"], start_step=2)
+    for k, (model, mask) in enumerate(zip(alone, masks)):
+        state = Trainer(CONFIG).fit(model, *loaders, [StaticMask(mask)], start_step=2)
+        for name, value in model.state_dict().items():  # weights and BN running statistics
+            torch.testing.assert_close(models[k].state_dict()[name].float(), value.float(), atol=2e-5, rtol=1e-4)
+        for mine, theirs in zip(histories[k], state.history):
+            assert mine["step"] == theirs["step"] and mine["lr"] == pytest.approx(theirs["lr"])
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+            assert mine["test_accuracy"] == theirs["test_accuracy"]
+        for name, keep in mask.items():
+            assert bool((dict(models[k].named_parameters())[name][~keep] == 0).all())
+    # each model's iterations, as the Trainer books them: 2 epochs of 4 steps from step 2
+    assert [ledger.to_dict()["stages"][stage]["train_iterations"] for ledger, stage in zip(ledgers, "abc")] == [6] * 3
+
+
+def test_a_ticket_s_controls_packed_equal_the_controls_one_by_one(tmp_path):
+    digits = load_dataset(DataConfig("digits"))
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    results = {}
+    for pack in ("off", "on"):
+        out = tmp_path / pack
+        find_tickets("imp", DataConfig("digits"), "mlp", out, train=train, dataset=digits,
+                     imp=IMPConfig(rounds=1, controls=True, pack_controls=pack))
+        results[pack] = json.loads((out / "tickets.json").read_text())
+        packed = json.loads((out / "control-round-01-reinit" / "metrics.json").read_text()).get("packed", False)
+        assert packed == (pack == "on")
+    off, on = (results[p]["tickets"][-1] for p in ("off", "on"))
+    for key in ("reinit", "random_mask"):  # one test example is 1/359
+        assert on["controls"][key] == pytest.approx(off["controls"][key], abs=1.01 / 359)
+    assert results["on"]["ledger"]["total"] == results["off"]["ledger"]["total"]

@@ -258,7 +258,7 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.time() - started, 2)}
     _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
-    shutil.copyfile(ticket_dir.round(0).model, layout.dense_model)
+    atomic_write_bytes(layout.dense_model, ticket_dir.round(0).model.read_bytes())
     _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)

@@ -72,10 +72,33 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"unsupported configuration type {tp!r} for {key}")
 
 
+#: Settings renamed since they were first released: old key -> (new key, how the old value reads as the new).
+#: Files and recorded run identities that use the old key keep working (:func:`upgrade_keys`).
+RENAMED_KEYS: dict[str, tuple[str, Any]] = {
+    "rewind_step": ("rewind", lambda step: f"{step}it"),  # an iteration count became "500it" / "3ep"
+}
+
+
+def upgrade_keys(values: Any) -> Any:
+    """``values`` (nested dicts) with every renamed key replaced by its new key and value."""
+    if not isinstance(values, Mapping):
+        return values
+    out = {}
+    for key, value in values.items():
+        if key in RENAMED_KEYS and RENAMED_KEYS[key][0] not in values:
+            new, convert = RENAMED_KEYS[key]
+            out[new] = convert(value)
+        else:
+            out[key] = upgrade_keys(value)
+    return out
+
+
 def from_dict(cls: type[C], values: Mapping[str, Any], where: str = "") -> C:
-    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    """Build ``cls`` from a mapping, rejecting unknown keys and wrong types (renamed keys are read as their new
+    names)."""
     types_ = _field_types(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
+    values = {k: v for k, v in upgrade_keys(dict(values)).items()}
     prefix = f"{where}." if where else ""
     unknown = sorted(set(values) - set(names))
     if unknown:

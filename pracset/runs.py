@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from pracset.config import upgrade_keys
 from pracset.errors import ConfigError, DataError
 from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_directory, holds_only_temporaries,
                             locked_output_directory, remove_temporaries)
@@ -251,7 +252,8 @@ def data_check(dataset: Any) -> dict | None:
     train = getattr(dataset, "train", None)
     if train is None:
         return None
-    key = train.cache_key() if callable(getattr(train, "cache_key", None)) else None
+    # names, sizes and labels, not modification times: a run resumed on a copy of the same files continues
+    key = train.cache_key(times=False) if callable(getattr(train, "cache_key", None)) else None
     return {"train_examples": len(train), "listing": key}
 
 
@@ -309,7 +311,8 @@ class RunDirectory:
                 raise ConfigError(f"{self.record} is unreadable; choose another --out") from None
             if not isinstance(previous, dict) or "identity" not in previous:
                 raise ConfigError(f"{self.root} holds a run written by an older pracset; choose another --out")
-            refuse_changed(f"{self.root} holds another run", previous["identity"], self.identity,
+            # a run recorded before a setting was renamed is compared under the new name
+            refuse_changed(f"{self.root} holds another run", upgrade_keys(previous["identity"]), self.identity,
                            "choose another --out")
             if self.finished is not None and self.finished.exists():
                 self.status = "done"

@@ -281,3 +281,74 @@ def test_pretrained_weights_start_the_run_but_not_the_reinitialisation_control(m
         resolve_architecture("mlp", "DEFAULT")
     with pytest.raises(ConfigError, match="load your own model's weights"):
         resolve_architecture(_Net(), "DEFAULT")
+
+
+def test_the_reinitialisation_control_redraws_a_python_model_whose_function_loads_weights():
+    saved = _Net().state_dict()
+
+    def pretrained():
+        model = _Net()
+        model.load_state_dict(saved)
+        return model
+
+    arch = resolve_architecture(pretrained)
+    spec = pracset.models.InputSpec(1, 1, 4, 3)
+    ticket = arch.build(spec, seed=0)
+    assert torch.equal(_weights(ticket), torch.cat([t.flatten() for t in saved.values()]))
+    control = arch.build(spec, seed=1000, pretrained=False)
+    torch.manual_seed(1000)
+    assert torch.equal(_weights(control), _weights(_Net()))  # what reset_parameters() draws under that seed
+
+
+def test_python_architectures_that_cannot_be_redrawn_are_refused():
+    shared = _Net()
+    with pytest.raises(ConfigError, match="returns the same model object every call"):
+        resolve_architecture(lambda: shared)
+
+    class Scaled(_Net):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(3))
+
+    with pytest.raises(ConfigError, match=r"Scaled.scale belongs to no submodule with reset_parameters\(\)"):
+        resolve_architecture(Scaled()).make(pracset.models.InputSpec(1, 1, 4, 3), 0)
+
+
+def test_a_python_model_s_name_changes_with_its_layer_settings():
+    def net(p: float):
+        return nn.Sequential(nn.Linear(4, 8), nn.Dropout(p), nn.ReLU(), nn.Linear(8, 3))
+
+    assert resolve_architecture(net(0.5)).name != resolve_architecture(net(0.0)).name
+    before = torch.random.get_rng_state()
+    resolve_architecture(_Net)
+    assert torch.equal(torch.random.get_rng_state(), before)  # naming a function does not move the seed
+
+
+def test_reading_refuses_a_loader_that_drops_examples_and_transposes_channels_last_pixels():
+    with pytest.raises(DataError, match="drops its last incomplete batch"):
+        read_examples(DataLoader(_Items(10, False), batch_size=4, drop_last=True), "train")
+    hwc = torch.arange(2 * 5 * 6 * 3, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 5, 6, 3)
+    x, _ = read_examples((hwc, torch.tensor([0, 1])), "train")  # torchvision's CIFAR10.data layout
+    assert x.shape == (2, 3, 5, 6) and torch.equal(x[1, 2], hwc[1, :, :, 2])
+
+
+def test_a_loader_s_own_collate_function_still_collates_its_pairs():
+    def collate(items):  # written for (x, y) pairs, as users write them
+        xs, ys = zip(*items)
+        return torch.stack(xs) * 2, torch.stack(ys)
+
+    x, y = _numbered(12)
+    loader = DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, collate_fn=collate)
+    batches = list(TorchBatches(loader, "cpu"))
+    for batch in batches:
+        assert torch.equal(batch.x[:, 0], 2 * batch.index.float())  # the ids belong to the rows collated
+    assert sorted(torch.cat([b.index for b in batches]).tolist()) == list(range(12))
+
+
+def test_an_iterable_loader_without_a_length_is_one_line():
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(*_numbered(4)))
+
+    with pytest.raises(DataError, match="has no length"):
+        TorchBatches(DataLoader(Stream(), batch_size=2), "cpu")

@@ -174,3 +174,21 @@ def test_settings_added_later_keep_older_identities_while_at_their_default():
     assert to_dict(TrainConfig(label_smoothing=0.1))["label_smoothing"] == 0.1
     assert to_dict(IMPConfig(pack_controls="on"))["pack_controls"] == "on"
     assert "lr" in to_dict(TrainConfig())  # the settings that were always there stay recorded at their default
+
+
+def test_a_renamed_setting_reads_under_its_new_name_in_files_and_old_runs(tmp_path):
+    """rewind_step = k (before the rewind point took units) is rewind = "kit": in TOML and in recorded runs."""
+    from pracset.config import from_dict
+    from pracset.tickets import IMPConfig
+
+    assert from_dict(IMPConfig, {"rewind_step": 500}).rewind == "500it"
+    assert IMPConfig(rewind=" 03ep").rewind == "3ep"  # one spelling per point, so one identity
+    root = tmp_path / "old"
+    root.mkdir()
+    (root / "run.json").write_text(json.dumps({"identity": {"imp": {"rewind_step": 5, "rounds": 2}}}))
+    (root / "done.json").write_text("{}")
+    with RunDirectory(root, {"imp": {"rewind": "5it", "rounds": 2}}, resume=False, finished="done.json") as run:
+        assert run.status == "done"
+    with pytest.raises(ConfigError, match=r"changed imp.rewind: \"5it\" -> \"6it\""):
+        with RunDirectory(root, {"imp": {"rewind": "6it", "rounds": 2}}, resume=False, finished="done.json"):
+            pass

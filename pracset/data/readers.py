@@ -61,15 +61,15 @@ class FolderTree:
         """The bytes of file ``rel``."""
         return (self.root / rel).read_bytes()
 
-    def signature(self, files: Sequence[str]) -> str:
-        """What ``files`` hold, cheaply: each name, size and modification time (changes when a file does)."""
+    def signature(self, files: Sequence[str], times: bool = True) -> str:
+        """What ``files`` hold, cheaply: each name, size and (``times``) modification time."""
         parts = []
         for rel in files:
             try:
                 stat = (self.root / rel).stat()
             except OSError as exc:
                 raise DataError(f"cannot read {self.root / rel}: {exc.strerror or exc}") from None
-            parts.append(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}")
+            parts.append(f"{rel}\0{stat.st_size}" + (f"\0{stat.st_mtime_ns}" if times else ""))
         return "\n".join(parts)
 
 
@@ -121,10 +121,11 @@ class TarTree:
         offset, size = self._offsets[rel]
         return os.pread(self._fd, size, offset)
 
-    def signature(self, files: Sequence[str]) -> str:
-        """What ``files`` hold, cheaply: the archive's size and modification time and each member's place."""
+    def signature(self, files: Sequence[str], times: bool = True) -> str:
+        """What ``files`` hold, cheaply: the archive's size, (``times``) modification time and each member's place."""
         stat = self.root.stat()
-        return f"{stat.st_size}\0{stat.st_mtime_ns}\n" + "\n".join(f"{rel}\0{self._offsets[rel]}" for rel in files)
+        head = f"{stat.st_size}" + (f"\0{stat.st_mtime_ns}" if times else "")
+        return head + "\n" + "\n".join(f"{rel}\0{self._offsets[rel]}" for rel in files)
 
     def __getstate__(self) -> dict:
         # a descriptor does not survive pickling into a worker process: each opens its own
@@ -276,9 +277,9 @@ class TreeReader:
         """Where example ``i`` comes from, for error messages."""
         return f"{self.tree.root}/{self.files[i]}"
 
-    def signature(self) -> str:
-        """A cheap summary of the split's files that changes when one is added, removed or rewritten."""
-        return f"tree:{self.tree.root}\n" + self.tree.signature(self.files)
+    def signature(self, times: bool = True) -> str:
+        """A cheap summary of the split's files that changes when one is added, removed or (``times``) rewritten."""
+        return f"tree:{self.tree.root}\n" + self.tree.signature(self.files, times)
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
@@ -328,7 +329,7 @@ class HFReader:
         """Where row ``i`` comes from, for error messages."""
         return f"row {i} of column {self.column!r}"
 
-    def signature(self) -> str:
+    def signature(self, times: bool = True) -> str:
         """The split's own ``datasets`` fingerprint (it changes with every edit) and the image column."""
         fingerprint = getattr(self.split, "_fingerprint", None)
         return None if fingerprint is None else f"hf:{fingerprint}:{len(self.split)}:{self.column}"

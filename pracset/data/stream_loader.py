@@ -67,9 +67,13 @@ class StreamingDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def cache_key(self) -> str | None:
-        """A digest of everything this split's decoded pixels depend on (None: no cheap way to tell)."""
-        signature = getattr(self.reader, "signature", lambda: None)()
+    def cache_key(self, times: bool = True) -> str | None:
+        """A digest of everything this split's decoded pixels depend on (None: no cheap way to tell).
+
+        ``times=False`` leaves the files' modification times out: a copy of the same files (a node's
+        scratch copy) then has the same key, though a file rewritten in place with its size kept does too.
+        """
+        signature = getattr(self.reader, "signature", lambda times=True: None)(times)
         if signature is None:
             return None
         digest = hashlib.blake2b(digest_size=16)

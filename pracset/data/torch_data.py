@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSam
 
 from pracset.data.base import ImageDataset, ImageSplit
 from pracset.data.loader import Batch
+from pracset.distributed import is_distributed
 from pracset.errors import DataError
 
 #: How many items at a time :func:`from_torch` reads from a Dataset.
@@ -37,7 +38,7 @@ READ_BATCH = 256
 
 
 class _WithIndex(Dataset):
-    """A map-style Dataset of ``(x, y)`` items seen as ``(x, y, index)``."""
+    """A map-style Dataset whose items come with their index: ``(item, index)``."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -46,8 +47,18 @@ class _WithIndex(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        x, y = _pair(self.dataset[index], "the Dataset's items")
-        return x, y, index
+        return self.dataset[index], index
+
+
+class _CollateWithIndex:
+    """The loader's own collate function over the items; their indices collated apart as one tensor."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, batch):
+        x, y = _pair(self.collate([item for item, _ in batch]), "a collated batch")
+        return x, y, torch.tensor([index for _, index in batch], dtype=torch.int64)
 
 
 def _pair(item: Any, what: str) -> tuple[Any, Any]:
@@ -80,10 +91,13 @@ def indexed_loader(loader: DataLoader) -> DataLoader:
         return loader
     if loader.batch_sampler is None:
         raise DataError("a DataLoader with batch_size=None yields single items; give it a batch size")
-    return DataLoader(_WithIndex(dataset), batch_sampler=loader.batch_sampler, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
-                      worker_init_fn=loader.worker_init_fn, generator=loader.generator,
-                      persistent_workers=loader.persistent_workers)
+    workers = loader.num_workers
+    return DataLoader(_WithIndex(dataset), batch_sampler=loader.batch_sampler, num_workers=workers,
+                      collate_fn=_CollateWithIndex(loader.collate_fn), pin_memory=loader.pin_memory,
+                      timeout=loader.timeout, worker_init_fn=loader.worker_init_fn, generator=loader.generator,
+                      persistent_workers=loader.persistent_workers,
+                      prefetch_factor=loader.prefetch_factor if workers > 0 else None,
+                      multiprocessing_context=loader.multiprocessing_context)
 
 
 def _batch_parts(batch: Any, position: int, ordered_start: int | None) -> tuple[Any, Any, torch.Tensor]:
@@ -112,6 +126,14 @@ class TorchBatches:
     sharded = False
 
     def __init__(self, loader: DataLoader, device: torch.device | str):
+        if is_distributed():
+            raise DataError("a torch DataLoader of your own cannot be trained under torchrun (each rank would train "
+                            "a separate model on its own examples); use from_torch's data or pracset's loaders")
+        try:
+            len(loader)
+        except TypeError:
+            raise DataError("the DataLoader has no length (an iterable Dataset without __len__): pracset needs the "
+                            "steps per epoch for its schedules; give the Dataset a __len__") from None
         self.loader = indexed_loader(loader)
         self.device = torch.device(device)
         self.batch_size = loader.batch_size
@@ -160,7 +182,14 @@ def as_batch_loader(loader: Any, device: torch.device | str) -> Any:
 
 
 def _as_inputs(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) pixels stay pixels; anything else becomes float32 inputs used as given."""
+    """uint8 (N, C, H, W) pixels stay pixels; anything else becomes float32 inputs used as given.
+
+    uint8 (N, H, W, C) images (torchvision's ``CIFAR10.data`` layout: a last
+    dimension of 1, 3 or 4 channels where the second is not) are transposed.
+    """
+    channels = (1, 3, 4)
+    if x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] not in channels and x.shape[3] in channels:
+        x = x.permute(0, 3, 1, 2)
     if x.dtype == torch.uint8 and x.dim() == 4:
         return x.contiguous()
     if x.dtype == torch.uint8 and x.dim() == 3:  # (N, H, W) grey pixels
@@ -187,6 +216,9 @@ def read_examples(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = torch.as_tensor(np.asarray(data[0]) if not isinstance(data[0], torch.Tensor) else data[0]), data[1]
         return _as_inputs(x), _as_labels(y, what)
     if isinstance(data, DataLoader):
+        if data.drop_last:
+            raise DataError(f"{what}: the DataLoader drops its last incomplete batch, so some examples would be "
+                            "missing; give it drop_last=False (or its Dataset)")
         loader = data
         arity = _item_arity(data.dataset) if _is_map_style(data.dataset) else None
         if arity == 2 and not isinstance(data.sampler, SequentialSampler):

@@ -37,24 +37,37 @@ ArchitectureLike = Union[str, nn.Module, Callable[[], nn.Module]]
 
 
 def describe_module(model: nn.Module) -> str:
-    """``python:MODULE.CLASS:DIGEST`` with a digest of the state's names and shapes."""
+    """``python:MODULE.CLASS:DIGEST`` with a digest of the state's names and shapes and the module's ``repr``
+    (which shows its layers' settings: a dropout rate or an activation changes the name)."""
     cls = type(model)
     shapes = ";".join(f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items())
-    digest = hashlib.blake2b(shapes.encode(), digest_size=6).hexdigest()
+    digest = hashlib.blake2b((shapes + "\n" + repr(model)).encode(), digest_size=6).hexdigest()
     return f"python:{cls.__module__}.{cls.__qualname__}:{digest}"
 
 
-def _reinitialise(template: nn.Module, seed: int | None) -> nn.Module:
-    model = copy.deepcopy(template)
+def reset_all(model: nn.Module, seed: int | None) -> nn.Module:
+    """Draw fresh weights for ``model`` in place: every submodule's ``reset_parameters()`` after ``manual_seed``.
+
+    A parameter that no such submodule owns (an ``nn.Parameter`` set directly
+    on a custom module) cannot be redrawn: it is refused, since a control
+    or a seed would then silently share it with the ticket.
+    """
     if seed is not None:
         torch.manual_seed(seed)
     reset = [m for m in model.modules() if callable(getattr(m, "reset_parameters", None))]
-    if not reset and any(True for _ in model.parameters()):
-        raise ConfigError(f"{type(template).__name__} has no submodule with reset_parameters(), so pracset cannot "
-                          "draw fresh weights for it; pass a function that builds the model instead")
+    covered = {id(p) for m in reset for p in m.parameters(recurse=False)}
+    missed = [n for n, p in model.named_parameters() if id(p) not in covered]
+    if missed:
+        raise ConfigError(f"{type(model).__name__}.{missed[0]} belongs to no submodule with reset_parameters(), so "
+                          "pracset cannot draw fresh weights for it (the random re-initialisation control needs "
+                          "them); give that module a reset_parameters() method")
     for module in reset:
         module.reset_parameters()
     return model
+
+
+def _reinitialise(template: nn.Module, seed: int | None) -> nn.Module:
+    return reset_all(copy.deepcopy(template), seed)
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,13 @@ class Architecture:
 
         ``pretrained=False`` draws random weights even for an architecture with pretrained ones.
         """
-        make = self.make if pretrained or self.random is None else self.random
-        model = make(spec, seed)
+        if self.python and not pretrained:
+            # a Python model's own function may load weights (or return one object): the random
+            # re-initialisation control redraws every weight itself
+            model = reset_all(self.make(spec, None), seed)
+        else:
+            make = self.make if pretrained or self.random is None else self.random
+            model = make(spec, seed)
         if self.python and sample is not None:
             check_outputs(model, sample, spec.num_classes, self.name)
         return model.train()
@@ -135,7 +153,12 @@ def resolve_architecture(arch: ArchitectureLike, weights: str | None = None) -> 
             if not isinstance(model, nn.Module):
                 raise ConfigError(f"the model function returned a {type(model).__name__}, not an nn.Module")
             return model.cpu()
-        return Architecture(describe_module(make(InputSpec(1, 1, 1, 1), 0)), make, python=True)
+        with torch.random.fork_rng():  # naming it must not move the caller's random state
+            first, second = make(InputSpec(1, 1, 1, 1), 0), make(InputSpec(1, 1, 1, 1), 0)
+        if first is second:
+            raise ConfigError("the model function returns the same model object every call; it must build a new "
+                              "one (pracset trains several: rounds, controls)")
+        return Architecture(describe_module(first), make, python=True)
     raise ConfigError(f"an architecture is a registered name (see `pracset models`), an nn.Module or a function "
                       f"returning one; got {type(arch).__name__}")
 

@@ -76,7 +76,8 @@ class IMPConfig:
         require(0 < self.prune_fraction < 1, f"prune_fraction must lie in (0, 1), got {self.prune_fraction}")
         require(self.output_rate is None or 0 <= self.output_rate < 1,
                 f"output_rate must lie in [0, 1), got {self.output_rate}")
-        parse_rewind(self.rewind)
+        amount, unit = parse_rewind(self.rewind)
+        object.__setattr__(self, "rewind", f"{amount}{unit}")  # one spelling per point: " 03ep" is "3ep"
         require(self.evaluate in EVALUATE_CHOICES,
                 f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {self.evaluate!r}")
         require(self.pack_controls in PACK_CHOICES,

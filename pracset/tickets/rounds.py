@@ -216,10 +216,12 @@ class PracSetPolicy(RoundPolicy):
 
 
 def _pack_controls(config: IMPConfig, ctx: TicketContext) -> bool:
-    """Whether a ticket's controls train as one packed job: asked for, or ``auto`` on one CUDA process."""
+    """Whether a ticket's controls train as one packed job: asked for, or ``auto`` on one CUDA process for a
+    registered architecture (a Python model may do what ``vmap`` cannot, such as branching on its values)."""
     if is_distributed():  # packed training has no DDP path: the controls train one by one on every rank
         return False
-    return config.pack_controls == "on" or (config.pack_controls == "auto" and ctx.device.type == "cuda")
+    auto = ctx.device.type == "cuda" and not ctx.arch.python
+    return config.pack_controls == "on" or (config.pack_controls == "auto" and auto)
 
 
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,

@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
+from pracset.distributed import is_main
 from pracset.data.stream_loader import StreamingLoader
 from pracset.data.streaming import StreamingSplits, make_streaming_loaders
 from pracset.data.torch_data import as_dataset
@@ -59,7 +60,7 @@ def make_loaders(dataset: ImageDataset, config: TrainConfig, device: torch.devic
     if is_streamed(dataset):
         return make_streaming_loaders(dataset, config, device, ids=ids, conv_net=conv_net)
     mean, std = dataset.normalization
-    channels_last = conv_net and device.type == "cuda"
+    channels_last = conv_net and device.type == "cuda" and dataset.train.images.dim() == 4
     crop = dataset.default_crop_padding if config.crop_padding is None else config.crop_padding
     flip = dataset.default_flip if config.flip is None else config.flip
     train = DeviceLoader(dataset.train.to(device), config.batch_size, mean, std, ids=ids, shuffle=True,
@@ -117,7 +118,8 @@ def resolve_data(data, dataset=None) -> tuple[DataConfig | None, object | None, 
     if given is None:
         raise ConfigError("data must be a DataConfig, a pracset data set or a (train, test) pair of torch "
                           f"tensors, Datasets or DataLoaders; got {type(data).__name__}")
-    return None, given, {"name": given.name, "fingerprint": given.fingerprint}
+    return None, given, {"name": given.name, "fingerprint": given.fingerprint, "test_examples": len(given.test),
+                         "crop_padding": given.default_crop_padding, "flip": given.default_flip}
 
 
 @dataclass
@@ -145,8 +147,8 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
     :meth:`RunDirectory.complete_stage`.
     """
     stage.directory.mkdir(parents=True, exist_ok=True)
-    if tensorboard is not None:  # the stage's scalars under TENSORBOARD/STAGE, written while it trains
-        callbacks = [*callbacks, TensorBoardLogger(Path(tensorboard) / stage.name)]
+    if tensorboard is not None and is_main():  # the stage's scalars under TENSORBOARD/STAGE; rank 0 writes them
+        callbacks = [*callbacks, TensorBoardLogger(Path(tensorboard) / stage.name, train_loader.num_examples)]
     ledger = IterationLedger()
     trainer = Trainer(config, ledger=ledger, stage=stage.name, checkpoint=stage.checkpoint, resume=True,
                       progress=progress, metrics_log=stage.metrics_log)

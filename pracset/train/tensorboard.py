@@ -43,9 +43,10 @@ def weight_sparsity(model: torch.nn.Module) -> float:
 class TensorBoardLogger(Callback):
     """Writes a stage's per-epoch scalars into ``log_dir`` (one event file per fit)."""
 
-    def __init__(self, log_dir: str | Path):
+    def __init__(self, log_dir: str | Path, examples_per_epoch: int | None = None):
         require_tensorboard()
         self.log_dir = Path(log_dir)
+        self.examples_per_epoch = examples_per_epoch
         self._writer = None
         self._examples = 0
 
@@ -68,7 +69,8 @@ class TensorBoardLogger(Callback):
                 group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, test/accuracy, ...
                 self._writer.add_scalar(group, value, step)
         self._writer.add_scalar("sparsity", weight_sparsity(state.model), step)
-        self._writer.add_scalar("examples_per_epoch", self._examples, step)
+        # the loader's count is the whole job's under torchrun, where one rank sees only its slice of each batch
+        self._writer.add_scalar("examples_per_epoch", self.examples_per_epoch or self._examples, step)
         self._writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:

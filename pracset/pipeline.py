@@ -365,8 +365,10 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     results["sets"] = {label: str(path) for label, path in {**sets, "random-subset": random_manifest}.items()}
     for seed in pipeline.transfer_seed_list:
         for arch in pipeline.transfer:
-            # The sanity-check controls run on the building architecture only (they double the cost).
-            ticket(arch, "imp", seed, controls=False)
+            # The sanity-check controls run on the building architecture only (they double the cost). On the
+            # building architecture itself (a random subset on it), its full-data IMP run is the one above.
+            if not (arch == pipeline.arch and "imp" in pipeline.methods and seed in pipeline.seeds):
+                ticket(arch, "imp", seed, controls=False)
             for label, path in {**sets, "random-subset": random_manifest}.items():
                 ticket(arch, "prac-imp", seed, manifest_path=path, label=label, controls=False)
     return results

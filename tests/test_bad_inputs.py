@@ -569,7 +569,7 @@ CASES: list[Case] = [
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
          message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                  "schedule, milestones, gamma, warmup_epochs, seed, precision, eval_every, crop_padding, flip, "
-                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm"),
+                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm, cuda_graphs"),
     Case("pipeline-unknown-section", "a pipeline with an unknown section",
          ["run", "p.toml", "-q"], setup=_toml(replace=("[report]", "[reporting]")),
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
@@ -675,7 +675,7 @@ CASES: list[Case] = [
          call=_from_dict("pracset.train.TrainConfig", {"epoch": 3}, where="train"), error=ConfigError,
          message="unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
                  "schedule, milestones, gamma, warmup_epochs, seed, precision, eval_every, crop_padding, flip, "
-                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm"),
+                 "drop_last, label_smoothing, random_resized_crop, sync_batchnorm, cuda_graphs"),
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",
          call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "colour": "red"}), error=ConfigError,
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "

@@ -199,3 +199,30 @@ def test_the_imagenet_recipe_steps_its_rate_at_epochs_30_60_and_80():
     changes = [epoch for epoch in range(6, 90) if factor[epoch] != factor[epoch - 1]]
     assert changes == [30, 60, 80] and factor[5] == 1.0 and factor[89] == pytest.approx(1e-3)
     assert factor[0] == pytest.approx(1 / (5 * per_epoch))  # the linear warm-up's first step
+
+
+def test_the_fast_cifar10_replication_is_the_experiment_issue_14_asks_for():
+    """pipelines/cifar10-resnet20-fast.toml: IMP, PrAC-IMP and a random subset on ResNet-20, 3 seeds, >= 83%."""
+    pipeline = load_pipeline(Path(__file__).parents[1] / "pipelines" / "cifar10-resnet20-fast.toml")
+    assert (pipeline.arch, pipeline.data.name, pipeline.seeds, pipeline.methods) == (
+        "resnet20", "cifar10", (0, 1, 2), ("imp", "prac-imp"))
+    assert 1 - (1 - pipeline.imp.prune_fraction) ** pipeline.imp.num_rounds >= 0.83
+    # the random subset of PrAC's size runs on resnet20 itself as a transfer (its full-data IMP is the main run);
+    # both controls on every ticket
+    assert pipeline.transfer == (pipeline.arch,) and pipeline.imp.controls and pipeline.controls_on is None
+    assert pipeline.train.cuda_graphs and pipeline.train.schedule == "cosine"
+
+
+def test_a_transfer_onto_the_building_architecture_reuses_its_imp_run(tmp_path):
+    """transfer = [arch]: the random subset of PrAC's size on the same network. Its full-data IMP is the main IMP
+    run (with its controls), counted once, not a second run refused for its other settings."""
+    from pracset.pipeline import pipeline_from_dict, run_pipeline
+
+    pipeline = pipeline_from_dict({
+        "name": "self-transfer", "arch": "mlp", "methods": ["imp", "prac-imp"], "transfer": ["mlp"],
+        "data": {"name": "digits"}, "train": {"epochs": 2, "batch_size": 128},
+        "imp": {"rounds": 1, "controls": True, "early_bird": False}})
+    report = run_pipeline(pipeline, tmp_path / "run", device=torch.device("cpu"))
+    methods = [(r["arch"], r["method"]) for r in report["runs"]]
+    assert methods.count(("mlp", "imp")) == 1
+    assert {"paper-set-transfer", "one-shot-set-transfer", "random-subset"} <= {m for _, m in methods}

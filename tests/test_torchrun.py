@@ -82,22 +82,29 @@ def test_a_pipeline_on_two_processes_equals_one_process(one_process, tmp_path):
 
 
 def test_a_pipeline_on_two_nodes_equals_one_process(one_process, tmp_path):
-    """Two torchrun invocations, one process each, meeting at a c10d rendezvous on localhost."""
+    """Two torchrun invocations, one process each, meeting at a static rendezvous on localhost (node 0 hosts it).
+
+    Static, not c10d: with both "nodes" on one machine, c10d's election of the node that hosts the store can
+    race (both see the endpoint as local), which hung one run of the whole suite here.
+    """
     out, port = tmp_path / "run", _free_port()
-    command = [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "pracset-test", "-m", "pracset", "run",
-               str(PIPELINE), "--out", str(out), *SHORT]
-    nodes = [subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              cwd=tmp_path) for _ in range(2)]
+
+    def command(node_rank: int) -> list[str]:
+        return [TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(node_rank),
+                "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "pracset", "run", str(PIPELINE),
+                "--out", str(out), *SHORT]
+
+    nodes = [subprocess.Popen(command(rank), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path) for rank in range(2)]
     results = []
-    for node in nodes:
+    for rank, node in enumerate(nodes):
         try:
-            stdout, stderr = node.communicate(timeout=600)
+            stdout, stderr = node.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             for n in nodes:
                 n.kill()
             raise
-        results.append(subprocess.CompletedProcess(command, node.returncode, stdout, stderr))
+        results.append(subprocess.CompletedProcess(command(rank), node.returncode, stdout, stderr))
     printed = [_check(r) for r in results]
     assert sum(p.count("report: ") for p in printed) == 1
     _assert_same_run(one_process, out)

@@ -298,3 +298,129 @@ def test_label_smoothing_is_the_loss_trained_on_and_evaluation_stays_plain_cross
     for bad in (-0.1, 1.0):
         with pytest.raises(ConfigError, match=rf"label_smoothing must lie in \[0, 1\), got {bad}"):
             TrainConfig(label_smoothing=bad)
+
+
+# ----------------------------------------------------------------------------- TrainConfig.cuda_graphs
+def _fit_digits_with_recorder_and_mask(digits, **overrides):
+    """Three epochs of the digits MLP with the recorder and a fixed 50% mask; the last batch is partial."""
+    from pracset.sparse import Mask, StaticMask, prune_to_sparsity
+    from pracset.stats import ExampleRecorder
+
+    config, model, train, test = setup(digits, **overrides)
+    mask = prune_to_sparsity(model, Mask.ones(model), 0.5)
+    recorder = ExampleRecorder(len(digits.train))
+    state = Trainer(config).fit(model, train, test, [recorder, StaticMask(mask)])
+    history = [{k: v for k, v in h.items() if k != "seconds"} for h in state.history]
+    return history, model, recorder.statistics()
+
+
+def test_cuda_graphs_on_the_cpu_warn_once_and_train_exactly_as_without(digits, caplog):
+    import logging
+
+    without = _fit_digits_with_recorder_and_mask(digits)
+    with caplog.at_level(logging.WARNING, logger="pracset.train"):
+        with_flag = _fit_digits_with_recorder_and_mask(digits, cuda_graphs=True)
+    warnings = [r.getMessage() for r in caplog.records if "cuda_graphs" in r.getMessage()]
+    assert warnings == ["cuda_graphs: it needs a CUDA device and the run is on cpu; training without capture"]
+    assert with_flag[0] == without[0]  # every epoch's metrics, bit for bit
+    for a, b in zip(with_flag[1].state_dict().values(), without[1].state_dict().values()):
+        assert torch.equal(a, b)
+    for name, column in without[2].columns().items():
+        assert (with_flag[2].columns()[name].tobytes() == column.tobytes()), name
+
+
+def test_which_steps_may_replay_a_captured_graph(digits):
+    """Callbacks that leave the optimizer hooks alone allow every step; sparse methods all but their mask updates."""
+    from pracset.sparse import GraNet, GraNetConfig, Mask, RigL, RigLConfig, StaticMask
+    from pracset.stats import ExampleRecorder
+
+    class ReadsGradients(Callback):
+        def before_optimizer_step(self, state, out):
+            pass
+
+    class Counts(Callback):
+        def on_batch_end(self, state, out):
+            pass
+
+    assert Counts().capturable(5) and ExampleRecorder(10).capturable(5)
+    assert not ReadsGradients().capturable(5)
+    model = build_model("mlp", input_spec(digits), seed=0)
+    assert all(StaticMask(Mask.ones(model)).capturable(step) for step in range(300))
+    rigl = RigL(RigLConfig(sparsity=0.5, delta_t=4))
+    granet = GraNet(GraNetConfig(sparsity=0.8, init_sparsity=0.5, delta_t=4, prune_end=0.5))
+    for method in (rigl, granet):  # a fit binds each to a model and sets its schedule
+        config, model, train, test = setup(digits, epochs=1)
+        Trainer(config).fit(model, train, callbacks=[method])
+    steps = range(len(train))
+    # RigL updates at every 4th step up to T_end = floor(0.75 * 15) = 11; GraNet after every 4th completed step
+    assert [s for s in steps if not rigl.capturable(s)] == [s for s in steps if rigl.should_update(s)] == [0, 4, 8]
+    assert [s for s in steps if not granet.capturable(s)] == [3, 7, 11]
+
+
+def test_a_mask_change_rewrites_the_multipliers_a_captured_graph_reads(digits):
+    """A graph records the addresses of the mask multipliers: set_mask must write the new mask into them."""
+    from pracset.sparse import Mask, StaticMask, prune_to_sparsity
+
+    config, model, train, test = setup(digits, epochs=1)
+    method = StaticMask(Mask.ones(model))
+    Trainer(config).fit(model, train, callbacks=[method])
+    before = {name: keep for name, keep in method._keep.items()}
+    new_mask = prune_to_sparsity(model, method.mask, 0.5)
+    method.set_mask(new_mask)
+    for name, keep in method._keep.items():
+        assert keep is before[name] and torch.equal(keep.bool(), new_mask[name])
+
+
+def test_a_captured_step_falls_back_to_the_eager_step_without_touching_the_device(digits):
+    """The gates of CapturedStep.replay, on the CPU: no capture is tried before a step qualifies."""
+    from pracset.train.graphs import CapturedStep, unsupported_reason
+
+    config, model, train, test = setup(digits, epochs=1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step = CapturedStep(model, optimizer, batch_size=100, bf16=False)
+    batch = next(iter(train))
+    state = type("State", (), {"step": 1})()
+
+    class NeedsHost(Callback):
+        def after_optimizer_step(self, state, out):
+            pass
+
+    assert step.replay(batch, state, [NeedsHost()]) is None  # a callback needs the host at this step
+    assert step.replay(batch, state, []) is None              # no momentum buffers yet: the first step is eager
+    F.cross_entropy(model(batch.x), batch.y).backward()
+    optimizer.step()                                          # now they exist
+    assert step.replay(batch._replace(x=batch.x[:50], y=batch.y[:50]), state, []) is None  # a partial batch
+    assert step.replay(batch, state, [NeedsHost()]) is None
+    assert step.graph is None and step.x is None and not step.failed
+    assert unsupported_reason(config, torch.device("cpu"), sharded=False) == (
+        "it needs a CUDA device and the run is on cpu")
+    adamw = TrainConfig(optimizer="adamw")
+    assert unsupported_reason(adamw, torch.device("cuda"), sharded=False) == (
+        "it supports the sgd and nesterov optimizers, not adamw")
+    assert unsupported_reason(config, torch.device("cuda"), sharded=True) == "it does not run under torch.distributed"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_a_captured_run_matches_the_eager_run_on_a_gpu(digits):
+    """Written for a GPU (skipped elsewhere): fp32, so the two runs differ only by the fused SGD kernel's rounding."""
+    cuda = torch.device("cuda")
+
+    def run(flag):
+        from pracset.sparse import Mask, StaticMask, prune_to_sparsity
+
+        config = TrainConfig(epochs=3, batch_size=100, lr=0.05, precision="fp32", cuda_graphs=flag)
+        model = build_model("mlp", input_spec(digits), seed=0)
+        mask = prune_to_sparsity(model, Mask.ones(model), 0.5)
+        train, test = make_loaders(digits, config, cuda)
+        state = Trainer(config).fit(model, train, test, [StaticMask(mask)])
+        return state.history, model, mask
+
+    (eager, eager_model, _), (captured, captured_model, mask) = run(False), run(True)
+    for a, b in zip(captured, eager):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
+    params = dict(captured_model.named_parameters())
+    for name, keep in mask.items():
+        assert not params[name][~keep.to(cuda)].any()  # the graph's mask multiply held the pruned weights at 0
+    for a, b in zip(captured_model.parameters(), eager_model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import gzip
 import json
+import logging
 import os
 import platform
 import statistics
@@ -138,6 +139,32 @@ class SyncCounter:
         self._read += len(new)
         self._count += sum("synchroniz" in str(w.message) for w in new)
         return self._count
+
+
+class CaptureLog(logging.Handler):
+    """Keeps what ``pracset.train.graphs`` logs (whether each fit captured its training step, or why not).
+
+    Installed on that logger at INFO by :meth:`install`; :meth:`take` returns the messages since the last take.
+    """
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    @classmethod
+    def install(cls) -> "CaptureLog":
+        handler = cls()
+        logger = logging.getLogger("pracset.train.graphs")
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        return handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        taken, self.messages = self.messages, []
+        return taken
 
 
 # --------------------------------------------------------------------------- command line and machine

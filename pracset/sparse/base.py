@@ -164,6 +164,14 @@ class SparseMethod(Callback):
             self.update_mask(state, out)
             self.enforce(state.optimizer)
 
+    def capturable(self, step: int) -> bool:
+        """A step that changes no mask may replay the captured CUDA graph: its only work is :meth:`graph_work`."""
+        return not self.should_update(step)
+
+    def graph_work(self, state: TrainState) -> None:
+        """The mask multiply of :meth:`after_optimizer_step`, recorded into the CUDA graph."""
+        self.enforce(state.optimizer)
+
     def state_dict(self) -> dict:
         return {"method": self.name, "mask": None if self.mask is None else {n: t.cpu() for n, t in self.mask.items()}}
 
@@ -182,8 +190,14 @@ class SparseMethod(Callback):
         self._refresh_keep()
 
     def _refresh_keep(self) -> None:
-        # float multipliers with the parameter's dtype and memory layout, for the fused multiply
-        self._keep = {n: torch.empty_like(p, requires_grad=False).copy_(self.mask[n]) for n, p in self._params.items()}
+        # float multipliers with the parameter's dtype and memory layout, for the fused multiply; rewritten in
+        # place when they fit, so that a captured CUDA graph (pracset.train.graphs) multiplies by the new mask
+        for name, param in self._params.items():
+            keep = self._keep.get(name)
+            if keep is None or (keep.shape, keep.dtype, keep.device, keep.stride()) != (
+                    param.shape, param.dtype, param.device, param.stride()):
+                keep = self._keep[name] = torch.empty_like(param, requires_grad=False)
+            keep.copy_(self.mask[name])
 
     def _state_tensors(self, optimizer: torch.optim.Optimizer, param: nn.Parameter) -> list[torch.Tensor]:
         st = optimizer.state.get(param)

@@ -38,6 +38,11 @@ class TrainConfig:
     sync_batchnorm: bool = option(False, "under torch.distributed, BatchNorm statistics over the global batch "
                                          "(torch's SyncBatchNorm; CUDA only) instead of each rank's slice",
                             added_later=True)
+    cuda_graphs: bool = option(False, "capture the whole training step (forward, loss, backward, SGD update, mask "
+                                      "multiply) in a CUDA graph and replay it, far fewer kernel launches for small "
+                                      "models (CUDA, sgd or nesterov, one process); steps that need host work (RigL "
+                                      "and GraNet mask updates, a last partial batch) run uncaptured; elsewhere it "
+                                      "logs a warning and trains as without it", added_later=True)
 
     def __post_init__(self) -> None:
         require_finite(self, "lr", "momentum", "weight_decay", "gamma", "warmup_epochs", "label_smoothing")

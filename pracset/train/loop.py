@@ -80,6 +80,21 @@ class Callback:
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None: ...
     def on_fit_end(self, state: TrainState) -> None: ...
 
+    def capturable(self, step: int) -> bool:
+        """Whether step ``step`` may replay the captured CUDA graph (``TrainConfig.cuda_graphs``).
+
+        A replayed step calls neither :meth:`before_optimizer_step` nor
+        :meth:`after_optimizer_step`; what they would do on the device goes in
+        :meth:`graph_work`. By default a callback that overrides neither hook
+        allows every step, and one that overrides either allows none.
+        """
+        own = type(self)
+        return (own.before_optimizer_step is Callback.before_optimizer_step
+                and own.after_optimizer_step is Callback.after_optimizer_step)
+
+    def graph_work(self, state: TrainState) -> None:
+        """Device work recorded into the CUDA graph after the optimizer step (e.g. a mask multiply); no host sync."""
+
     def state_dict(self) -> dict:
         """State saved in checkpoints so that a resumed run continues exactly."""
         return {}
@@ -100,6 +115,18 @@ def use_bf16_for(precision: str, device: torch.device) -> bool:
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether ``config``'s precision means bf16 autocast on ``device``."""
     return use_bf16_for(config.precision, device)
+
+
+def forward_losses(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, label_smoothing: float,
+                   autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training step's logits and per-example losses (the eager step and the captured graph share it).
+
+    The loss trained on (smoothed when asked) is what callbacks and ``train_loss`` see; :func:`evaluate` is plain
+    cross-entropy.
+    """
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=autocast_cache):
+        logits = forward(x)
+    return logits, F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)
 
 
 @torch.no_grad()
@@ -202,6 +229,12 @@ class Trainer:
         bf16 = use_bf16(config, device)
         for callback in callbacks:
             callback.on_fit_start(state)
+        graph = None
+        if config.cuda_graphs:
+            from pracset.train.graphs import CapturedStep  # here: graphs builds on this module
+
+            graph = CapturedStep.for_fit(model, optimizer, config, device, batch_size=train_loader.batch_size,
+                                         bf16=bf16, sharded=sharded)
         bar = tqdm(total=config.epochs, initial=state.epoch, desc=self.stage, unit="epoch",
                    disable=not self.progress or not ddp.is_main(), leave=False)
         model.train()
@@ -217,31 +250,34 @@ class Trainer:
             for position, batch in enumerate(train_loader):
                 if first_step + position < state.step:  # a run that starts mid-epoch (rewinding to step k)
                     continue
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                    logits = forward(batch.x)
-                # the loss trained on (smoothed when asked) is what callbacks and train_loss see; evaluate() is plain CE
-                losses = F.cross_entropy(logits.float(), batch.y, reduction="none",
-                                         label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                if world > 1:  # distributed: DDP's mean over ranks of these is the global batch's mean loss
-                    global_len = ddp.global_batch_len(train_loader, position)
-                    (losses.sum() * (world / global_len)).backward()
-                else:
-                    losses.mean().backward()
-                out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
-                for callback in callbacks:
-                    callback.before_optimizer_step(state, out)
-                epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a host float: no sync)
-                if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
-                    optimizer.step()
+                replayed = graph.replay(batch, state, callbacks) if graph is not None else None
+                if replayed is not None:  # forward, loss, backward, update and the callbacks' graph_work: one graph
+                    out = StepOutput(batch.index, batch.y, *replayed, state.step, state.epoch)
+                    epoch_lr = optimizer.param_groups[0]["lr"]
                     scheduler.step()
-                else:  # the rate is a function of the global step, skipped updates included
-                    with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimizer
-                        warnings.simplefilter("ignore", UserWarning)
+                else:
+                    logits, losses = forward_losses(forward, batch.x, batch.y, bf16=bf16,
+                                                    label_smoothing=config.label_smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    if world > 1:  # distributed: DDP's mean over ranks of these is the global batch's mean loss
+                        global_len = ddp.global_batch_len(train_loader, position)
+                        (losses.sum() * (world / global_len)).backward()
+                    else:
+                        losses.mean().backward()
+                    out = StepOutput(batch.index, batch.y, logits.detach(), losses.detach(), state.step, state.epoch)
+                    for callback in callbacks:
+                        callback.before_optimizer_step(state, out)
+                    epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a host float: no sync)
+                    if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
+                        optimizer.step()
                         scheduler.step()
-                state.skip_step = False
-                for callback in callbacks:
-                    callback.after_optimizer_step(state, out)
+                    else:  # the rate is a function of the global step, skipped updates included
+                        with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimizer
+                            warnings.simplefilter("ignore", UserWarning)
+                            scheduler.step()
+                    state.skip_step = False
+                    for callback in callbacks:
+                        callback.after_optimizer_step(state, out)
                 state.step += 1
                 self.ledger.add(self.stage, "train", examples=global_len if world > 1 else len(batch.index))
                 seen += len(batch.index)

@@ -232,3 +232,16 @@ def test_a_worker_that_dies_is_one_line(tree):
     message = str(caught.value)
     assert "\n" not in message and message.startswith(f"{splits.train.what}: a decoding worker died (DataLoader worker")
     assert message.endswith("--resume continues from the last finished epoch")
+
+
+def test_the_cache_key_covers_the_labels_and_the_resize(tree):
+    """The hashes cover label and pixels: a key that missed either would read back another split's hashes."""
+    from pracset.data.stream_loader import StreamingDataset
+    from pracset.data.streaming import open_streaming
+
+    split = open_streaming(DataConfig("imagefolder", data_dir=str(tree), stream=True, workers=0)).train
+    relabelled = StreamingDataset(split.reader, (split.labels + 1) % 4, mode=split.mode)
+    resized = StreamingDataset(split.reader, split.labels, mode=split.mode, image_size=6)
+    same = StreamingDataset(split.reader, split.labels.copy(), mode=split.mode)
+    assert split.cache_key() == same.cache_key()
+    assert split.cache_key() != relabelled.cache_key() and split.cache_key() != resized.cache_key()

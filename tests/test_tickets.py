@@ -208,6 +208,8 @@ def test_schedule_checks_use_the_run_s_step_counts():
     check("imp", train, IMPConfig(rewind="1ep"), None, 1000, None)
     with pytest.raises(ConfigError, match=r"rewind point 2ep \(iteration 32\)"):
         check("imp", train, IMPConfig(rewind="2ep"), None, 1000, None)
+    with pytest.raises(ConfigError, match=r"rewind point 2ep \(iteration 30\) lies beyond the dense run's 30"):
+        check("imp", TrainConfig(epochs=2, batch_size=64, drop_last=True), IMPConfig(rewind="2ep"), None, 1000, None)
     three = TrainConfig(epochs=3, batch_size=64)
     check("prac-imp", three, IMPConfig(rewind="1ep"), None, 1000, subset)
     with pytest.raises(ConfigError, match=r"rewind point 2ep, on the manifest's 100 examples \(iteration 4\)"):

@@ -424,3 +424,13 @@ def test_a_captured_run_matches_the_eager_run_on_a_gpu(digits):
         assert not params[name][~keep.to(cuda)].any()  # the graph's mask multiply held the pruned weights at 0
     for a, b in zip(captured_model.parameters(), eager_model.parameters()):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_the_tensorboard_sparsity_counts_zero_weights_of_conv_and_linear_layers_only():
+    from pracset.train.tensorboard import weight_sparsity
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 4.0, 5.0]]))
+        model[0].bias.zero_()  # biases and normalisation weights are not pruned, so not counted
+    assert weight_sparsity(model) == 3 / 8

@@ -152,7 +152,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         run.check()
         # Data and model are checked before anything is written, so a refused build leaves nothing behind.
         dataset = dataset or load_dataset(data)
-        check_loader_settings(dataset, train)
+        check_loader_settings(dataset, train, device)
         check_size(selection, len(dataset.train))
         model = new_model(architecture, dataset, seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)

@@ -311,6 +311,13 @@ def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def check_sync_batchnorm(device: torch.device) -> None:
+    """Refuse ``sync_batchnorm`` under torch.distributed on a device torch's SyncBatchNorm has no kernels for."""
+    if is_distributed() and device.type != "cuda":
+        raise ConfigError(f"sync_batchnorm needs CUDA devices under torch.distributed (torch's SyncBatchNorm has "
+                          f"no {device.type} kernels); turn it off on {device.type}")
+
+
 def wrap_ddp(model: torch.nn.Module, device: torch.device, *, sync_batchnorm: bool = False) -> torch.nn.Module:
     """``model`` in ``DistributedDataParallel`` when distributed, else ``model`` itself.
 
@@ -324,9 +331,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device, *, sync_batchnorm: bo
     if not is_distributed():
         return model
     if sync_batchnorm:
-        if device.type != "cuda":
-            raise ConfigError(f"sync_batchnorm needs CUDA devices under torch.distributed (torch's SyncBatchNorm has "
-                              f"no {device.type} kernels); turn it off on {device.type}")
+        check_sync_batchnorm(device)
         convert_sync_batchnorm(model)
     device_ids = None
     if device.type == "cuda":
@@ -398,7 +403,7 @@ def spawn(fn: Callable, world: int, *args: Any, backend: str = "gloo", timeout_m
 
 __all__ = [
     "all_gather_cat", "all_gather_cat_many", "all_reduce_sum", "barrier", "broadcast_mask", "broadcast_object",
-    "check_same", "check_same_mask", "convert_sync_batchnorm", "gather_in_order", "global_batch_len",
+    "check_same", "check_same_mask", "check_sync_batchnorm", "convert_sync_batchnorm", "gather_in_order", "global_batch_len",
     "init_from_env", "is_distributed", "is_main", "is_sharded", "launched_by_torchrun", "local_rank",
     "mask_checksum", "parameters_checksum", "rank", "run_on_main", "shard_bounds", "spawn", "sync_buffers",
     "world_size", "wrap_ddp",

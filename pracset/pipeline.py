@@ -8,6 +8,7 @@ A pipeline file holds the same typed configurations as the command line::
     transfer = ["lenet5"]             # architectures the sets are reused on
     seeds = [0, 1, 2]                 # seeds of initialisation and data order
     transfer_seeds = [0]              # the seeds the transfer runs use (default: all)
+    transfer_sets = ["random-subset"] # which sets the transfer trains on (default: all three)
     controls_on = ["imp"]             # methods whose tickets get the controls (default: all; [imp] switches them on)
 
     [data]       # DataConfig: name, data_dir, ...
@@ -82,6 +83,10 @@ class ReportConfig:
     plots: bool = option(True, "draw the PNG plots")
 
 
+#: The sets the transfer runs train on (besides full data): PrAC-IMP's own, the build's, a random one.
+TRANSFER_SETS = ("paper-set-transfer", "one-shot-set-transfer", "random-subset")
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """A whole experiment, as read from a TOML file."""
@@ -101,6 +106,7 @@ class Pipeline:
     transfer: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
     transfer_seeds: tuple[int, ...] | None = None
+    transfer_sets: tuple[str, ...] | None = None  # None: every set of TRANSFER_SETS
     controls_on: tuple[str, ...] | None = None
     description: str = ""
     tensorboard: bool = False  # an output option, not part of the run's identity (to_dict leaves it out)
@@ -115,11 +121,23 @@ class Pipeline:
         require(len(self.seeds) > 0, "seeds must name at least one seed")
         require(self.transfer_seeds is None or set(self.transfer_seeds) <= set(self.seeds),
                 "transfer_seeds must be some of the seeds")
+        odd_sets = [s for s in (self.transfer_sets or ()) if s not in TRANSFER_SETS]
+        require(not odd_sets, f"unknown transfer set {odd_sets[0] if odd_sets else ''!r}; valid names: "
+                              f"{', '.join(TRANSFER_SETS)}")
+        require(self.transfer_sets is None or len(self.transfer_sets) > 0, "transfer_sets must name at least one set")
+        require("paper-set-transfer" not in (self.transfer_sets or ()) or "prac-imp" in self.methods,
+                "transfer_sets names paper-set-transfer, the set of PrAC-IMP's last round: add prac-imp to methods")
         odd = [m for m in (self.controls_on or ()) if m not in self.methods]
         require(not odd, f"controls_on names {odd[0] if odd else ''!r}, which is not in methods")
         check_model_name(self.arch)
         for arch in self.transfer:
             check_model_name(arch)
+
+    @property
+    def transfer_set_names(self) -> tuple[str, ...]:
+        """The sets the transfer runs train on: ``transfer_sets``, else all of them (PrAC-IMP's own only with it)."""
+        available = [s for s in TRANSFER_SETS if s != "paper-set-transfer" or "prac-imp" in self.methods]
+        return tuple(s for s in available if self.transfer_sets is None or s in self.transfer_sets)
 
     @property
     def transfer_seed_list(self) -> tuple[int, ...]:
@@ -131,6 +149,8 @@ class Pipeline:
                "seeds": list(self.seeds), "description": self.description,
                "transfer_seeds": None if self.transfer_seeds is None else list(self.transfer_seeds),
                "controls_on": None if self.controls_on is None else list(self.controls_on)}
+        if self.transfer_sets is not None:  # recorded only when given: older runs keep their identity
+            out["transfer_sets"] = list(self.transfer_sets)
         for key in _SECTIONS:
             value = getattr(self, key)
             out[key] = to_dict(value) if value is not None else None
@@ -148,6 +168,7 @@ _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "se
              "imp": IMPConfig, "early_bird": EarlyBirdConfig, "rigl": RigLConfig, "granet": GraNetConfig,
              "report": ReportConfig}
 _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "transfer_seeds": list,
+        "transfer_sets": list,
         "description": str, "controls_on": list, "tensorboard": bool}
 
 
@@ -223,13 +244,14 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
     for key in ("seeds", "transfer_seeds"):
         if key in raw and not all(isinstance(s, int) and not isinstance(s, bool) for s in raw[key]):
             raise ConfigError(f"{where}: seeds must be integers, got {raw[key]!r}")
-    for key in ("methods", "transfer", "controls_on"):
+    for key in ("methods", "transfer", "controls_on", "transfer_sets"):
         if key in raw and not all(isinstance(s, str) for s in raw[key]):
             raise ConfigError(f"{where}: {key} must be a list of names, got {raw[key]!r}")
     try:
         return Pipeline(name=raw["name"], arch=raw["arch"], methods=tuple(raw.get("methods", ("imp", "prac-imp"))),
                         transfer=tuple(raw.get("transfer", ())), seeds=tuple(raw.get("seeds", (0,))),
                         transfer_seeds=tuple(raw["transfer_seeds"]) if "transfer_seeds" in raw else None,
+                        transfer_sets=tuple(raw["transfer_sets"]) if "transfer_sets" in raw else None,
                         controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
                         description=raw.get("description", ""), tensorboard=raw.get("tensorboard", False),
                         **sections)
@@ -271,7 +293,7 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
         for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
             build_model(arch, input_spec(dataset))
         _check_settings(pipeline, len(dataset.train))
-        check_loader_settings(dataset, pipeline.train)
+        check_loader_settings(dataset, pipeline.train, device)
         run.claim(data=dataset)
         results = _run_stages(pipeline, layout, dataset, device=device, progress=progress)
         return write_report(pipeline, layout, results)
@@ -284,10 +306,6 @@ def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
     for method in sorted(methods):
         # Runs on the PrAC set (its size is not known yet) are checked by find_tickets once it is.
         TICKET_METHODS.get(method).check(pipeline.ticket_settings, pipeline.train, num_examples, None)
-
-
-#: The sets the transfer runs train on (besides full data): PrAC-IMP's own, the build's, a random one.
-TRANSFER_SETS = ("paper-set-transfer", "one-shot-set-transfer", "random-subset")
 
 
 class StageProgress:
@@ -322,7 +340,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     results: dict[str, Any] = {"manifest": str(manifest), "runs": []}
     progress_log = StageProgress(pipeline.name, len(pipeline.seeds) * len(pipeline.methods)
                                  + len(pipeline.transfer_seed_list) * len(pipeline.transfer)
-                                 * (1 + len(TRANSFER_SETS) - ("prac-imp" not in pipeline.methods)))
+                                 * (1 + len(pipeline.transfer_set_names)))
 
     def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None,
                controls: bool = True) -> dict:
@@ -362,13 +380,15 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     if not random_manifest.exists():
         _write_random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
                          size=read_manifest(first).num_selected)
-    results["sets"] = {label: str(path) for label, path in {**sets, "random-subset": random_manifest}.items()}
+    chosen = {label: path for label, path in {**sets, "random-subset": random_manifest}.items()
+              if label in pipeline.transfer_set_names}
+    results["sets"] = {label: str(path) for label, path in chosen.items()}
     for seed in pipeline.transfer_seed_list:
         for arch in pipeline.transfer:
             # The sanity-check controls run on the building architecture only (they double the cost). On the
             # building architecture itself (a random subset on it), its full-data IMP run is the one above.
             if not (arch == pipeline.arch and "imp" in pipeline.methods and seed in pipeline.seeds):
                 ticket(arch, "imp", seed, controls=False)
-            for label, path in {**sets, "random-subset": random_manifest}.items():
+            for label, path in chosen.items():
                 ticket(arch, "prac-imp", seed, manifest_path=path, label=label, controls=False)
     return results

@@ -563,7 +563,8 @@ CASES: list[Case] = [
          message="p.toml is not valid TOML: Invalid value (at line 1, column 8)"),
     Case("pipeline-unknown-top-key", "a pipeline with an unknown top-level key",
          ["run", "p.toml", "-q"], setup=_toml(extra_top='colour = "red"\n'),
-         message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "
+         message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
+                 "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("pipeline-unknown-section-key", "a pipeline with an unknown key in [train]",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
@@ -573,7 +574,7 @@ CASES: list[Case] = [
     Case("pipeline-unknown-section", "a pipeline with an unknown section",
          ["run", "p.toml", "-q"], setup=_toml(replace=("[report]", "[reporting]")),
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
-                 "description, "
+                 "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("hf-text-labels", "a Hugging Face folder whose labels are text, not class indices",
          ["train", "--data", "hf", "--data-dir", "hfstr", "--arch", "mlp", "--out", "o", *TINY],
@@ -678,7 +679,8 @@ CASES: list[Case] = [
                  "drop_last, label_smoothing, random_resized_crop, sync_batchnorm, cuda_graphs"),
     Case("api-pipeline-unknown-key", "pipeline_from_dict with an unknown key",
          call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "colour": "red"}), error=ConfigError,
-         message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, description, "
+         message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
+                 "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, rigl, granet, report"),
     Case("api-load-unknown-data-set", "load_dataset of an unknown name", call=_load_data(name="svhn"),
          error=UnknownNameError, message="unknown data set 'svhn'; valid names: cifar10, cifar100, digits, "

@@ -226,3 +226,20 @@ def test_a_transfer_onto_the_building_architecture_reuses_its_imp_run(tmp_path):
     methods = [(r["arch"], r["method"]) for r in report["runs"]]
     assert methods.count(("mlp", "imp")) == 1
     assert {"paper-set-transfer", "one-shot-set-transfer", "random-subset"} <= {m for _, m in methods}
+
+
+def test_transfer_sets_choose_the_sets_the_transfer_trains_on(tmp_path):
+    from pracset.pipeline import pipeline_from_dict, run_pipeline
+
+    base = {"name": "sets", "arch": "mlp", "methods": ["imp"], "transfer": ["lenet300"], "data": {"name": "digits"},
+            "train": {"epochs": 1, "batch_size": 256}, "imp": {"rounds": 1, "early_bird": False},
+            "selection": {"rule": "prac"}}
+    with pytest.raises(ConfigError, match="transfer_sets names paper-set-transfer.*add prac-imp to methods"):
+        pipeline_from_dict({**base, "transfer_sets": ["paper-set-transfer"]})
+    with pytest.raises(ConfigError, match="unknown transfer set 'random'; valid names: paper-set-transfer, "
+                                          "one-shot-set-transfer, random-subset"):
+        pipeline_from_dict({**base, "transfer_sets": ["random"]})
+    pipeline = pipeline_from_dict({**base, "transfer_sets": ["random-subset"]})
+    report = run_pipeline(pipeline, tmp_path / "run", device=torch.device("cpu"))
+    assert sorted({r["method"] for r in report["runs"] if r["arch"] == "lenet300"}) == ["imp", "random-subset"]
+    assert "transfer_sets" not in pipeline_from_dict(base).to_dict()  # older pipeline runs keep their identity

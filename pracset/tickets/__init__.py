@@ -68,7 +68,7 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     data, dataset, data_identity = resolve_data(data, dataset)
     settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
     dataset = dataset or load_dataset(data)
-    check_loader_settings(dataset, train)
+    check_loader_settings(dataset, train, device)
     fixed_ids, manifest_info = None, None
     if manifest is not None:
         m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from pracset.config import to_dict
 from pracset.data import DataConfig, DeviceLoader, ImageDataset, load_dataset
-from pracset.distributed import is_main
+from pracset.distributed import check_sync_batchnorm, is_main
 from pracset.data.stream_loader import StreamingLoader
 from pracset.data.streaming import StreamingSplits, make_streaming_loaders
 from pracset.data.torch_data import as_dataset
@@ -42,8 +42,11 @@ def split_labels(split) -> np.ndarray:
     return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels, dtype=np.int64)
 
 
-def check_loader_settings(dataset, config: TrainConfig) -> None:
-    """Refuse a recipe the data's loader cannot follow (called before anything is written)."""
+def check_loader_settings(dataset, config: TrainConfig, device: torch.device | None = None) -> None:
+    """Refuse a recipe the data's loader (or, given ``device``, the device) cannot follow, before anything is
+    written."""
+    if config.sync_batchnorm and device is not None:
+        check_sync_batchnorm(device)
     if config.random_resized_crop and not is_streamed(dataset):
         raise ConfigError("random_resized_crop is drawn by the streaming loader's workers: turn on --stream "
                           "(or [data] stream = true) for it")
@@ -202,7 +205,7 @@ def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, o
             return RunResult(layout.root, saved["final"], saved["history"], run.ledger, True)
         # The data and the model are checked before anything is written.
         dataset = dataset or load_dataset(data)
-        check_loader_settings(dataset, config)
+        check_loader_settings(dataset, config, device)
         model = new_model(architecture, dataset, seed=config.seed)
         run.claim({"dataset": dataset.describe(), "fingerprint": dataset.fingerprint, "device": str(device),
                    "torch": torch.__version__}, data=dataset)

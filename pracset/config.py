@@ -145,7 +145,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str
         if default is not None:
             shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
-        kwargs: dict[str, Any] = {"dest": f"{prefix.replace('-', '_')}_{f.name}" if prefix else f.name, "default": None, "help": help_text}
+        # argparse formats help texts with %: a literal one ("20% each") must be doubled
+        kwargs: dict[str, Any] = {"dest": f"{prefix.replace('-', '_')}_{f.name}" if prefix else f.name,
+                                  "default": None, "help": help_text.replace("%", "%%")}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         if inner is bool:

@@ -162,3 +162,12 @@ def test_config_reads_the_toml_tables_and_flags_win(capsys, tmp_path, monkeypatc
     code, _, err = run_cli(capsys, "train", "--out", "r", "-q")
     assert code == 2 and err == "pracset train: error: give --arch, or an arch in the --config file\n"
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "build", "ticket", "run", "inspect", "datasets", "models"])
+def test_every_command_prints_its_help(command, capsys):
+    """argparse formats help texts with %: a setting's help with a literal % once broke `pracset build --help`."""
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--help"])
+    assert caught.value.code == 0
+    assert "usage: pracset " + command in capsys.readouterr().out

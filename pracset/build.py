@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import logging
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from pracset import __version__
 from pracset.config import option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
+from pracset.device import environment
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.manifest import ManifestError, read_manifest, write_manifest
@@ -210,14 +210,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 "history": history,
                 "ledger": ledger.to_dict(),
                 "iterations": ledger.total().train_iterations,
-                "build_identity": identity,
-                "pracset_version": __version__,
-                "torch_version": torch.__version__,
-                "python_version": platform.python_version(),
-                "cpu_threads": torch.get_num_threads(),
-                "device": str(device),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "seconds": round(time.time() - started, 2),
+                **_build_record(identity, device, started),
             },
         }
         _write_statistics(layout.statistics, columns, statistics, probe_result, history)
@@ -253,10 +246,7 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
         "train": to_dict(train), "imp": to_dict(imp), "epochs_run": dense.get("epochs_run"),
         "dense_test_accuracy": dense["final"].get("test_accuracy"), "history": dense.get("history"),
         "ledger": summary["ledger"], "iterations": summary["ledger"]["total"]["train_iterations"],
-        "build_identity": identity, "python_version": platform.python_version(), "device": str(device),
-        "cpu_threads": torch.get_num_threads(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 2)}
+        **_build_record(identity, device, started)}
     _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
     atomic_write_bytes(layout.dense_model, ticket_dir.round(0).model.read_bytes())
     _write_new_manifest(layout, columns, metadata)
@@ -265,6 +255,15 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
     log.info("wrote %s: %d of %d examples selected (PrAC-IMP round %d)", layout.manifest, manifest.num_selected,
              manifest.size, build.cep_rounds)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _build_record(identity: dict, device: torch.device, started: float) -> dict:
+    """What every manifest's provenance records of the build itself: its identity, versions, threads, time."""
+    env = environment()
+    return {"build_identity": identity, "pracset_version": __version__, "torch_version": env["torch"],
+            "python_version": env["python"], "cpu_threads": env["cpu_threads"], "device": str(device),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(time.time() - started, 2)}
 
 
 def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, selection: SelectionConfig,
@@ -283,10 +282,7 @@ def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, s
     metadata = {"dataset": dataset_metadata(dataset), "selection": chosen.describe(), "provenance": {
         "command": "build", "cep": "none", "arch": arch, "seed": train.seed, "train": to_dict(train),
         "epochs_run": 0, "history": [], "ledger": IterationLedger().to_dict(), "iterations": 0,
-        "build_identity": identity, "pracset_version": __version__, "torch_version": torch.__version__,
-        "python_version": platform.python_version(), "device": str(device), "cpu_threads": torch.get_num_threads(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.time() - started, 2)}}
+        **_build_record(identity, device, started)}}
     _write_statistics(layout.statistics, columns, None, None, [])
     _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)

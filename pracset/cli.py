@@ -20,7 +20,7 @@ from pracset.build import BuildConfig, build_manifest
 from pracset.config import add_arguments, from_dict
 from pracset.data import SOURCES, DataConfig
 from pracset.device import resolve_device, set_threads
-from pracset.distributed import init_from_env, is_main
+from pracset.distributed import init_from_env, is_main, leave
 from pracset.errors import ConfigError, PracsetError
 from pracset.manifest import read_manifest
 from pracset.models import MODELS, torchvision_names
@@ -366,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 contextlib.redirect_stdout(io.StringIO()) if quiet_rank else contextlib.nullcontext():
             code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe (`pracset inspect | head`) is answered below
+        leave(code)  # under torchrun: every rank ends together, past the process group's teardown
         return code
     except BrokenPipeError:
         if not _stdout_reader_gone():

@@ -40,6 +40,7 @@ import datetime
 import logging
 import os
 import socket
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -112,6 +113,16 @@ def init_from_env(backend: str | None = None, *, timeout_minutes: float = 30.0) 
 def _destroy() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """End a finished torchrun process: a barrier, then ``os._exit(code)`` with the output flushed (no-op in one
+    process). Gloo aborted a rank in the group's teardown at exit, after all its work was written ("terminate
+    called without an active exception", in half the test-suite runs here): every file is already in place."""
+    if is_distributed():
+        dist.barrier()
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
 
 
 def barrier() -> None:
@@ -401,10 +412,8 @@ def spawn(fn: Callable, world: int, *args: Any, backend: str = "gloo", timeout_m
     mp.spawn(_spawned, args=(fn, world, free_port(), backend, timeout_minutes, args), nprocs=world, join=True)
 
 
-__all__ = [
-    "all_gather_cat", "all_gather_cat_many", "all_reduce_sum", "barrier", "broadcast_mask", "broadcast_object",
-    "check_same", "check_same_mask", "check_sync_batchnorm", "convert_sync_batchnorm", "gather_in_order", "global_batch_len",
-    "init_from_env", "is_distributed", "is_main", "is_sharded", "launched_by_torchrun", "local_rank",
-    "mask_checksum", "parameters_checksum", "rank", "run_on_main", "shard_bounds", "spawn", "sync_buffers",
-    "world_size", "wrap_ddp",
-]
+__all__ = ["all_gather_cat", "all_gather_cat_many", "all_reduce_sum", "barrier", "broadcast_mask",
+           "broadcast_object", "check_same", "check_same_mask", "check_sync_batchnorm", "convert_sync_batchnorm",
+           "gather_in_order", "global_batch_len", "init_from_env", "is_distributed", "is_main", "is_sharded",
+           "launched_by_torchrun", "leave", "local_rank", "mask_checksum", "parameters_checksum", "rank",
+           "run_on_main", "shard_bounds", "spawn", "sync_buffers", "world_size", "wrap_ddp"]

@@ -434,3 +434,17 @@ def test_the_tensorboard_sparsity_counts_zero_weights_of_conv_and_linear_layers_
         model[0].weight.copy_(torch.tensor([[0.0, 1.0, 0.0, 2.0], [3.0, 0.0, 4.0, 5.0]]))
         model[0].bias.zero_()  # biases and normalisation weights are not pruned, so not counted
     assert weight_sparsity(model) == 3 / 8
+
+
+def test_a_schedule_continued_from_a_step_gives_that_step_s_rate_and_then_the_next():
+    """Rewinding to step 3 of a 10-step linear warm-up: rate 0.1 x 4/10, then 0.1 x 5/10 (hand-computed)."""
+    from pracset.train.optim import make_scheduler, start_schedule_at
+
+    config = TrainConfig(lr=0.1, warmup_epochs=1, epochs=2)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = make_scheduler(optimizer, total_steps=20, steps_per_epoch=10, config=config)
+    start_schedule_at(optimizer, scheduler, 3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.04)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -17,6 +17,7 @@ a cache that cannot be written is logged and skipped, never an error.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -63,8 +64,6 @@ def cached_hashes(key: str, count: int, compute: Callable[[], np.ndarray]) -> np
         except (OSError, ValueError) as exc:
             log.warning("ignoring the unreadable cache entry %s (%s)", path, exc)
     hashes = np.asarray(compute()).astype("<U16")
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, hashes, allow_pickle=False)
     _write(path, buffer.getvalue())

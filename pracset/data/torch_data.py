@@ -100,7 +100,7 @@ def indexed_loader(loader: DataLoader) -> DataLoader:
                       multiprocessing_context=loader.multiprocessing_context)
 
 
-def _batch_parts(batch: Any, position: int, ordered_start: int | None) -> tuple[Any, Any, torch.Tensor]:
+def _batch_parts(batch: Any, ordered_start: int | None) -> tuple[Any, Any, torch.Tensor]:
     """(x, y, index) of one collated batch; ``ordered_start`` gives ids to ``(x, y)`` batches read in order."""
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise DataError(f"a DataLoader batch must be (x, y) or (x, y, index), got {type(batch).__name__}")
@@ -163,8 +163,8 @@ class TorchBatches:
     def __iter__(self) -> Iterator[Batch]:
         seen = 0
         non_blocking = self.loader.pin_memory
-        for position, batch in enumerate(self.loader):
-            x, y, index = _batch_parts(batch, position, seen if self._ordered else None)
+        for batch in self.loader:
+            x, y, index = _batch_parts(batch, seen if self._ordered else None)
             seen += len(index)
             x = torch.as_tensor(x).to(self.device, non_blocking=non_blocking)
             y = torch.as_tensor(y).to(self.device, dtype=torch.int64, non_blocking=non_blocking)
@@ -229,8 +229,8 @@ def read_examples(data: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         raise DataError(f"{what}: expected tensors (x, y), a torch Dataset or a DataLoader, got {type(data).__name__}")
     xs, ys, ids, seen = [], [], [], 0
-    for position, batch in enumerate(loader):
-        x, y, index = _batch_parts(batch, position, seen)
+    for batch in loader:
+        x, y, index = _batch_parts(batch, seen)
         seen += len(index)
         xs.append(torch.as_tensor(x))
         ys.append(_as_labels(y, what))

@@ -29,7 +29,7 @@ from pracset.errors import ConfigError
 from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import check_ranking, prune_to_sparsity
 from pracset.train.ledger import IterationLedger
-from pracset.train.loop import use_bf16_for
+from pracset.train.loop import model_device, use_bf16_for
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
     or ``(x, y, index)`` items: it is read once, in id order, onto the model's
     device (:func:`pracset.data.torch_data.read_examples`) and probed from there.
     """
-    loader = _probe_loader(loader, next((p.device for p in model.parameters()), torch.device("cpu")))
+    loader = _probe_loader(loader, model_device(model))
     if not sparsities and not pruned_models:
         raise ConfigError("the pruning probe needs at least one sparsity or pruned model")
     check_ranking(ranking)  # before the dense pass, not after it

@@ -24,7 +24,7 @@ from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.models import has_convolutions
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
-from pracset.train.optim import make_optimizer, make_scheduler
+from pracset.train.optim import make_optimizer, make_scheduler, start_schedule_at
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,7 @@ class Trainer:
             if not 0 <= start_step < total_steps:
                 raise ConfigError(f"start step {start_step} is outside the run's {total_steps} steps")
             state.step, state.epoch = start_step, start_step // steps_per_epoch
-            scheduler.last_epoch = start_step  # the LambdaLR's step count: set the rate of that step
-            for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                group["lr"] = base * scheduler.lr_lambdas[0](start_step)
+            start_schedule_at(optimizer, scheduler, start_step)
         if self.resume and self.checkpoint is not None and self.checkpoint.exists():
             self._load_checkpoint(state, callbacks)
             log.info("resumed %s from %s at epoch %d", self.stage, self.checkpoint, state.epoch)

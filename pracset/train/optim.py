@@ -61,6 +61,14 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return OPTIMIZERS.get(config.optimizer)([p for p in model.parameters() if p.requires_grad], config)
 
 
+def start_schedule_at(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                      step: int) -> None:
+    """Continue ``scheduler``'s schedule from global step ``step`` (rewinding): the rate of that step, now."""
+    scheduler.last_epoch = step  # the LambdaLR's step count
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * scheduler.lr_lambdas[0](step)
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
                    config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` with ``config``'s warm-up and schedule, indexed by optimizer step."""

@@ -40,8 +40,8 @@ from pracset.fileio import atomic_write_bytes
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
-from pracset.train.loop import use_bf16
-from pracset.train.optim import OPTIMIZERS, make_scheduler
+from pracset.train.loop import use_bf16, use_bf16_for
+from pracset.train.optim import OPTIMIZERS, make_scheduler, start_schedule_at
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _enforce(packed: _Packed, keep: dict[str, torch.Tensor], optimizer: torch.op
 @torch.no_grad()
 def _evaluate(packed: _Packed, loader, precision: str, ledgers, stages) -> list[dict]:
     device = loader.device
-    bf16 = use_bf16(TrainConfig(precision=precision), device)
+    bf16 = use_bf16_for(precision, device)
     loss_sum = torch.zeros(packed.count, device=device)
     correct = torch.zeros(packed.count, device=device, dtype=torch.int64)
     for batch in loader:
@@ -118,7 +118,7 @@ def _evaluate(packed: _Packed, loader, precision: str, ledgers, stages) -> list[
         for ledger, stage in zip(ledgers, stages):
             ledger.add(stage, "eval", examples=len(batch.index))
     n = loader.num_examples
-    return [{"loss": float(loss_sum[i]) / n, "accuracy": int(correct[i]) / n} for i in range(packed.count)]
+    return [{"loss": loss / n, "accuracy": right / n} for loss, right in zip(loss_sum.tolist(), correct.tolist())]
 
 
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
@@ -144,9 +144,7 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     if not 0 <= start_step < total_steps:
         raise ConfigError(f"start step {start_step} is outside the run's {total_steps} steps")
     if start_step:
-        scheduler.last_epoch = start_step
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base * scheduler.lr_lambdas[0](start_step)
+        start_schedule_at(optimizer, scheduler, start_step)
     _enforce(packed, keep, optimizer)
     ledgers = [IterationLedger() for _ in models]
     histories: list[list[dict]] = [[] for _ in models]
@@ -185,9 +183,10 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         results = (_evaluate(packed, eval_loader, config.precision, ledgers, stages)
                    if eval_loader is not None and (epoch % config.eval_every == 0 or last) else None)
         seconds = round(time.perf_counter() - started, 4)
+        losses_host, correct_host = loss_sum.tolist(), correct.tolist()  # one copy to the host per epoch
         for i in range(count):
-            metrics = {"epoch": epoch, "step": step, "lr": epoch_lr, "train_loss": float(loss_sum[i]) / max(seen, 1),
-                       "train_accuracy": int(correct[i]) / max(seen, 1)}
+            metrics = {"epoch": epoch, "step": step, "lr": epoch_lr, "train_loss": losses_host[i] / max(seen, 1),
+                       "train_accuracy": correct_host[i] / max(seen, 1)}
             if results is not None:
                 metrics.update(test_loss=results[i]["loss"], test_accuracy=results[i]["accuracy"])
             metrics["seconds"] = seconds

@@ -3,8 +3,8 @@
 Needs the optional ``tensorboard`` package (``pip install 'pracset[tensorboard]'``).
 Per epoch, at the global step it ended on, the writer adds the epoch's
 metrics (losses, accuracies, the learning rate it trained with), the
-sparsity of the model's conv and linear weights and the number of examples
-the epoch trained on (a PrAC round's set size). Everything it reads is on the
+sparsity of the model's conv and linear weights and, when the caller gives
+it, the number of examples an epoch trains on (a PrAC round's set size). Everything it reads is on the
 host once per epoch; nothing is synchronised per step.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from pracset.errors import ConfigError
 from pracset.sparse.mask import prunable_names
-from pracset.train.loop import Callback, StepOutput, TrainState
+from pracset.train.loop import Callback, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +48,12 @@ class TensorBoardLogger(Callback):
         self.log_dir = Path(log_dir)
         self.examples_per_epoch = examples_per_epoch
         self._writer = None
-        self._examples = 0
 
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional dependency
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
-
-    def on_epoch_start(self, state: TrainState) -> None:
-        self._examples = 0
-
-    def on_batch_end(self, state: TrainState, out: StepOutput) -> None:
-        self._examples += len(out.index)  # a host count: no device sync
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
         step = state.step
@@ -69,8 +62,8 @@ class TensorBoardLogger(Callback):
                 group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, test/accuracy, ...
                 self._writer.add_scalar(group, value, step)
         self._writer.add_scalar("sparsity", weight_sparsity(state.model), step)
-        # the loader's count is the whole job's under torchrun, where one rank sees only its slice of each batch
-        self._writer.add_scalar("examples_per_epoch", self.examples_per_epoch or self._examples, step)
+        if self.examples_per_epoch is not None:  # the loader's count: the whole job's, also under torchrun
+            self._writer.add_scalar("examples_per_epoch", self.examples_per_epoch, step)
         self._writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:

@@ -61,8 +61,9 @@ from pracset.runs import PipelineLayout, RunDirectory
 from pracset.selection import SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
-from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets
+from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
 from pracset.tickets.methods import DynamicSparse
+from pracset.tickets.rounds import packs
 from pracset.train.config import TrainConfig
 from pracset.train.run import check_loader_settings, input_spec
 from pracset.train.tensorboard import require_tensorboard
@@ -330,6 +331,11 @@ class StageProgress:
             self.seconds.append(time.perf_counter() - self._started)
 
 
+def _ticket_imp(pipeline: Pipeline, controls: bool) -> IMPConfig:
+    """The IMP settings of a ticket run: the report's curves need every round's ticket trained on the full split."""
+    return replace(pipeline.imp, controls=pipeline.imp.controls and controls, evaluate="every-round")
+
+
 def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDataset, *, device: torch.device,
                 progress: bool) -> dict:
     manifest = layout.manifest
@@ -349,8 +355,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         base = method.removesuffix("-prac")
         train = replace(pipeline.train, seed=seed)
         progress_log.start(f"{arch} {label} seed {seed}")
-        # The report's curves need every round's ticket trained on the full split.
-        imp = replace(pipeline.imp, controls=pipeline.imp.controls and controls, evaluate="every-round")
+        imp = _ticket_imp(pipeline, controls)
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
                                early_bird=pipeline.early_bird, rigl=pipeline.rigl, granet=pipeline.granet,
                                selection=pipeline.selection, manifest=manifest_path, device=device,
@@ -361,6 +366,20 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         progress_log.finish(skipped=bool(summary.get("skipped")))
         return summary
 
+    def imp_seeds_in_lockstep(arch: str, seeds: Sequence[int], controls: bool) -> None:
+        """Full-data IMP of several seeds as packed jobs (each round of every seed, with its controls); the
+        ticket runs below then find their stages done."""
+        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, tensorboard=pipeline.tensorboard):
+            return
+        log.info("pipeline %s: full-data IMP on %s, seeds %s, in lockstep", pipeline.name, arch,
+                 ", ".join(map(str, seeds)))
+        train_imp_seeds_packed(pipeline.data, arch, [(layout.ticket_run(arch, "imp", s).root,
+                                                      replace(pipeline.train, seed=s)) for s in seeds],
+                               imp=_ticket_imp(pipeline, controls), device=device, dataset=dataset)
+
+    if "imp" in pipeline.methods:
+        imp_seeds_in_lockstep(pipeline.arch, pipeline.seeds,
+                              controls=pipeline.controls_on is None or "imp" in pipeline.controls_on)
     for seed in pipeline.seeds:
         for method in pipeline.methods:
             prac_set = manifest if method.endswith("-prac") else None
@@ -383,6 +402,10 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     chosen = {label: path for label, path in {**sets, "random-subset": random_manifest}.items()
               if label in pipeline.transfer_set_names}
     results["sets"] = {label: str(path) for label, path in chosen.items()}
+    for arch in pipeline.transfer:
+        reused = arch == pipeline.arch and "imp" in pipeline.methods
+        imp_seeds_in_lockstep(arch, [s for s in pipeline.transfer_seed_list if not (reused and s in pipeline.seeds)],
+                              controls=False)
     for seed in pipeline.transfer_seed_list:
         for arch in pipeline.transfer:
             # The sanity-check controls run on the building architecture only (they double the cost). On the

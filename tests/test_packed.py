@@ -51,7 +51,8 @@ def test_packed_models_train_as_they_would_alone():
     alone = [SmallBN() for _ in range(3)]
     for a, m in zip(alone, models):
         a.load_state_dict(m.state_dict())
-    histories, ledgers = fit_packed(models, masks, *loaders, CONFIG, stages=["a", "b", "c"], start_step=2)
+    run = fit_packed(models, masks, *loaders, CONFIG, stages=["a", "b", "c"], start_step=2)
+    histories, ledgers = run.histories, run.ledgers
     for k, (model, mask) in enumerate(zip(alone, masks)):
         state = Trainer(CONFIG).fit(model, *loaders, [StaticMask(mask)], start_step=2)
         for name, value in model.state_dict().items():  # weights and BN running statistics

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
+from pracset.tickets.lockstep import train_imp_rounds_packed
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
 from pracset.tickets.rounds import split_costs
@@ -36,6 +40,45 @@ from pracset.train.run import check_loader_settings, new_model, resolve_data
 from pracset.train.tensorboard import require_tensorboard
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _PreparedRun:
+    """A ticket run checked and identified, before its directory is opened."""
+
+    runner: TicketMethod
+    settings: TicketSettings
+    architecture: object
+    dataset: ImageDataset
+    identity: dict
+    fixed_ids: np.ndarray | None
+    manifest_info: dict | None
+
+
+def _prepare(method: str, data, arch: ArchitectureLike, *, train: TrainConfig, settings: TicketSettings,
+             manifest, device: torch.device, weights: str | None, dataset) -> _PreparedRun:
+    """Check a ticket run's settings, data and architecture and compute its identity; writes nothing."""
+    runner = TICKET_METHODS.get(method)
+    check_names(train)
+    architecture = resolve_architecture(arch, weights)
+    data, dataset, data_identity = resolve_data(data, dataset)
+    dataset = dataset or load_dataset(data)
+    check_loader_settings(dataset, train, device)
+    fixed_ids, manifest_info = None, None
+    if manifest is not None:
+        m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
+        hashes = np.asarray(m.column("content_hash")).astype("U16")
+        if m.size != len(dataset.train) or not np.array_equal(hashes, dataset.train_hashes):
+            raise ConfigError(f"{manifest}: its rows do not hold this data set's examples (the sizes or the content "
+                              "hashes differ); it was altered or built on other data")
+        fixed_ids = m.selected_ids
+        manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
+                         "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
+    identity = {"method": method, "data": data_identity, "arch": architecture.name, "train": to_dict(train),
+                "manifest": manifest_info, **runner.identity(settings)}
+    new_model(architecture, dataset)  # the architecture must fit the data before anything is written
+    runner.check(settings, train, len(dataset.train), fixed_ids)
+    return _PreparedRun(runner, settings, architecture, dataset, identity, fixed_ids, manifest_info)
 
 
 def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, train: TrainConfig = TrainConfig(),
@@ -62,46 +105,60 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     """
     if tensorboard is not False:
         require_tensorboard()
-    runner = TICKET_METHODS.get(method)
-    check_names(train)
-    architecture = resolve_architecture(arch, weights)
-    data, dataset, data_identity = resolve_data(data, dataset)
     settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
-    dataset = dataset or load_dataset(data)
-    check_loader_settings(dataset, train, device)
-    fixed_ids, manifest_info = None, None
-    if manifest is not None:
-        m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
-        hashes = np.asarray(m.column("content_hash")).astype("U16")
-        if m.size != len(dataset.train) or not np.array_equal(hashes, dataset.train_hashes):
-            raise ConfigError(f"{manifest}: its rows do not hold this data set's examples (the sizes or the content "
-                              "hashes differ); it was altered or built on other data")
-        fixed_ids = m.selected_ids
-        manifest_info = {"path": str(manifest), "selected": m.num_selected, "size": m.size,
-                         "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
-    identity = {"method": method, "data": data_identity, "arch": architecture.name, "train": to_dict(train),
-                "manifest": manifest_info, **runner.identity(settings)}
-    new_model(architecture, dataset)  # the architecture must fit the data before anything is written
-    runner.check(settings, train, len(dataset.train), fixed_ids)
+    prepared = _prepare(method, data, arch, train=train, settings=settings, manifest=manifest, device=device,
+                        weights=weights, dataset=dataset)
+    dataset = prepared.dataset
     layout = TicketLayout(out)
-    with RunDirectory(layout.root, identity, resume=resume, finished=layout.summary.name) as run:
+    with RunDirectory(layout.root, prepared.identity, resume=resume, finished=layout.summary.name) as run:
         if run.status == "done":
             log.info("%s already holds this finished run", layout.root)
             return {**json.loads(layout.summary.read_text()), "skipped": True}
         run.claim(data=dataset)
         board = None if tensorboard is False else (layout.tensorboard if tensorboard is True else Path(tensorboard))
-        ctx = TicketContext(dataset, architecture, train, device, run, layout, progress, board)
-        rows = runner.run(ctx, settings, fixed_ids)
+        ctx = TicketContext(dataset, prepared.architecture, train, device, run, layout, progress, board)
+        rows = prepared.runner.run(ctx, settings, prepared.fixed_ids)
         final = rows[-1]
         mask_stage = layout.round(final["round"]) if final["round"] is not None else layout.sparse
         ledger = run.ledger.to_dict()
         costs = split_costs(layout, ledger["stages"], imp.num_rounds) if final["round"] is not None else None
-        summary = {"method": method, "arch": architecture.name, "data": dataset.name, "manifest": manifest_info,
-                   "tickets": rows, "final": final, "ledger": ledger, "costs": costs,
-                   "mask": str(mask_stage.mask), "weights": str(layout.stage(final["stage"]).model) if final.get("evaluated", True) else None}
+        summary = {"method": method, "arch": prepared.architecture.name, "data": dataset.name,
+                   "manifest": prepared.manifest_info, "tickets": rows, "final": final, "ledger": ledger,
+                   "costs": costs, "mask": str(mask_stage.mask),
+                   "weights": str(layout.stage(final["stage"]).model) if final.get("evaluated", True) else None}
         atomic_write_json(layout.summary, summary)
         return summary
 
 
+def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[str | Path, TrainConfig]], *,
+                           imp: IMPConfig = IMPConfig(), device: torch.device = torch.device("cpu"),
+                           weights: str | None = None, dataset: ImageDataset | None = None) -> None:
+    """Train full-data IMP runs that differ only in their seed in lockstep (:mod:`pracset.tickets.lockstep`).
+
+    ``runs`` are ``(out, train)`` pairs, as :func:`find_tickets` ("imp") would
+    take them. Every round of every run, with its controls when
+    ``imp.controls``, trains as one packed job; each directory then holds the
+    stages ``find_tickets("imp", ..., resume=True)`` would have trained, which
+    it reads back (training what is left, such as a run started alone) and
+    summarises. Finished runs are left alone.
+    """
+    settings = TicketSettings(imp=imp)
+    with ExitStack() as stack:
+        contexts = []
+        for out, train in runs:
+            prepared = _prepare("imp", data, arch, train=train, settings=settings, manifest=None, device=device,
+                                weights=weights, dataset=dataset)
+            dataset = prepared.dataset  # loaded once for all the runs
+            layout = TicketLayout(out)
+            run = stack.enter_context(RunDirectory(layout.root, prepared.identity, resume=True,
+                                                   finished=layout.summary.name))
+            if run.status == "done":
+                continue
+            run.claim(data=dataset)
+            contexts.append(TicketContext(dataset, prepared.architecture, train, device, run, layout))
+        if contexts:
+            train_imp_rounds_packed(contexts, imp)
+
+
 __all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "Snapshot", "TICKET_METHODS", "TicketContext",
-           "TicketMethod", "TicketSettings", "find_tickets", "round_budget"]
+           "TicketMethod", "TicketSettings", "find_tickets", "round_budget", "train_imp_seeds_packed"]

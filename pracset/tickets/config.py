@@ -62,8 +62,9 @@ class IMPConfig:
                                      "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
                                      "fall as |P|/N)", choices=BUDGET_RULES)
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
-    pack_controls: str = option("auto", "train a ticket's controls together as one packed job (one vmap-ed "
-                                        "network; equal to one by one up to float rounding): auto = on CUDA, "
+    pack_controls: str = option("auto", "train models that share a recipe and a step count as one packed job (one "
+                                        "vmap-ed network; equal to one by one up to float rounding): a ticket with "
+                                        "its controls, and in a pipeline full-data IMP's seeds; auto = on CUDA, "
                                         "where it saves kernel launches", choices=PACK_CHOICES, added_later=True)
     evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, the "
                                     "ticket of every round (for an accuracy-against-sparsity curve), or none "

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from pracset.fileio import atomic_torch_save
 from pracset.registry import Registry
 from pracset.runs import StageFiles
 from pracset.sparse import StaticMask
 from pracset.sparse.distributions import random_mask
 from pracset.sparse.mask import Mask
 from pracset.tickets.context import TicketContext
+from pracset.tickets.packing import PackedStage, train_and_complete_packed
 
 
 class Control:
@@ -57,18 +57,34 @@ class RandomMask(Control):
 CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": RandomReinit(), "random-mask": RandomMask()})
 
 
+def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict) -> list[PackedStage]:
+    """Every control of ``ticket`` as a stage ready to train: its directory, its start model and its mask."""
+    jobs = []
+    for _, control in CONTROLS.items():
+        model, control_mask = control.start(ctx, mask, rewind)
+        jobs.append(PackedStage(ctx, ctx.layout.control(ticket, control.stage_suffix), model, control_mask))
+    return jobs
+
+
+def unstarted_control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict) -> list[PackedStage]:
+    """The controls of ``ticket`` as packed stages, if none of them has started (else none: they go one by one)."""
+    stages = [ctx.layout.control(ticket, control.stage_suffix) for _, control in CONTROLS.items()]
+    if any(ctx.run.finished_stage_metrics(s) is not None or s.checkpoint.exists() for s in stages):
+        return []
+    return control_jobs(ctx, ticket, mask, rewind)
+
+
 def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
                                 start_step: int, *, pack: bool = False) -> dict[str, float]:
     """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key.
 
     With ``pack``, controls none of which has started train together as one
-    packed job (:func:`pracset.train.packed.fit_packed`); the others (and a
-    resumed run's) one by one.
+    packed job (:mod:`pracset.tickets.packing`); the others (and a resumed
+    run's) one by one.
     """
-    stages = {name: ctx.layout.control(ticket, control.stage_suffix) for name, control in CONTROLS.items()}
-    fresh = all(ctx.run.finished_stage_metrics(s) is None and not s.checkpoint.exists() for s in stages.values())
-    if pack and fresh and len(stages) > 1:
-        _train_and_complete_packed(ctx, stages, mask, rewind, start_step)
+    jobs = unstarted_control_jobs(ctx, ticket, mask, rewind) if pack and len(CONTROLS) > 1 else []
+    if jobs:
+        train_and_complete_packed(jobs, start_step=start_step)
     out = {}
     for _, control in CONTROLS.items():
         stage = ctx.layout.control(ticket, control.stage_suffix)
@@ -79,27 +95,6 @@ def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Ma
                                                    start_step=start_step)
         out[control.key] = metrics["final"]["test_accuracy"]
     return out
-
-
-def _train_and_complete_packed(ctx: TicketContext, stages: dict[str, StageFiles], mask: Mask, rewind: dict,
-                               start_step: int) -> None:
-    """Every control at once (one packed job), each then written and completed as its own stage."""
-    from pracset.train.packed import fit_packed  # here: torch.func is needed only when packing
-
-    starts = [CONTROLS.get(name).start(ctx, mask, rewind) for name in stages]
-    models, masks = [m for m, _ in starts], [m for _, m in starts]
-    train_loader, test_loader = ctx.loaders(None, ctx.train)
-    for stage in stages.values():
-        stage.directory.mkdir(parents=True, exist_ok=True)
-    histories, ledgers = fit_packed(models, masks, train_loader, test_loader, ctx.train,
-                                    stages=[s.name for s in stages.values()], start_step=start_step,
-                                    metrics_logs=[s.metrics_log for s in stages.values()])
-    for stage, model, history, ledger in zip(stages.values(), models, histories, ledgers):
-        atomic_torch_save(model.state_dict(), stage.model)
-        metrics = {"stage": stage.name, "final": dict(history[-1]), "history": history, "epochs": ctx.train.epochs,
-                   "epochs_run": history[-1]["epoch"], "examples": train_loader.num_examples, "packed": True,
-                   "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
-        ctx.run.complete_stage(stage, metrics, ledger)
 
 
 def verdict(accuracy: float, dense_accuracy: float | None, controls: dict[str, float], tolerance: float, *,

@@ -33,7 +33,8 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.controls import CONTROLS, train_and_complete_controls, verdict
+from pracset.tickets.controls import CONTROLS, train_and_complete_controls, unstarted_control_jobs, verdict
+from pracset.tickets.packing import PackedStage, train_and_complete_packed
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
@@ -84,6 +85,13 @@ class RoundPolicy:
         For IMP the round's own training is the ticket.
         """
         return stage, metrics
+
+    def ticket_job(self, r: int, mask: Mask, rewind: dict) -> PackedStage | None:
+        """Round ``r``'s ticket as an unstarted stage to train, when it is trained apart from the round.
+
+        For IMP the round itself is the ticket: ``None``.
+        """
+        return None
 
     def dense_reference(self, dense: dict, needed: bool) -> tuple[str, dict] | None:
         """The fully trained dense network tickets are compared with: the stage name and its metrics.
@@ -203,8 +211,18 @@ class PracSetPolicy(RoundPolicy):
             self._dense_model = self.ctx.load_model(self.ctx.layout.round(0))
         return self._dense_model
 
+    def _evaluates(self, r: int) -> bool:
+        return not (self.config.evaluate == "none" or (self.config.evaluate == "final" and r < self.config.num_rounds))
+
+    def ticket_job(self, r, mask, rewind):
+        ticket = self.ctx.layout.ticket(r)
+        if not self._evaluates(r) or self.ctx.run.finished_stage_metrics(ticket) is not None \
+                or ticket.checkpoint.exists():
+            return None
+        return PackedStage(self.ctx, ticket, self.ctx.rewound(mask, rewind), mask)
+
     def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
-        if self.config.evaluate == "none" or (self.config.evaluate == "final" and r < self.config.num_rounds):
+        if not self._evaluates(r):
             return None, None  # only the ticket the user asked for is trained on the full split
         ticket = self.ctx.layout.ticket(r)
         done = self.ctx.run.finished_stage_metrics(ticket)
@@ -215,13 +233,27 @@ class PracSetPolicy(RoundPolicy):
         return ticket, done
 
 
-def _pack_controls(config: IMPConfig, ctx: TicketContext) -> bool:
-    """Whether a ticket's controls train as one packed job: asked for, or ``auto`` on one CUDA process for a
-    registered architecture (a Python model may do what ``vmap`` cannot, such as branching on its values)."""
-    if is_distributed():  # packed training has no DDP path: the controls train one by one on every rank
+def packs(choice: str, device: torch.device, *, python_arch: bool = False, tensorboard: bool = False) -> bool:
+    """Whether a ``pack_controls`` choice packs here: ``on``, or ``auto`` on one CUDA process for a registered
+    architecture (a Python model may do what ``vmap`` cannot, such as branching on its values) without
+    TensorBoard (packed jobs write no scalars). Packed training has no DDP path: never under torchrun."""
+    if is_distributed():
         return False
-    auto = ctx.device.type == "cuda" and not ctx.arch.python
-    return config.pack_controls == "on" or (config.pack_controls == "auto" and auto)
+    return choice == "on" or (choice == "auto" and device.type == "cuda" and not python_arch and not tensorboard)
+
+
+def should_pack(config: IMPConfig, ctx: TicketContext) -> bool:
+    """Whether models that share a recipe and a step count (a ticket and its controls, full-data IMP's seeds)
+    train as one packed job in this run (:func:`packs`)."""
+    return packs(config.pack_controls, ctx.device, python_arch=ctx.arch.python, tensorboard=ctx.tensorboard is not None)
+
+
+def _train_ticket_with_controls(policy: RoundPolicy, r: int, mask: Mask, rewind: dict) -> None:
+    """A ticket trained apart from its round (PrAC-IMP's), packed with its controls when none of them started."""
+    job = policy.ticket_job(r, mask, rewind)
+    controls = unstarted_control_jobs(policy.ctx, job.stage, mask, rewind) if job is not None else []
+    if controls:
+        train_and_complete_packed([job, *controls], start_step=RoundPolicy.start_step(policy))
 
 
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
@@ -285,10 +317,12 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
                                        policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
                                        start_step=policy.start_step())
         mask = Mask.load(stage.mask)
+        if config.controls and should_pack(config, ctx):
+            _train_ticket_with_controls(policy, r, mask, rewind)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
         evaluated = ticket is not None
         controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy),
-                                                pack=_pack_controls(config, ctx))
+                                                pack=should_pack(config, ctx))
                     if config.controls and evaluated else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)

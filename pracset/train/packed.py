@@ -16,9 +16,14 @@ BatchNorm keeps per-model running statistics (the stacked buffers). The
 results equal separate training up to float rounding (batched kernels sum in
 another order), which ``tests/test_packed.py`` checks against the Trainer.
 
+Models may read different data orders (the seeds of full-data IMP, each
+with its own shuffling and augmentation): give one loader per model, over
+the same number of examples. Models that share a loader object share its
+batches, read once.
+
 Not supported here (the Trainer handles them): callbacks, mask changes during
-training (RigL, GraNet), different data per model, checkpoints within the
-run (a packed run that is killed starts again), torch.distributed.
+training (RigL, GraNet), checkpoints within the run (a packed run that is
+killed starts again), torch.distributed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -56,14 +62,21 @@ class _Packed:
         self.buffers: dict[str, torch.Tensor] = buffers
         self.count = len(models)
 
-    def forward(self, x: torch.Tensor, *, training: bool) -> torch.Tensor:
-        """Logits (K, B, classes) of every model on the shared batch ``x``."""
+    def forward(self, x: torch.Tensor, *, training: bool, per_model: bool = False) -> torch.Tensor:
+        """Logits (K, B, classes) of every model on the shared batch ``x`` (``per_model``: ``x[k]`` is model k's)."""
         self.base.train(training)
 
         def one(params, buffers, inputs):
             return functional_call(self.base, (params, buffers), (inputs,))
 
-        return vmap(one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+        in_dims = (0, 0, 0 if per_model else None)
+        return vmap(one, in_dims=in_dims, randomness="different")(self.params, self.buffers, x)
+
+    @torch.no_grad()
+    def state_of(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's whole state (weights and buffers) as a host copy, in its ``state_dict`` order."""
+        stacked = {**self.params, **self.buffers}
+        return {name: stacked[name][k].detach().cpu().clone() for name in self.base.state_dict()}
 
     @torch.no_grad()
     def write_back(self, models: Sequence[nn.Module]) -> None:
@@ -121,28 +134,83 @@ def _evaluate(packed: _Packed, loader, precision: str, ledgers, stages) -> list[
     return [{"loss": loss / n, "accuracy": right / n} for loss, right in zip(loss_sum.tolist(), correct.tolist())]
 
 
+@dataclass
+class PackedRun:
+    """What :func:`fit_packed` returns, one entry per model."""
+
+    histories: list[list[dict]]    # the Trainer's per-epoch metrics
+    ledgers: list[IterationLedger]  # the model's cost, booked under its stage name
+    snapshots: list[dict] | None    # the whole state at ``snapshot_step`` (host copies), if one was asked for
+
+
+class _Batches:
+    """The batches of one step for every model: the distinct loaders are read once each, in lockstep."""
+
+    def __init__(self, loaders: Sequence):
+        distinct: list = []
+        for loader in loaders:
+            if not any(loader is seen for seen in distinct):
+                distinct.append(loader)
+        self.loaders = distinct
+        self.shared = len(distinct) == 1
+        self.device = distinct[0].device
+        sizes = {(len(loader), loader.num_examples) for loader in distinct}
+        if len(sizes) > 1:
+            raise ConfigError("packed models must read the same number of examples in the same number of steps")
+        if any(getattr(loader, "sharded", False) for loader in distinct):
+            raise ConfigError("packed training does not run under torch.distributed; train the models one by one")
+        # model k reads distinct[which[k]]
+        self.which = torch.tensor([next(i for i, seen in enumerate(distinct) if seen is loader) for loader in loaders],
+                                  device=self.device)
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        for loader in self.loaders:
+            loader.set_epoch(epoch)
+
+    def __iter__(self):
+        """``(x, y, size)``: one shared batch, or ``x`` (K, B, ...) and ``y`` (K, B) with model k's in row k."""
+        for batches in zip(*self.loaders):
+            if self.shared:
+                yield batches[0].x, batches[0].y, len(batches[0].index)
+            else:
+                x = torch.stack([b.x for b in batches]).index_select(0, self.which)
+                y = torch.stack([b.y for b in batches]).index_select(0, self.which)
+                yield x, y, len(batches[0].index)
+
+
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
                stages: Sequence[str], start_step: int = 0, metrics_logs: Sequence[Path | None] | None = None,
-               ) -> tuple[list[list[dict]], list[IterationLedger]]:
-    """Train ``models`` (in place) together on ``train_loader``'s batches, model k under ``masks[k]``.
+               snapshot_step: int | None = None) -> PackedRun:
+    """Train ``models`` (in place) together, model k under ``masks[k]``.
 
-    Returns each model's per-epoch history (the Trainer's metrics) and its
-    ledger, booked under ``stages[k]``. ``start_step`` continues the schedule
-    from that step (rewinding), as :meth:`pracset.train.Trainer.fit` does.
+    ``train_loader`` is one loader all models read, or a sequence of one
+    loader per model (its own data order, e.g. its own seed). Returns each
+    model's per-epoch history (the Trainer's metrics) and its ledger, booked
+    under ``stages[k]``; with ``snapshot_step``, each model's whole state
+    after that many steps (what IMP rewinds to; ``start_step`` itself: the
+    state before training). ``start_step`` continues the schedule from that
+    step (rewinding), as :meth:`pracset.train.Trainer.fit` does.
     """
     if not models or len(models) != len(masks) or len(models) != len(stages):
         raise ConfigError("fit_packed needs one mask and one stage name per model")
-    if getattr(train_loader, "sharded", False):
-        raise ConfigError("packed training does not run under torch.distributed; train the models one by one")
-    device = train_loader.device
+    loaders = list(train_loader) if isinstance(train_loader, (list, tuple)) else [train_loader] * len(models)
+    if len(loaders) != len(models):
+        raise ConfigError("fit_packed needs one training loader, or one per model")
+    batches = _Batches(loaders)
+    device = batches.device
     packed = _Packed(models, device)
     keep = _stacked_keep(packed, masks)
     optimizer = OPTIMIZERS.get(config.optimizer)(list(packed.params.values()), config)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(batches)
     total_steps = steps_per_epoch * config.epochs
     scheduler = make_scheduler(optimizer, total_steps, steps_per_epoch, config)
     if not 0 <= start_step < total_steps:
         raise ConfigError(f"start step {start_step} is outside the run's {total_steps} steps")
+    if snapshot_step is not None and not start_step <= snapshot_step <= total_steps:
+        raise ConfigError(f"snapshot step {snapshot_step} is outside the run's steps {start_step}..{total_steps}")
     if start_step:
         start_schedule_at(optimizer, scheduler, start_step)
     _enforce(packed, keep, optimizer)
@@ -151,19 +219,21 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     bf16 = use_bf16(config, device)
     count = packed.count
     step, epoch = start_step, start_step // steps_per_epoch
+    snapshots = [packed.state_of(k) for k in range(count)] if snapshot_step == start_step else None
     while epoch < config.epochs:
         started = time.perf_counter()
-        train_loader.set_epoch(epoch)
+        batches.set_epoch(epoch)
         loss_sum = torch.zeros(count, device=device)
         correct = torch.zeros(count, device=device, dtype=torch.int64)
         seen, epoch_lr = 0, optimizer.param_groups[0]["lr"]
-        for position, batch in enumerate(train_loader):
+        for position, (x, y, size) in enumerate(batches):
             if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
                 continue
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = packed.forward(batch.x, training=True)
+                logits = packed.forward(x, training=True, per_model=not batches.shared)
             k, b, classes = logits.shape
-            losses = F.cross_entropy(logits.float().reshape(k * b, classes), batch.y.repeat(k),
+            targets = y.repeat(k) if batches.shared else y.reshape(k * b)
+            losses = F.cross_entropy(logits.float().reshape(k * b, classes), targets,
                                      reduction="none", label_smoothing=config.label_smoothing).view(k, b)
             optimizer.zero_grad(set_to_none=True)
             losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
@@ -172,12 +242,14 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
             scheduler.step()
             _enforce(packed, keep, optimizer)
             step += 1
-            seen += b
+            if step == snapshot_step:
+                snapshots = [packed.state_of(k) for k in range(count)]
+            seen += size
             for ledger, stage in zip(ledgers, stages):
-                ledger.add(stage, "train", examples=b)
+                ledger.add(stage, "train", examples=size)
             with torch.no_grad():
                 loss_sum += losses.detach().sum(1)
-                correct += (logits.detach().argmax(2) == batch.y).sum(1)
+                correct += (logits.detach().argmax(2) == y).sum(1)  # y: (B,) broadcast, or (K, B)
         epoch += 1
         last = epoch == config.epochs
         results = (_evaluate(packed, eval_loader, config.precision, ledgers, stages)
@@ -196,7 +268,7 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         log.info("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
                  ", ".join(f"{h[-1].get('test_accuracy', float('nan')):.4f}" for h in histories))
     packed.write_back(models)
-    return histories, ledgers
+    return PackedRun(histories, ledgers, snapshots)
 
 
-__all__ = ["fit_packed"]
+__all__ = ["PackedRun", "fit_packed"]

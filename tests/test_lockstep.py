@@ -1,0 +1,172 @@
+"""Packing across runs: models with their own data order, full-data IMP seeds in lockstep, PrAC tickets with controls."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pracset.data import DataConfig, DeviceLoader, load_dataset
+from pracset.errors import ConfigError
+from pracset.pipeline import pipeline_from_dict, run_pipeline
+from pracset.sparse import StaticMask
+from pracset.tickets import IMPConfig, Snapshot, find_tickets, train_imp_seeds_packed
+from pracset.train import TrainConfig, Trainer
+from pracset.train.packed import fit_packed
+from tests.test_packed import CONFIG, SmallBN, _data, _random_mask
+
+ONE_EXAMPLE = 1.01 / 359  # digits' test split holds 359 examples
+
+
+def test_packed_models_with_their_own_data_order_train_as_they_would_alone():
+    """Models 0 and 1 read one shuffling, model 2 another: each ends as the Trainer leaves it on its own loader,
+    and each snapshot is the Snapshot callback's state at that step."""
+    train, test = _data(64, 0), _data(32, 1)
+    first, second = (DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, crop_padding=1, flip=True, seed=s)
+                     for s in (3, 4))
+    test_loader = DeviceLoader(test, 32, (0.5,), (0.25,))
+    torch.manual_seed(0)
+    models = [SmallBN() for _ in range(3)]
+    masks = [_random_mask(m, i) for i, m in enumerate(models)]
+    alone = [SmallBN() for _ in range(3)]
+    for a, m in zip(alone, models):
+        a.load_state_dict(m.state_dict())
+    readers = [first, first, second]
+    run = fit_packed(models, masks, readers, test_loader, CONFIG, stages=["a", "b", "c"], snapshot_step=5)
+    for k, (model, mask, loader) in enumerate(zip(alone, masks, readers)):
+        snapshot = Snapshot(5)
+        state = Trainer(CONFIG).fit(model, loader, test_loader, [StaticMask(mask), snapshot])
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(models[k].state_dict()[name].float(), value.float(), atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(run.snapshots[k][name].float(), snapshot.state[name].float(),
+                                       atol=2e-5, rtol=1e-4)
+        assert list(run.snapshots[k]) == list(snapshot.state)  # the state_dict's order, as rewind.pt holds it
+        for mine, theirs in zip(run.histories[k], state.history):
+            assert mine["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+            assert mine["train_accuracy"] == theirs["train_accuracy"]
+    # the precondition: the two loaders really read different orders
+    first.set_epoch(0), second.set_epoch(0)
+    assert not torch.equal(next(iter(first)).index, next(iter(second)).index)
+
+
+def test_a_snapshot_at_the_start_is_the_initial_state_and_loaders_must_agree_in_length():
+    train, test = _data(64, 0), _data(32, 1)
+    loader = DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, seed=3)
+    torch.manual_seed(0)
+    model = SmallBN()
+    mask = _random_mask(model, 0)
+    before = {k: v * mask[k] if k in mask else v.clone() for k, v in model.state_dict().items()}
+    run = fit_packed([model], [mask], loader, None, CONFIG, stages=["a"], snapshot_step=0)
+    for name, value in before.items():  # the initial weights, masked (as StaticMask leaves them before step 0)
+        assert torch.equal(run.snapshots[0][name], value)
+    shorter = DeviceLoader(_data(48, 2), 16, (0.5,), (0.25,), shuffle=True, seed=3)
+    models = [SmallBN(), SmallBN()]
+    with pytest.raises(ConfigError, match="same number of examples in the same number of steps"):
+        fit_packed(models, [_random_mask(m, 0) for m in models], [loader, shorter], None, CONFIG, stages=["a", "b"])
+    with pytest.raises(ConfigError, match="snapshot step 99 is outside"):
+        fit_packed(models, [_random_mask(m, 0) for m in models], loader, None, CONFIG, stages=["a", "b"],
+                   snapshot_step=99)
+
+
+def _tickets(path) -> dict:
+    return json.loads((path / "tickets.json").read_text())
+
+
+def _stage_metrics(path, stage) -> dict:
+    return json.loads((path / stage / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DataConfig("digits"))
+
+
+def test_imp_seeds_in_lockstep_equal_the_seeds_one_by_one(tmp_path, digits):
+    """Two seeds' rounds and controls as packed jobs: the same tickets, controls and ledger as each seed alone,
+    and the same rewind point (taken after one epoch, inside the packed job)."""
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    imp = IMPConfig(rounds=2, controls=True, rewind="1ep", pack_controls="on")
+    runs = [(tmp_path / f"packed-{s}", TrainConfig(**{**train.__dict__, "seed": s})) for s in (0, 1)]
+    train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
+    for out, seed_train in runs:
+        assert not (out / "tickets.json").exists()  # trained, not summarised: find_tickets reads the stages back
+        for stage in ("round-00", "round-01", "round-02", "control-round-02-reinit", "control-round-02-random-mask"):
+            assert _stage_metrics(out, stage)["packed"] is True
+        packed = find_tickets("imp", DataConfig("digits"), "mlp", out, train=seed_train, imp=imp, dataset=digits,
+                              resume=True)
+        alone_dir = out.with_name(out.name.replace("packed", "alone"))
+        alone = find_tickets("imp", DataConfig("digits"), "mlp", alone_dir, train=seed_train, dataset=digits,
+                             imp=IMPConfig(rounds=2, controls=True, rewind="1ep", pack_controls="off"))
+        assert packed["ledger"] == alone["ledger"]  # nothing trained twice, nothing missing
+        for mine, theirs in zip(packed["tickets"], alone["tickets"]):
+            assert mine["sparsity"] == theirs["sparsity"]
+            assert mine["test_accuracy"] == pytest.approx(theirs["test_accuracy"], abs=ONE_EXAMPLE)
+            for key in theirs.get("controls", {}):
+                assert mine["controls"][key] == pytest.approx(theirs["controls"][key], abs=ONE_EXAMPLE)
+        mine = torch.load(out / "rewind.pt", weights_only=True)
+        theirs = torch.load(alone_dir / "rewind.pt", weights_only=True)
+        for name, value in theirs.items():
+            torch.testing.assert_close(mine[name], value, atol=1e-5, rtol=1e-4)
+    # the seeds are different runs: different initialisations and data orders
+    first, second = (torch.load(out / "rewind.pt", weights_only=True) for out, _ in runs)
+    assert not all(torch.equal(first[n], second[n]) for n in first)
+
+
+def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alone(tmp_path, digits, monkeypatch):
+    from pracset.tickets import lockstep
+
+    train = TrainConfig(epochs=1, batch_size=256, lr=0.05)
+    imp = IMPConfig(rounds=1, pack_controls="on")
+    done, started, fresh = (tmp_path / name for name in ("done", "started", "fresh"))
+    runs = [(done, train), (started, TrainConfig(**{**train.__dict__, "seed": 1})),
+            (fresh, TrainConfig(**{**train.__dict__, "seed": 2}))]
+    find_tickets("imp", DataConfig("digits"), "mlp", done, train=train, imp=imp, dataset=digits)
+    summary = (done / "tickets.json").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lockstep, "train_packed", killed)  # claims the run, then dies before training
+    with pytest.raises(KeyboardInterrupt):
+        train_imp_seeds_packed(DataConfig("digits"), "mlp", runs[1:2], imp=imp, dataset=digits)
+    monkeypatch.undo()
+    (started / "round-00" / "checkpoint.pt").write_bytes(b"")  # as if a one-by-one run had started it since
+    train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
+    assert (done / "tickets.json").read_text() == summary
+    assert not (started / "round-00" / "metrics.json").exists()
+    assert _stage_metrics(fresh, "round-01")["packed"] is True
+
+
+def test_a_pipeline_trains_imp_seeds_in_lockstep_and_reports_what_one_by_one_does(tmp_path):
+    base = {"name": "lockstep", "arch": "mlp", "methods": ["imp"], "seeds": [0, 1], "data": {"name": "digits"},
+            "train": {"epochs": 2, "batch_size": 128}, "imp": {"rounds": 1, "controls": True}}
+    for pack in ("on", "off"):
+        pipeline = pipeline_from_dict({**base, "imp": {**base["imp"], "pack_controls": pack}})
+        run_pipeline(pipeline, tmp_path / pack, device=torch.device("cpu"))
+        for seed in (0, 1):
+            run = tmp_path / pack / "mlp" / f"imp-s{seed}"
+            assert _stage_metrics(run, "round-01").get("packed", False) == (pack == "on")
+            assert _stage_metrics(run, "control-round-01-reinit").get("packed", False) == (pack == "on")
+    for seed in (0, 1):
+        mine, theirs = (_tickets(tmp_path / pack / "mlp" / f"imp-s{seed}") for pack in ("on", "off"))
+        assert mine["ledger"] == theirs["ledger"]
+        assert mine["final"]["test_accuracy"] == pytest.approx(theirs["final"]["test_accuracy"], abs=ONE_EXAMPLE)
+        assert mine["final"]["controls"] == pytest.approx(theirs["final"]["controls"], abs=ONE_EXAMPLE)
+
+
+def test_a_prac_imp_ticket_trains_packed_with_its_controls(tmp_path, digits):
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    results = {}
+    for pack in ("on", "off"):
+        imp = IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear", rewind="1ep", pack_controls=pack)
+        results[pack] = find_tickets("prac-imp", DataConfig("digits"), "mlp", tmp_path / pack, train=train, imp=imp,
+                                     dataset=digits)
+        for stage in ("ticket-01", "control-ticket-01-reinit", "control-ticket-01-random-mask"):
+            assert _stage_metrics(tmp_path / pack, stage).get("packed", False) == (pack == "on")
+        assert "packed" not in _stage_metrics(tmp_path / pack, "round-00")  # a PrAC round trains on its own set
+    on, off = results["on"]["tickets"][-1], results["off"]["tickets"][-1]
+    assert on["test_accuracy"] == pytest.approx(off["test_accuracy"], abs=ONE_EXAMPLE)
+    for key in off["controls"]:
+        assert on["controls"][key] == pytest.approx(off["controls"][key], abs=ONE_EXAMPLE)
+    assert results["on"]["ledger"] == results["off"]["ledger"]

@@ -170,3 +170,27 @@ def test_a_prac_imp_ticket_trains_packed_with_its_controls(tmp_path, digits):
     for key in off["controls"]:
         assert on["controls"][key] == pytest.approx(off["controls"][key], abs=ONE_EXAMPLE)
     assert results["on"]["ledger"] == results["off"]["ledger"]
+
+
+def test_the_fast_replication_recipe_runs_end_to_end_packed_where_it_can(tmp_path):
+    """pipelines/cifar10-resnet20-fast.toml shrunk onto digits: every seed's IMP rounds and controls in lockstep,
+    every PrAC-IMP ticket with its controls, and a report over the three seeds."""
+    from pathlib import Path
+
+    from pracset.pipeline import load_pipeline
+
+    recipe = Path(__file__).parents[1] / "pipelines" / "cifar10-resnet20-fast.toml"
+    pipeline = load_pipeline(recipe, overrides=[
+        "data.name=digits", "arch=mlp", "transfer=['mlp']", "train.epochs=3", "train.batch_size=128",
+        "train.lr=0.05", "train.warmup_epochs=0.5", "imp.rounds=2", "imp.prunable=all", "build.prunable=all",
+        "imp.rewind=1ep", "imp.pack_controls=on"])
+    report = run_pipeline(pipeline, tmp_path / "run", device=torch.device("cpu"))
+    root = tmp_path / "run" / "mlp"
+    for seed in (0, 1, 2):
+        for stage in ("round-00", "round-02", "control-round-02-reinit"):
+            assert _stage_metrics(root / f"imp-s{seed}", stage)["packed"] is True
+        for stage in ("ticket-02", "control-ticket-02-random-mask"):
+            assert _stage_metrics(root / f"prac-imp-s{seed}", stage)["packed"] is True
+        assert (root / f"random-subset-s{seed}" / "tickets.json").exists()
+    assert sorted({(r["method"], r["seed"]) for r in report["runs"]}) == sorted(
+        (m, s) for m in ("imp", "prac-imp", "random-subset") for s in (0, 1, 2))

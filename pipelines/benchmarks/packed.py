@@ -1,9 +1,11 @@
 """Several models per GPU: K ResNet-20s trained as one packed job against one trained alone.
 
-A ticket's controls (and, later, the seeds of a round) share a recipe and a
-data order; :func:`pracset.train.packed.fit_packed` trains them as one
-``vmap``-ed network. This times one epoch of one model through the Trainer
-(with its static mask) and one epoch of K models packed, on CIFAR-10-shaped
+A round of full-data IMP for S seeds, each with its 2 controls, is 3 S
+models that share a recipe; each seed reads its own data order.
+:func:`pracset.train.packed.fit_packed` trains them as one ``vmap``-ed
+network. This times one epoch of one model through the Trainer (with its
+static mask) and one epoch of K models packed reading ``--orders`` data
+orders (the seeds; model k reads order k mod orders), on CIFAR-10-shaped
 random data held on the device, and reports the packed epoch's time over the
 single one. Target (issue 14, on an H100/H200): 9 packed ResNet-20 models at
 batch 128 in at most 3x the time of one. On a CPU the models are
@@ -11,7 +13,7 @@ compute-bound, packing saves nothing there, and the verdict is SKIP.
 
 Run it
 ------
-  python -m pipelines.benchmarks.packed --device cuda              # 9 x ResNet-20, batch 128
+  python -m pipelines.benchmarks.packed --device cuda              # 9 x ResNet-20 (3 orders), batch 128
   python -m pipelines.benchmarks.packed --models 3 --smoke         # a few steps on the CPU
 """
 
@@ -31,12 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     common.add_threads(parser, "torch's default")
     parser.add_argument("--arch", default="resnet20")
     parser.add_argument("--models", type=int, default=9, help="how many models the packed job trains")
+    parser.add_argument("--orders", type=int, default=3, help="distinct data orders (seeds) the models read")
     parser.add_argument("--examples", type=int, default=50_000, help="training examples per epoch")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = common.parse(parser, argv, smoke={"examples": 64, "batch_size": 16, "models": 3, "repeats": 1,
-                                             "arch": "resnet20"}, positive=("models", "examples", "batch_size",
-                                                                           "repeats"))
+                                             "arch": "resnet20"}, positive=("models", "orders", "examples",
+                                                                           "batch_size", "repeats"))
     import torch
 
     from pracset.data import DeviceLoader, ImageSplit
@@ -52,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(0)
     split = ImageSplit(torch.randint(0, 256, (args.examples, 3, 32, 32), dtype=torch.uint8, generator=generator),
                        torch.randint(0, 10, (args.examples,), generator=generator)).to(device)
-    loader = DeviceLoader(split, args.batch_size, (0.5,) * 3, (0.25,) * 3, shuffle=True, crop_padding=4, flip=True,
-                          channels_last=device.type == "cuda")
+    loaders = [DeviceLoader(split, args.batch_size, (0.5,) * 3, (0.25,) * 3, shuffle=True, crop_padding=4, flip=True,
+                            channels_last=device.type == "cuda", seed=seed) for seed in range(min(args.orders,
+                                                                                                args.models))]
+    loader = loaders[0]
     config = TrainConfig(epochs=1, batch_size=args.batch_size, warmup_epochs=0)
     spec = InputSpec(3, 32, 32, 10)
 
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def packed() -> float:
         pairs = [masked(seed) for seed in range(args.models)]
-        return common.timed(device, lambda: fit_packed([m for m, _ in pairs], [k for _, k in pairs], loader, None,
+        readers = [loaders[k % len(loaders)] for k in range(args.models)]
+        return common.timed(device, lambda: fit_packed([m for m, _ in pairs], [k for _, k in pairs], readers, None,
                                                        config, stages=[f"m{i}" for i in range(args.models)]))
 
     one(), packed()  # warm-up: kernel selection, first-call costs
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio = medians["packed"] / medians["one"]
     print(common.machine_line(device))
     print(f"{args.arch}, {args.examples} examples at batch {args.batch_size}: one model {medians['one']:.3f} s/epoch, "
-          f"{args.models} packed {medians['packed']:.3f} s/epoch: {ratio:.2f}x one "
+          f"{args.models} packed ({len(loaders)} data orders) {medians['packed']:.3f} s/epoch: {ratio:.2f}x one "
           f"({args.models / ratio:.2f} models per model-time)")
     report = {"settings": vars(args), "seconds": times, "medians": medians, "packed_over_one": ratio}
     checks = [common.Check(f"{args.models} packed / one model epoch", ratio, "<=", TARGET_PACKED_OVER_ONE,

@@ -63,7 +63,7 @@ from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
 from pracset.tickets.methods import DynamicSparse
-from pracset.tickets.rounds import packs
+from pracset.tickets.packing import packs
 from pracset.train.config import TrainConfig
 from pracset.train.run import check_loader_settings, input_spec
 from pracset.train.tensorboard import require_tensorboard
@@ -369,7 +369,8 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     def imp_seeds_in_lockstep(arch: str, seeds: Sequence[int], controls: bool) -> None:
         """Full-data IMP of several seeds as packed jobs (each round of every seed, with its controls); the
         ticket runs below then find their stages done."""
-        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, tensorboard=pipeline.tensorboard):
+        model = build_model(arch, input_spec(dataset))
+        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, model, tensorboard=pipeline.tensorboard):
             return
         log.info("pipeline %s: full-data IMP on %s, seeds %s, in lockstep", pipeline.name, arch,
                  ", ".join(map(str, seeds)))

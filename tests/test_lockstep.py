@@ -118,9 +118,9 @@ def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alon
 
     train = TrainConfig(epochs=1, batch_size=256, lr=0.05)
     imp = IMPConfig(rounds=1, pack_controls="on")
-    done, started, fresh = (tmp_path / name for name in ("done", "started", "fresh"))
+    done, started, fresh, other = (tmp_path / name for name in ("done", "started", "fresh", "other"))
     runs = [(done, train), (started, TrainConfig(**{**train.__dict__, "seed": 1})),
-            (fresh, TrainConfig(**{**train.__dict__, "seed": 2}))]
+            (fresh, TrainConfig(**{**train.__dict__, "seed": 2})), (other, TrainConfig(**{**train.__dict__, "seed": 3}))]
     find_tickets("imp", DataConfig("digits"), "mlp", done, train=train, imp=imp, dataset=digits)
     summary = (done / "tickets.json").read_text()
 
@@ -135,7 +135,7 @@ def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alon
     train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
     assert (done / "tickets.json").read_text() == summary
     assert not (started / "round-00" / "metrics.json").exists()
-    assert _stage_metrics(fresh, "round-01")["packed"] is True
+    assert _stage_metrics(fresh, "round-01")["packed"] is True and _stage_metrics(other, "round-01")["packed"] is True
 
 
 def test_a_pipeline_trains_imp_seeds_in_lockstep_and_reports_what_one_by_one_does(tmp_path):
@@ -194,3 +194,36 @@ def test_the_fast_replication_recipe_runs_end_to_end_packed_where_it_can(tmp_pat
         assert (root / f"random-subset-s{seed}" / "tickets.json").exists()
     assert sorted({(r["method"], r["seed"]) for r in report["runs"]}) == sorted(
         (m, s) for m in ("imp", "prac-imp", "random-subset") for s in (0, 1, 2))
+
+
+def test_auto_packs_small_registered_models_on_one_cuda_process_only():
+    from pracset.tickets.packing import AUTO_PACK_MAX_PARAMETERS, packs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    small = torch.nn.Linear(10, 10)  # 110 parameters
+    large = torch.nn.Linear(AUTO_PACK_MAX_PARAMETERS, 1)  # one weight per input, and a bias: one over the limit
+    assert packs("auto", cuda, small) and not packs("auto", cpu, small)
+    assert not packs("auto", cuda, large)
+    assert not packs("auto", cuda, small, python_arch=True) and not packs("auto", cuda, small, tensorboard=True)
+    assert packs("on", cpu, large) and not packs("off", cuda, small)
+
+
+def test_packed_jobs_are_split_evenly_and_a_model_left_alone_trains_alone(tmp_path, digits, monkeypatch):
+    from pracset.tickets import packing
+
+    assert [len(c) for c in packing.chunks(list(range(13)))] == [7, 6]  # 13 > 12: two jobs, not 12 + 1
+    assert [len(c) for c in packing.chunks(list(range(25)))] == [9, 9, 7]
+    assert [len(c) for c in packing.chunks(list(range(12)))] == [12] and packing.chunks([]) == []
+    monkeypatch.setattr(packing, "MAX_MODELS_PER_JOB", 2)
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    imp = IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear", rewind="1ep", pack_controls="on")
+    out = tmp_path / "run"
+    packed = find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=train, imp=imp, dataset=digits)
+    # ticket-01 and its two controls in the registry's (sorted) order: a job of 2, then the third alone
+    assert [_stage_metrics(out, s).get("packed", False) for s in
+            ("ticket-01", "control-ticket-01-random-mask", "control-ticket-01-reinit")] == [True, True, False]
+    alone = find_tickets("prac-imp", DataConfig("digits"), "mlp", tmp_path / "alone", train=train, dataset=digits,
+                         imp=IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear", rewind="1ep",
+                                       pack_controls="off"))
+    assert packed["ledger"] == alone["ledger"]
+    assert packed["final"]["controls"] == pytest.approx(alone["final"]["controls"], abs=ONE_EXAMPLE)

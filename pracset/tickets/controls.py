@@ -16,7 +16,7 @@ from pracset.sparse import StaticMask
 from pracset.sparse.distributions import random_mask
 from pracset.sparse.mask import Mask
 from pracset.tickets.context import TicketContext
-from pracset.tickets.packing import PackedStage, train_and_complete_packed
+from pracset.tickets.packing import PackedStage
 
 
 class Control:
@@ -75,16 +75,11 @@ def unstarted_control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, r
 
 
 def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
-                                start_step: int, *, pack: bool = False) -> dict[str, float]:
-    """Train (or read back) every control of ``ticket``; returns each control's test accuracy by key.
+                                start_step: int) -> dict[str, float]:
+    """Train (or read back) every control of ``ticket``, one by one; returns each control's test accuracy by key.
 
-    With ``pack``, controls none of which has started train together as one
-    packed job (:mod:`pracset.tickets.packing`); the others (and a resumed
-    run's) one by one.
+    (The round loop trains the controls as packed jobs first where it packs: they are read back here.)
     """
-    jobs = unstarted_control_jobs(ctx, ticket, mask, rewind) if pack and len(CONTROLS) > 1 else []
-    if jobs:
-        train_and_complete_packed(jobs, start_step=start_step)
     out = {}
     for _, control in CONTROLS.items():
         stage = ctx.layout.control(ticket, control.stage_suffix)

@@ -15,8 +15,9 @@ was started alone (a checkpoint from a killed one-by-one run) leaves the
 lockstep and finishes one by one.
 
 PrAC-IMP cannot run in lockstep: each seed's PrAC sets differ in size, so
-its rounds differ in step count (its full-split tickets are packed with
-their controls instead, in the round loop).
+its rounds differ in step count. Its full-split tickets and their controls
+are packed instead, all rounds together, once its search is done
+(:func:`~pracset.tickets.rounds.run_rounds`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig
 from pracset.tickets.context import TicketContext
 from pracset.tickets.controls import CONTROLS, control_jobs
-from pracset.tickets.packing import PackedStage, complete_packed, train_and_complete_packed, train_packed
+from pracset.tickets.packing import PackedStage, chunks, complete_packed, train_and_complete_packed, train_packed
 from pracset.tickets.rounds import RoundPolicy, prune_next
 
 log = logging.getLogger(__name__)
@@ -67,10 +68,10 @@ def train_imp_rounds_packed(contexts: Sequence[TicketContext], config: IMPConfig
             stage.directory.mkdir(parents=True, exist_ok=True)
             base.save(stage.mask)
             dense_jobs.append(PackedStage(ctx, stage, ctx.model(), base))
-    if dense_jobs:
-        rewind_step = RoundPolicy(live[0], config).rewind_step(None)
-        run = train_packed(dense_jobs, start_step=0, snapshot_step=rewind_step)
-        for job, history, ledger, snapshot in zip(dense_jobs, run.histories, run.ledgers, run.snapshots):
+    rewind_step = RoundPolicy(live[0], config).rewind_step(None)
+    for chunk in chunks(dense_jobs):
+        run = train_packed(chunk, start_step=0, snapshot_step=rewind_step)
+        for job, history, ledger, snapshot in zip(chunk, run.histories, run.ledgers, run.snapshots):
             job.ctx.save_rewind_point(snapshot)  # before the round is marked done, as the one-by-one loop does
             complete_packed(job, history, ledger)
     rewinds = [ctx.load_rewind_point() for ctx in live]

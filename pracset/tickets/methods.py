@@ -21,8 +21,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
-from pracset.tickets.lockstep import train_imp_rounds_packed
-from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds, should_pack, ticket_files
+from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds, ticket_files
 from pracset.train.config import TrainConfig
 
 
@@ -72,8 +71,6 @@ class IMP(TicketMethod):
                               f"{full} steps (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
-        if settings.imp.controls and should_pack(settings.imp, ctx):  # each round with its controls: one job
-            train_imp_rounds_packed([ctx], settings.imp)
         return run_rounds(RoundPolicy(ctx, settings.imp))
 
 

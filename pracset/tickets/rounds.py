@@ -34,7 +34,7 @@ from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.controls import CONTROLS, train_and_complete_controls, unstarted_control_jobs, verdict
-from pracset.tickets.packing import PackedStage, train_and_complete_packed
+from pracset.tickets.packing import PackedStage, should_pack, train_and_complete_packed
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
@@ -85,6 +85,13 @@ class RoundPolicy:
         For IMP the round's own training is the ticket.
         """
         return stage, metrics
+
+    def ticket_stage(self, r: int) -> StageFiles | None:
+        """Where round ``r``'s ticket (its mask trained on the full split) is; ``None`` when it is not trained.
+
+        For IMP the round itself is the ticket.
+        """
+        return self.ctx.layout.round(r)
 
     def ticket_job(self, r: int, mask: Mask, rewind: dict) -> PackedStage | None:
         """Round ``r``'s ticket as an unstarted stage to train, when it is trained apart from the round.
@@ -214,10 +221,12 @@ class PracSetPolicy(RoundPolicy):
     def _evaluates(self, r: int) -> bool:
         return not (self.config.evaluate == "none" or (self.config.evaluate == "final" and r < self.config.num_rounds))
 
+    def ticket_stage(self, r):
+        return self.ctx.layout.ticket(r) if self._evaluates(r) else None
+
     def ticket_job(self, r, mask, rewind):
-        ticket = self.ctx.layout.ticket(r)
-        if not self._evaluates(r) or self.ctx.run.finished_stage_metrics(ticket) is not None \
-                or ticket.checkpoint.exists():
+        ticket = self.ticket_stage(r)
+        if ticket is None or self.ctx.run.finished_stage_metrics(ticket) is not None or ticket.checkpoint.exists():
             return None
         return PackedStage(self.ctx, ticket, self.ctx.rewound(mask, rewind), mask)
 
@@ -233,27 +242,21 @@ class PracSetPolicy(RoundPolicy):
         return ticket, done
 
 
-def packs(choice: str, device: torch.device, *, python_arch: bool = False, tensorboard: bool = False) -> bool:
-    """Whether a ``pack_controls`` choice packs here: ``on``, or ``auto`` on one CUDA process for a registered
-    architecture (a Python model may do what ``vmap`` cannot, such as branching on its values) without
-    TensorBoard (packed jobs write no scalars). Packed training has no DDP path: never under torchrun."""
-    if is_distributed():
-        return False
-    return choice == "on" or (choice == "auto" and device.type == "cuda" and not python_arch and not tensorboard)
-
-
-def should_pack(config: IMPConfig, ctx: TicketContext) -> bool:
-    """Whether models that share a recipe and a step count (a ticket and its controls, full-data IMP's seeds)
-    train as one packed job in this run (:func:`packs`)."""
-    return packs(config.pack_controls, ctx.device, python_arch=ctx.arch.python, tensorboard=ctx.tensorboard is not None)
-
-
-def _train_ticket_with_controls(policy: RoundPolicy, r: int, mask: Mask, rewind: dict) -> None:
-    """A ticket trained apart from its round (PrAC-IMP's), packed with its controls when none of them started."""
-    job = policy.ticket_job(r, mask, rewind)
-    controls = unstarted_control_jobs(policy.ctx, job.stage, mask, rewind) if job is not None else []
-    if controls:
-        train_and_complete_packed([job, *controls], start_step=RoundPolicy.start_step(policy))
+def _train_tickets_packed(policy: RoundPolicy, rewind: dict) -> None:
+    """Every round's ticket trained apart from its round (PrAC-IMP's) and every ticket's controls that have not
+    started, as packed jobs: they share the full-split recipe and the start step, and need only their mask."""
+    ctx, config = policy.ctx, policy.config
+    jobs: list[PackedStage] = []
+    for r in range(1, config.num_rounds + 1):
+        ticket = policy.ticket_stage(r)
+        if ticket is None:
+            continue
+        mask = Mask.load(ctx.layout.round(r).mask)
+        job = policy.ticket_job(r, mask, rewind)
+        jobs += [job] if job is not None else []
+        if config.controls:
+            jobs += unstarted_control_jobs(ctx, ticket, mask, rewind)
+    train_and_complete_packed(jobs, start_step=RoundPolicy.start_step(policy))
 
 
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
@@ -305,25 +308,26 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, ctx.dataset.num_classes)]
     rows[0].update(ticket_files(layout, dense, dense))
     previous = dense
-    for r in range(1, config.num_rounds + 1):
+    for r in range(1, config.num_rounds + 1):  # the search: every round's mask, and its training
         stage = layout.round(r)
-        metrics = ctx.run.finished_stage_metrics(stage)
         trained = r < config.num_rounds or policy.trains_last_round
-        if metrics is None and not (stage.mask.exists() and not trained):
+        if ctx.run.finished_stage_metrics(stage) is None and not (stage.mask.exists() and not trained):
             mask = prune_next(ctx, previous, config)
             mask.save(stage.mask)
             if trained:
-                metrics = _train_and_complete_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
-                                       policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
-                                       start_step=policy.start_step())
+                _train_and_complete_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
+                                          policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
+                                          start_step=policy.start_step())
+        previous = stage
+    if should_pack(config, ctx):
+        _train_tickets_packed(policy, rewind)
+    for r in range(1, config.num_rounds + 1):  # the tickets on the full split (or read back), and their controls
+        stage = layout.round(r)
+        metrics = ctx.run.finished_stage_metrics(stage)
         mask = Mask.load(stage.mask)
-        if config.controls and should_pack(config, ctx):
-            _train_ticket_with_controls(policy, r, mask, rewind)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
-        evaluated = ticket is not None
-        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy),
-                                                pack=should_pack(config, ctx))
-                    if config.controls and evaluated else None)
+        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy))
+                    if config.controls and ticket is not None else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)
         row.update(ticket_files(layout, stage, ticket))  # the mask is the round's; the weights its ticket's
@@ -332,7 +336,6 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
                        round_test_accuracy=metrics["final"].get("test_accuracy"),
                        early_bird_epoch=metrics.get("early_bird_epoch"))
         rows.append(row)
-        previous = stage
     return rows
 
 

@@ -65,3 +65,16 @@ print(finish(argparse.Namespace(smoke=False, json=None), {}, [worse]))
     assert lines[3] == "VERDICT SKIP: no GPU"
     assert lines[4] == "SKIP"
     assert lines[-2:] == ["VERDICT FAIL: c 5.0x < 6x", "1"]
+
+
+def test_the_prepared_gpu_checks_run_every_gpu_benchmark(tmp_path: Path):
+    """pipelines/gpu-checks.sh is issue 14's one device call: each benchmark it names exists, takes its flags and
+    leaves its JSON (a smoke run, or a machine without CUDA, gives SKIP)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(["bash", "pipelines/gpu-checks.sh", str(tmp_path / "out"), "--smoke"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for name in ("capture_equality", "gpu_floor", "packed"):
+        assert name in NAMES
+        saved = json.loads((tmp_path / "out" / f"{name}.json").read_text())
+        assert saved["verdict"] == "SKIP" and (tmp_path / "out" / f"{name}.txt").read_text().strip()

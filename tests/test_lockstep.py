@@ -227,3 +227,31 @@ def test_packed_jobs_are_split_evenly_and_a_model_left_alone_trains_alone(tmp_pa
                                        pack_controls="off"))
     assert packed["ledger"] == alone["ledger"]
     assert packed["final"]["controls"] == pytest.approx(alone["final"]["controls"], abs=ONE_EXAMPLE)
+
+
+def test_a_ticket_started_alone_resumes_alone_and_its_controls_pack_without_it(tmp_path, digits, monkeypatch):
+    """A run killed during ticket-01 (one by one: auto on the CPU), resumed where auto packs (a GPU): ticket-01
+    continues from its checkpoint with the Trainer; its unstarted controls train as one packed job."""
+    from pracset.tickets import rounds
+    from pracset.train.loop import Trainer
+
+    save = Trainer._save_checkpoint
+
+    def killed_after_first_epoch(self, state, callbacks):
+        save(self, state, callbacks)
+        if self.stage == "ticket-01":
+            raise KeyboardInterrupt
+
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    imp = IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear")
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_save_checkpoint", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=train, imp=imp, dataset=digits)
+    assert (out / "ticket-01" / "checkpoint.pt").exists()
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    monkeypatch.setattr(rounds, "should_pack", lambda config, ctx: True)
+    find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=train, imp=imp, dataset=digits, resume=True)
+    assert "packed" not in _stage_metrics(out, "ticket-01")
+    assert [_stage_metrics(out, s).get("packed") for s in
+            ("control-ticket-01-reinit", "control-ticket-01-random-mask")] == [True, True]

@@ -102,6 +102,11 @@ class StageFiles:
         return self.directory / "checkpoint.pt"
 
     @property
+    def packed_checkpoint(self) -> Path:
+        """This stage's slice of a packed job's checkpoint (:func:`pracset.train.packed.fit_packed`)."""
+        return self.directory / "packed-checkpoint.pt"
+
+    @property
     def ids(self) -> Path:
         """PrAC-IMP: the example ids this round trained on."""
         return self.directory / "ids.npy"
@@ -357,8 +362,9 @@ class RunDirectory:
     def finished_stage_metrics(self, stage: StageFiles) -> dict | None:
         """The metrics of a finished stage, else ``None``; removes the checkpoint a kill after it left behind."""
         metrics = stage.read_metrics()
-        if metrics is not None:
-            stage.checkpoint.unlink(missing_ok=True)  # left by a kill after the stage finished
+        if metrics is not None:  # checkpoints left by a kill after the stage finished
+            stage.checkpoint.unlink(missing_ok=True)
+            stage.packed_checkpoint.unlink(missing_ok=True)
         return metrics
 
     def book_and_save_ledger(self, ledger: IterationLedger) -> None:
@@ -374,6 +380,7 @@ class RunDirectory:
         self.book_and_save_ledger(ledger)
         atomic_write_json(stage.metrics, metrics)
         stage.checkpoint.unlink(missing_ok=True)
+        stage.packed_checkpoint.unlink(missing_ok=True)
         return metrics
 
 

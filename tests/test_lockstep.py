@@ -255,3 +255,105 @@ def test_a_ticket_started_alone_resumes_alone_and_its_controls_pack_without_it(t
     assert "packed" not in _stage_metrics(out, "ticket-01")
     assert [_stage_metrics(out, s).get("packed") for s in
             ("control-ticket-01-reinit", "control-ticket-01-random-mask")] == [True, True]
+
+
+def _fresh_models(count: int):
+    torch.manual_seed(0)
+    models = [SmallBN() for _ in range(count)]
+    return models, [_random_mask(m, i) for i, m in enumerate(models)]
+
+
+def test_a_killed_packed_job_resumes_from_its_checkpoints_exactly(tmp_path, monkeypatch):
+    """Killed after epoch 2 of 3, then started again with the same checkpoint paths: the same weights, momentum
+    and BN statistics (bitwise, on the CPU), histories, ledgers and rewind snapshot as a job never killed."""
+    from pracset.train import packed as packed_module
+
+    config = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_epochs=1, momentum=0.9, weight_decay=5e-4)
+
+    def loaders():
+        train = _data(64, 0)
+        return [DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, crop_padding=1, flip=True, seed=s)
+                for s in (3, 4, 3)], DeviceLoader(_data(32, 1), 32, (0.5,), (0.25,))
+
+    models, masks = _fresh_models(3)
+    whole = fit_packed(models, masks, *loaders(), config, stages=["a", "b", "c"], snapshot_step=6)
+    paths = [tmp_path / f"{k}.pt" for k in range(3)]
+    save = packed_module._save_checkpoints
+
+    def killed_after_epoch_2(*args, **kwargs):
+        save(*args, **kwargs)
+        if kwargs["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(packed_module, "_save_checkpoints", killed_after_epoch_2)
+    first, masks = _fresh_models(3)
+    with pytest.raises(KeyboardInterrupt):
+        fit_packed(first, masks, *loaders(), config, stages=["a", "b", "c"], snapshot_step=6, checkpoints=paths)
+    monkeypatch.undo()
+    epochs_trained = []
+    monkeypatch.setattr(DeviceLoader, "set_epoch", lambda self, e: (epochs_trained.append(e),
+                                                                    setattr(self, "epoch", e)))
+    again, masks = _fresh_models(3)
+    resumed = fit_packed(again, masks, *loaders(), config, stages=["a", "b", "c"], snapshot_step=6,
+                         checkpoints=paths)
+    assert sorted(set(epochs_trained)) == [2]  # only the last epoch was trained again
+    for k in range(3):
+        for name, value in models[k].state_dict().items():
+            assert torch.equal(again[k].state_dict()[name], value), name
+        for name, value in whole.snapshots[k].items():
+            assert torch.equal(resumed.snapshots[k][name], value), name
+        drop = [{key: v for key, v in h.items() if key != "seconds"} for h in whole.histories[k]]
+        assert [{key: v for key, v in h.items() if key != "seconds"} for h in resumed.histories[k]] == drop
+        assert resumed.ledgers[k].to_dict() == whole.ledgers[k].to_dict()
+
+
+def test_checkpoints_of_another_job_are_not_resumed(tmp_path):
+    from pracset.train.packed import _load_checkpoints
+
+    loader = DeviceLoader(_data(64, 0), 16, (0.5,), (0.25,), shuffle=True, seed=3)
+    models, masks = _fresh_models(2)
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    fit_packed(models, masks, loader, None, CONFIG, stages=["a", "b"], checkpoints=paths)
+    device = torch.device("cpu")
+    assert [one["epoch"] for one in _load_checkpoints(paths, device)] == [2, 2]
+    assert _load_checkpoints(paths[::-1], device) is None  # the same files, another job (another order)
+    assert _load_checkpoints(paths[:1], device) is None  # a job of one of them
+    a, b = paths[0].read_bytes(), paths[1].read_bytes()
+    paths[0].write_bytes(b), paths[1].write_bytes(a)  # each file holds the other model's slice
+    assert _load_checkpoints(paths, device) is None
+    paths[1].write_bytes(b"not a checkpoint")
+    assert _load_checkpoints(paths, device) is None
+
+
+def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_path, digits, monkeypatch):
+    from pracset.train import packed as packed_module
+
+    train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
+    imp = IMPConfig(rounds=1, controls=True, pack_controls="on")
+    runs = [(tmp_path / f"s{s}", TrainConfig(**{**train.__dict__, "seed": s})) for s in (0, 1)]
+    save = packed_module._save_checkpoints
+    round_one = [p / stage / "packed-checkpoint.pt" for p, _ in runs
+                 for stage in ("round-01", "control-round-01-random-mask", "control-round-01-reinit")]
+
+    def killed_in_round_one(paths, *args, **kwargs):
+        save(paths, *args, **kwargs)
+        if "round-01" in str(paths[0]):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(packed_module, "_save_checkpoints", killed_in_round_one)
+    with pytest.raises(KeyboardInterrupt):
+        train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
+    assert all(path.exists() for path in round_one)  # the 6 models of round 1 (2 seeds x round and controls)
+    assert all((p / "round-00" / "metrics.json").exists() and not (p / "round-00" / "packed-checkpoint.pt").exists()
+               for p, _ in runs)  # a completed stage keeps no checkpoint
+    monkeypatch.undo()
+    epochs = []
+    monkeypatch.setattr(DeviceLoader, "set_epoch", lambda self, e: (epochs.append(e), setattr(self, "epoch", e)))
+    train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
+    assert set(epochs) == {1}  # round 1 continued at its second epoch
+    assert not any(path.exists() for path in round_one)
+    for out, seed_train in runs:
+        summary = find_tickets("imp", DataConfig("digits"), "mlp", out, train=seed_train, imp=imp, dataset=digits,
+                               resume=True)
+        # ceil(1438 / 128) = 12 steps an epoch, 2 epochs: booked once, though trained in two parts
+        assert summary["final"]["controls"] and summary["ledger"]["stages"]["round-01"]["train_iterations"] == 24

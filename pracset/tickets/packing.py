@@ -92,7 +92,8 @@ def train_packed(jobs: Sequence[PackedStage], *, start_step: int, snapshot_step:
     return fit_packed([job.model for job in jobs], [job.mask for job in jobs],
                       [loaders[id(job.ctx)][0] for job in jobs], loaders[id(first)][1], first.train,
                       stages=[job.stage.name for job in jobs], start_step=start_step,
-                      metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=snapshot_step)
+                      metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=snapshot_step,
+                      checkpoints=[job.stage.packed_checkpoint for job in jobs])
 
 
 def complete_packed(job: PackedStage, history: list[dict], ledger) -> dict:

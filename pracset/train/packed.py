@@ -21,9 +21,13 @@ with its own shuffling and augmentation): give one loader per model, over
 the same number of examples. Models that share a loader object share its
 batches, read once.
 
+Given one checkpoint path per model, the job writes after every epoch each
+model's slice of its state (weights, buffers, optimizer state, history,
+ledger, snapshot) with the job's shared schedule; a job killed and started
+again with the same paths continues from the last epoch all of them hold.
+
 Not supported here (the Trainer handles them): callbacks, mask changes during
-training (RigL, GraNet), checkpoints within the run (a packed run that is
-killed starts again), torch.distributed.
+training (RigL, GraNet), torch.distributed.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_write_bytes
+from pracset.fileio import atomic_torch_save, atomic_write_bytes
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -181,9 +185,64 @@ class _Batches:
                 yield x, y, len(batches[0].index)
 
 
+#: The ``format`` of a packed job's per-model checkpoint file.
+CHECKPOINT_FORMAT = "pracset-packed-checkpoint"
+
+
+def _save_checkpoints(paths: Sequence[Path], packed: _Packed, optimizer, scheduler, *, epoch: int, step: int,
+                      histories, ledgers, snapshots) -> None:
+    """Model k's slice of the job's state into ``paths[k]`` (the schedule and the job's signature in each)."""
+    full = optimizer.state_dict()
+    shapes = [p.shape for p in packed.params.values()]  # the optimizer's parameter order
+    signature = [str(Path(p).resolve()) for p in paths]
+    for k, path in enumerate(paths):
+        state, sliced = {}, {}
+        for index, values in full["state"].items():
+            keys = [key for key, v in values.items() if isinstance(v, torch.Tensor) and v.shape == shapes[index]]
+            state[index] = {key: (v[k].clone() if key in keys else v) for key, v in values.items()}
+            sliced[index] = keys
+        atomic_torch_save({"format": CHECKPOINT_FORMAT, "signature": signature, "model": k, "epoch": epoch,
+                           "step": step, "state": packed.state_of(k),
+                           "optimizer": {"state": state, "sliced": sliced, "param_groups": full["param_groups"]},
+                           "scheduler": scheduler.state_dict(), "history": histories[k],
+                           "ledger": ledgers[k].to_dict(), "snapshot": snapshots[k] if snapshots else None}, path)
+
+
+def _load_checkpoints(paths: Sequence[Path], device: torch.device) -> list[dict] | None:
+    """Every model's checkpoint of this same job at the same epoch, else ``None`` (the job starts again)."""
+    if not all(Path(p).is_file() for p in paths):
+        return None
+    signature = [str(Path(p).resolve()) for p in paths]
+    saved = []
+    for k, path in enumerate(paths):
+        try:  # weights_only: a file in a directory someone else made must not be able to run code here
+            one = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # torch raises many kinds for a damaged file
+            log.warning("%s cannot be read (%s): the packed job starts again", path, type(exc).__name__)
+            return None
+        if not isinstance(one, dict) or one.get("format") != CHECKPOINT_FORMAT or one.get("signature") != signature \
+                or one.get("model") != k or (saved and one.get("step") != saved[0]["step"]):
+            log.info("%s belongs to another packed job or epoch: the job starts again", path)
+            return None
+        saved.append(one)
+    return saved
+
+
+@torch.no_grad()
+def _restore(saved: list[dict], packed: _Packed, optimizer, scheduler) -> None:
+    for name, tensor in {**packed.params, **packed.buffers}.items():
+        tensor.copy_(torch.stack([one["state"][name] for one in saved]))
+    first = saved[0]["optimizer"]
+    state = {index: {key: (torch.stack([one["optimizer"]["state"][index][key] for one in saved])
+                           if key in first["sliced"][index] else value) for key, value in values.items()}
+             for index, values in first["state"].items()}
+    optimizer.load_state_dict({"state": state, "param_groups": first["param_groups"]})
+    scheduler.load_state_dict(saved[0]["scheduler"])
+
+
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
                stages: Sequence[str], start_step: int = 0, metrics_logs: Sequence[Path | None] | None = None,
-               snapshot_step: int | None = None) -> PackedRun:
+               snapshot_step: int | None = None, checkpoints: Sequence[Path] | None = None) -> PackedRun:
     """Train ``models`` (in place) together, model k under ``masks[k]``.
 
     ``train_loader`` is one loader all models read, or a sequence of one
@@ -193,6 +252,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     after that many steps (what IMP rewinds to; ``start_step`` itself: the
     state before training). ``start_step`` continues the schedule from that
     step (rewinding), as :meth:`pracset.train.Trainer.fit` does.
+    ``checkpoints`` (one path per model) are written after every epoch and,
+    when all of them hold this job at one epoch, resumed from.
     """
     if not models or len(models) != len(masks) or len(models) != len(stages):
         raise ConfigError("fit_packed needs one mask and one stage name per model")
@@ -220,6 +281,16 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     count = packed.count
     step, epoch = start_step, start_step // steps_per_epoch
     snapshots = [packed.state_of(k) for k in range(count)] if snapshot_step == start_step else None
+    if checkpoints is not None and len(checkpoints) != count:
+        raise ConfigError("fit_packed needs one checkpoint path per model")
+    saved = _load_checkpoints(checkpoints, device) if checkpoints is not None else None
+    if saved is not None:
+        _restore(saved, packed, optimizer, scheduler)
+        step, epoch = saved[0]["step"], saved[0]["epoch"]
+        histories = [list(one["history"]) for one in saved]
+        ledgers = [IterationLedger.from_dict(one["ledger"]) for one in saved]
+        snapshots = [one["snapshot"] for one in saved] if saved[0]["snapshot"] is not None else snapshots
+        log.info("packed %s resumed at epoch %d", "+".join(stages), epoch)
     while epoch < config.epochs:
         started = time.perf_counter()
         batches.set_epoch(epoch)
@@ -267,6 +338,9 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
                 atomic_write_bytes(metrics_logs[i], "".join(json.dumps(h) + "\n" for h in histories[i]).encode())
         log.info("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
                  ", ".join(f"{h[-1].get('test_accuracy', float('nan')):.4f}" for h in histories))
+        if checkpoints is not None:
+            _save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,
+                              histories=histories, ledgers=ledgers, snapshots=snapshots)
     packed.write_back(models)
     return PackedRun(histories, ledgers, snapshots)
 

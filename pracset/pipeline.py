@@ -54,11 +54,12 @@ from pracset.build import BuildConfig, build_manifest
 from pracset.config import from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
-from pracset.manifest import read_manifest, write_manifest
+from pracset.manifest import read_manifest
+from pracset.manifest.assemble import write_random_manifest
 from pracset.models import build_model, check_model_name
 from pracset.report import write_report
 from pracset.runs import PipelineLayout, RunDirectory
-from pracset.selection import SelectionConfig, SelectionInputs, check_size, select
+from pracset.selection import SelectionConfig, check_size
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
@@ -260,21 +261,6 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
-    """A manifest of a seeded random subset of ``size`` examples, with the statistics of ``manifest_path``."""
-    m = read_manifest(manifest_path)
-    columns = {name: m.column(name) for name in m.table.column_names}
-    inputs = SelectionInputs(labels=columns["label"], forgetting_events=columns["forgetting_events"],
-                             presentations=columns["presentations"], never_learned=columns["never_learned"],
-                             margin=columns["margin"], cep_disagreements=columns["cep_disagreements"])
-    chosen = select(inputs, SelectionConfig(rule="random", size=size, random_seed=seed))
-    columns.update(score=chosen.scores, selected=chosen.selected, reason=chosen.reasons)
-    metadata = dict(m.metadata)
-    metadata["selection"] = chosen.describe()
-    metadata["provenance"] = {**m.provenance, "derived_from": str(manifest_path)}
-    write_manifest(out, columns, metadata)
-
-
 def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, resume: bool = False,
                  progress: bool = False, tensorboard: bool = False) -> dict:
     """Run every stage of ``pipeline`` into ``out`` and write the report; returns the report.
@@ -315,7 +301,11 @@ class StageProgress:
     def __init__(self, name: str, total: int):
         self.name, self.total, self.done = name, total, 0
         self.seconds: list[float] = []
-        self._started = 0.0
+        self._started, self._current, self._prepaid = 0.0, "", {}
+
+    def prepay(self, runs: Sequence[str], seconds: float) -> None:
+        """``seconds`` spent ahead on ``runs`` (trained together, each summarised later): a share counts in each."""
+        self._prepaid.update({what: seconds / len(runs) for what in runs})
 
     def start(self, what: str) -> None:
         left = ""
@@ -323,12 +313,12 @@ class StageProgress:
             remaining = (self.total - self.done) * sum(self.seconds) / len(self.seconds)
             left = f"; about {remaining / 60:.0f} min left"
         log.info("pipeline %s: run %d of %d: %s%s", self.name, self.done + 1, self.total, what, left)
-        self._started = time.perf_counter()
+        self._started, self._current = time.perf_counter(), what
 
     def finish(self, skipped: bool) -> None:
         self.done += 1
         if not skipped:  # a run found finished says nothing about how long one takes
-            self.seconds.append(time.perf_counter() - self._started)
+            self.seconds.append(time.perf_counter() - self._started + self._prepaid.pop(self._current, 0.0))
 
 
 def _ticket_imp(pipeline: Pipeline, controls: bool) -> IMPConfig:
@@ -374,9 +364,11 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
             return
         log.info("pipeline %s: full-data IMP on %s, seeds %s, in lockstep", pipeline.name, arch,
                  ", ".join(map(str, seeds)))
+        began = time.perf_counter()
         train_imp_seeds_packed(pipeline.data, arch, [(layout.ticket_run(arch, "imp", s).root,
                                                       replace(pipeline.train, seed=s)) for s in seeds],
                                imp=_ticket_imp(pipeline, controls), device=device, dataset=dataset)
+        progress_log.prepay([f"{arch} imp seed {s}" for s in seeds], time.perf_counter() - began)
 
     if "imp" in pipeline.methods:
         imp_seeds_in_lockstep(pipeline.arch, pipeline.seeds,
@@ -398,7 +390,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     first = next(iter(sets.values()))
     random_manifest = layout.random_manifest
     if not random_manifest.exists():
-        _write_random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
+        write_random_manifest(manifest, random_manifest, seed=pipeline.selection.random_seed,
                          size=read_manifest(first).num_selected)
     chosen = {label: path for label, path in {**sets, "random-subset": random_manifest}.items()
               if label in pipeline.transfer_set_names}

@@ -19,7 +19,8 @@ from tests.test_packed import CONFIG, SmallBN, _data, _random_mask
 ONE_EXAMPLE = 1.01 / 359  # digits' test split holds 359 examples
 
 
-def test_packed_models_with_their_own_data_order_train_as_they_would_alone():
+@pytest.mark.parametrize("start_step", [0, 2])  # 2: the rewound schedule starts inside the first epoch
+def test_packed_models_with_their_own_data_order_train_as_they_would_alone(start_step):
     """Models 0 and 1 read one shuffling, model 2 another: each ends as the Trainer leaves it on its own loader,
     and each snapshot is the Snapshot callback's state at that step."""
     train, test = _data(64, 0), _data(32, 1)
@@ -33,10 +34,11 @@ def test_packed_models_with_their_own_data_order_train_as_they_would_alone():
     for a, m in zip(alone, models):
         a.load_state_dict(m.state_dict())
     readers = [first, first, second]
-    run = fit_packed(models, masks, readers, test_loader, CONFIG, stages=["a", "b", "c"], snapshot_step=5)
+    run = fit_packed(models, masks, readers, test_loader, CONFIG, stages=["a", "b", "c"], snapshot_step=5,
+                     start_step=start_step)
     for k, (model, mask, loader) in enumerate(zip(alone, masks, readers)):
         snapshot = Snapshot(5)
-        state = Trainer(CONFIG).fit(model, loader, test_loader, [StaticMask(mask), snapshot])
+        state = Trainer(CONFIG).fit(model, loader, test_loader, [StaticMask(mask), snapshot], start_step=start_step)
         for name, value in model.state_dict().items():
             torch.testing.assert_close(models[k].state_dict()[name].float(), value.float(), atol=2e-5, rtol=1e-4)
             torch.testing.assert_close(run.snapshots[k][name].float(), snapshot.state[name].float(),

@@ -243,3 +243,23 @@ def test_transfer_sets_choose_the_sets_the_transfer_trains_on(tmp_path):
     report = run_pipeline(pipeline, tmp_path / "run", device=torch.device("cpu"))
     assert sorted({r["method"] for r in report["runs"] if r["arch"] == "lenet300"}) == ["imp", "random-subset"]
     assert "transfer_sets" not in pipeline_from_dict(base).to_dict()  # older pipeline runs keep their identity
+
+
+def test_runs_trained_ahead_together_count_their_share_in_the_time_left(caplog, monkeypatch):
+    """Full-data IMP of 2 seeds in lockstep took 8 minutes; each seed's run is then summarised in no time: each
+    counts 4 minutes, not 0 (which would promise the rest in no time)."""
+    import logging
+
+    import pracset.pipeline as pipeline_module
+    from pracset.pipeline import StageProgress
+
+    clock = iter([0.0, 0.0, 0.0, 0.0, 0.0])  # starts and finishes read the clock; the runs take no time
+    monkeypatch.setattr(pipeline_module.time, "perf_counter", lambda: next(clock))
+    progress = StageProgress("p", 3)
+    progress.prepay(["mlp imp seed 0", "mlp imp seed 1"], 480.0)
+    with caplog.at_level(logging.INFO, logger="pracset.pipeline"):
+        for seed in (0, 1):
+            progress.start(f"mlp imp seed {seed}")
+            progress.finish(False)
+        progress.start("mlp prac-imp seed 0")
+    assert caplog.records[-1].getMessage() == "pipeline p: run 3 of 3: mlp prac-imp seed 0; about 4 min left"

@@ -8,6 +8,7 @@ and a subset of example ids is just an index tensor over the shared copy.
 
 from __future__ import annotations
 
+import copy
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -138,6 +139,12 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose permutation and augmentation the next iteration draws."""
         self.epoch = epoch
+
+    def reseeded(self, seed: int) -> "DeviceLoader":
+        """This loader over the same split (no copy of the data) drawing its order and augmentation from ``seed``."""
+        other = copy.copy(self)
+        other.seed, other.epoch = seed, 0
+        return other
 
     def _generator(self) -> torch.Generator:
         generator = torch.Generator(device=self.device)

@@ -137,14 +137,16 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
 
     ``runs`` are ``(out, train)`` pairs, as :func:`find_tickets` ("imp") would
     take them. Every round of every run, with its controls when
-    ``imp.controls``, trains as one packed job; each directory then holds the
-    stages ``find_tickets("imp", ..., resume=True)`` would have trained, which
-    it reads back (training what is left, such as a run started alone) and
-    summarises. Finished runs are left alone.
+    ``imp.controls``, trains as packed jobs (whatever ``imp.pack_controls``
+    says: calling this is asking for it; packed jobs write no TensorBoard
+    scalars). Each directory then holds the stages ``find_tickets("imp", ...,
+    resume=True)`` would have trained, which it reads back (training what is
+    left, such as a run started alone) and summarises. Finished runs are left
+    alone; every directory is checked before any is written.
     """
     settings = TicketSettings(imp=imp)
     with ExitStack() as stack:
-        contexts = []
+        opened = []
         for out, train in runs:
             prepared = _prepare("imp", data, arch, train=train, settings=settings, manifest=None, device=device,
                                 weights=weights, dataset=dataset)
@@ -152,10 +154,12 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
             layout = TicketLayout(out)
             run = stack.enter_context(RunDirectory(layout.root, prepared.identity, resume=True,
                                                    finished=layout.summary.name))
-            if run.status == "done":
-                continue
+            if run.status != "done":
+                opened.append((run, layout, train, prepared.architecture))
+        contexts = []
+        for run, layout, train, architecture in opened:  # claimed only once every directory was accepted
             run.claim(data=dataset)
-            contexts.append(TicketContext(dataset, prepared.architecture, train, device, run, layout))
+            contexts.append(TicketContext(dataset, architecture, train, device, run, layout))
         if contexts:
             train_imp_rounds_packed(contexts, imp)
 

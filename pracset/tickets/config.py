@@ -64,8 +64,9 @@ class IMPConfig:
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
     pack_controls: str = option("auto", "train models that share a recipe and a step count as one packed job (one "
                                         "vmap-ed network; equal to one by one up to float rounding): a ticket with "
-                                        "its controls, and in a pipeline full-data IMP's seeds; auto = on CUDA, "
-                                        "where it saves kernel launches", choices=PACK_CHOICES, added_later=True)
+                                        "its controls, and in a pipeline full-data IMP's seeds; auto = on one CUDA "
+                                        "process, for registered models of at most 2M parameters (launch-bound), "
+                                        "without TensorBoard", choices=PACK_CHOICES, added_later=True)
     evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, the "
                                     "ticket of every round (for an accuracy-against-sparsity curve), or none "
                                     "(only the sets and masks)",

@@ -7,6 +7,8 @@ variant overrides :meth:`Control.start`.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn as nn
 
@@ -16,7 +18,7 @@ from pracset.sparse import StaticMask
 from pracset.sparse.distributions import random_mask
 from pracset.sparse.mask import Mask
 from pracset.tickets.context import TicketContext
-from pracset.tickets.packing import PackedStage
+from pracset.tickets.packing import PackedStage, started
 
 
 class Control:
@@ -58,20 +60,14 @@ CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": Random
 
 
 def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict) -> list[PackedStage]:
-    """Every control of ``ticket`` as a stage ready to train: its directory, its start model and its mask."""
+    """The controls of ``ticket`` that have not started, as stages for a packed job (their models start when it
+    trains)."""
     jobs = []
     for _, control in CONTROLS.items():
-        model, control_mask = control.start(ctx, mask, rewind)
-        jobs.append(PackedStage(ctx, ctx.layout.control(ticket, control.stage_suffix), model, control_mask))
+        stage = ctx.layout.control(ticket, control.stage_suffix)
+        if not started(ctx, stage):
+            jobs.append(PackedStage(ctx, stage, partial(control.start, ctx, mask, rewind)))
     return jobs
-
-
-def unstarted_control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict) -> list[PackedStage]:
-    """The controls of ``ticket`` as packed stages, if none of them has started (else none: they go one by one)."""
-    stages = [ctx.layout.control(ticket, control.stage_suffix) for _, control in CONTROLS.items()]
-    if any(ctx.run.finished_stage_metrics(s) is not None or s.checkpoint.exists() for s in stages):
-        return []
-    return control_jobs(ctx, ticket, mask, rewind)
 
 
 def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,

@@ -5,8 +5,9 @@ Full-data IMP rounds of different seeds share everything a packed job needs
 the data order differ, and :func:`~pracset.train.packed.fit_packed` gives
 each model its own loader. So round ``r`` of S seeds and the 2 sanity-check
 controls of each (which train on the round's own mask, from the same rewind
-step) are ``3 S`` models trained as one network: on a GPU, about the kernel
-launches of one.
+step) are ``3 S`` models trained as one network (in jobs of at most
+:data:`~pracset.tickets.packing.MAX_MODELS_PER_JOB`): on a GPU, about the
+kernel launches of one.
 
 :func:`train_imp_rounds_packed` only trains and completes stages, writing
 every file exactly as the one-by-one loop would; :func:`~pracset.tickets.rounds.run_rounds`
@@ -23,13 +24,15 @@ are packed instead, all rounds together, once its search is done
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Sequence
 
 from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig
 from pracset.tickets.context import TicketContext
 from pracset.tickets.controls import CONTROLS, control_jobs
-from pracset.tickets.packing import PackedStage, chunks, complete_packed, train_and_complete_packed, train_packed
+from pracset.tickets.packing import (PackedStage, chunks, complete_packed, rewound_with_mask, train_and_complete_packed,
+                                     train_packed)
 from pracset.tickets.rounds import RoundPolicy, prune_next
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,10 @@ def _stages(ctx: TicketContext, config: IMPConfig):
         if config.controls and r > 0:
             for _, control in CONTROLS.items():
                 yield layout.control(layout.round(r), control.stage_suffix)
+
+
+def _initialised(ctx: TicketContext, mask: Mask):
+    return ctx.model(), mask
 
 
 def _started_alone(ctx: TicketContext, config: IMPConfig) -> bool:
@@ -67,13 +74,13 @@ def train_imp_rounds_packed(contexts: Sequence[TicketContext], config: IMPConfig
             base = Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
             stage.directory.mkdir(parents=True, exist_ok=True)
             base.save(stage.mask)
-            dense_jobs.append(PackedStage(ctx, stage, ctx.model(), base))
+            dense_jobs.append(PackedStage(ctx, stage, partial(_initialised, ctx, base)))
     rewind_step = RoundPolicy(live[0], config).rewind_step(None)
     for chunk in chunks(dense_jobs):
-        run = train_packed(chunk, start_step=0, snapshot_step=rewind_step)
-        for job, history, ledger, snapshot in zip(chunk, run.histories, run.ledgers, run.snapshots):
+        models, run = train_packed(chunk, start_step=0, snapshot_step=rewind_step)
+        for job, model, history, ledger, snapshot in zip(chunk, models, run.histories, run.ledgers, run.snapshots):
             job.ctx.save_rewind_point(snapshot)  # before the round is marked done, as the one-by-one loop does
-            complete_packed(job, history, ledger)
+            complete_packed(job, model, history, ledger, packed_with=len(chunk))
     rewinds = [ctx.load_rewind_point() for ctx in live]
     start_step = RoundPolicy(live[0], config).start_step()
     for r in range(1, config.num_rounds + 1):
@@ -83,10 +90,10 @@ def train_imp_rounds_packed(contexts: Sequence[TicketContext], config: IMPConfig
             if ctx.run.finished_stage_metrics(stage) is None:
                 mask = prune_next(ctx, ctx.layout.round(r - 1), config)
                 mask.save(stage.mask)
-                jobs.append(PackedStage(ctx, stage, ctx.rewound(mask, rewind), mask))
+                jobs.append(PackedStage(ctx, stage, partial(rewound_with_mask, ctx, mask, rewind)))
             else:
                 mask = Mask.load(stage.mask)
             if config.controls:
-                jobs += [job for job in control_jobs(ctx, stage, mask, rewind) if not job.started]
+                jobs += control_jobs(ctx, stage, mask, rewind)
         if jobs:
             train_and_complete_packed(jobs, start_step=start_step)

@@ -6,14 +6,14 @@ network: the tickets of a run's rounds that train apart from the search
 their mask once the search is done; and the full-data IMP rounds of several
 seeds (each seed reading its own data order). Jobs hold at most
 :data:`MAX_MODELS_PER_JOB` models. Every stage
-is then written and completed exactly as if it had trained alone, so the
-round loop finds it done and a resumed run cannot tell the difference.
+is then written and completed as a stage trained alone is (its metrics say
+``packed`` and with how many models), so the round loop finds it done.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -57,51 +57,76 @@ def should_pack(config: IMPConfig, ctx: TicketContext) -> bool:
 
 @dataclass
 class PackedStage:
-    """One stage of a packed job: whose run it belongs to, where it is written, its start model and its mask."""
+    """One stage of a packed job: whose run it belongs to, where it is written, and how its model starts.
+
+    ``start()`` gives the stage's start model and its mask; it is called only
+    when the stage's job trains, so that a run's many jobs are not all held
+    on the device at once.
+    """
 
     ctx: TicketContext
     stage: StageFiles
-    model: nn.Module
-    mask: Mask
+    start: Callable[[], tuple[nn.Module, Mask]]
 
-    @property
-    def started(self) -> bool:
-        """Whether the stage is done or was started alone (a checkpoint): then it is not packed."""
-        return self.ctx.run.finished_stage_metrics(self.stage) is not None or self.stage.checkpoint.exists()
+
+def rewound_with_mask(ctx: TicketContext, mask: Mask, rewind: dict) -> tuple[nn.Module, Mask]:
+    """A ticket's start: the rewind point with ``mask`` applied, and the mask (a :attr:`PackedStage.start`)."""
+    return ctx.rewound(mask, rewind), mask
+
+
+def started(ctx: TicketContext, stage: StageFiles) -> bool:
+    """Whether ``stage`` is done or was started alone (a Trainer checkpoint): then it is not packed."""
+    return ctx.run.finished_stage_metrics(stage) is not None or stage.checkpoint.exists()
+
+
+def _training_loaders(jobs: Sequence[PackedStage]) -> tuple[list, object]:
+    """One training loader per run (its seed's order), over one copy of the data on the device, and a test loader."""
+    first = jobs[0].ctx
+    train, test = first.loaders(None, first.train)
+    by_run: dict[int, object] = {id(first): train}
+    for job in jobs:
+        if id(job.ctx) not in by_run:  # the same split on the device, another seed (a streamed split: its own)
+            by_run[id(job.ctx)] = (train.reseeded(job.ctx.train.seed) if hasattr(train, "reseeded")
+                                   else job.ctx.loaders(None, job.ctx.train)[0])
+    return [by_run[id(job.ctx)] for job in jobs], test
 
 
 def train_packed(jobs: Sequence[PackedStage], *, start_step: int, snapshot_step: int | None = None):
-    """Train every job's model (in place) as one packed job; returns the :class:`~pracset.train.packed.PackedRun`.
+    """Train the jobs as one packed job; returns their trained models and the
+    :class:`~pracset.train.packed.PackedRun`.
 
-    The jobs' recipes may differ only in their seed (their data order): each
-    run directory gets one training loader, shared by its jobs. Nothing is
-    marked done here: :func:`complete_packed` does that per job.
+    The jobs' recipes may differ only in their seed (their data order). Each
+    model's slice of the job's state is checkpointed in its stage's folder
+    after every epoch. Nothing is marked done here: :func:`complete_packed`
+    does that per job.
     """
     from pracset.train.packed import fit_packed  # here: torch.func is needed only when packing
 
     recipes = {replace(job.ctx.train, seed=0) for job in jobs}
     if len(recipes) != 1:
         raise ConfigError("packed stages must share their recipe (all but the seed)")
-    loaders: dict[int, tuple] = {}
-    for job in jobs:
-        if id(job.ctx) not in loaders:
-            loaders[id(job.ctx)] = job.ctx.loaders(None, job.ctx.train)
-    first = jobs[0].ctx
+    starts = [job.start() for job in jobs]
+    models, masks = [model for model, _ in starts], [mask for _, mask in starts]
+    train_loaders, test_loader = _training_loaders(jobs)
     for job in jobs:
         job.stage.directory.mkdir(parents=True, exist_ok=True)
-    return fit_packed([job.model for job in jobs], [job.mask for job in jobs],
-                      [loaders[id(job.ctx)][0] for job in jobs], loaders[id(first)][1], first.train,
-                      stages=[job.stage.name for job in jobs], start_step=start_step,
-                      metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=snapshot_step,
-                      checkpoints=[job.stage.packed_checkpoint for job in jobs])
+    run = fit_packed(models, masks, train_loaders, test_loader, jobs[0].ctx.train,
+                     stages=[job.stage.name for job in jobs], start_step=start_step,
+                     metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=snapshot_step,
+                     checkpoints=[job.stage.packed_checkpoint for job in jobs])
+    return models, run
 
 
-def complete_packed(job: PackedStage, history: list[dict], ledger) -> dict:
-    """Write a packed job's ``model.pt``, book its cost and mark it done, as a stage trained alone is."""
-    atomic_torch_save(job.model.state_dict(), job.stage.model)
+def complete_packed(job: PackedStage, model: nn.Module, history: list[dict], ledger, *, packed_with: int) -> dict:
+    """Write a packed job's ``model.pt``, book its cost and mark it done, as for a stage trained alone.
+
+    Its metrics add ``packed_with``, the job's model count: each epoch's
+    ``seconds`` is the whole job's.
+    """
+    atomic_torch_save(model.state_dict(), job.stage.model)
     metrics = {"stage": job.stage.name, "final": dict(history[-1]), "history": history,
                "epochs": job.ctx.train.epochs, "epochs_run": history[-1]["epoch"],
-               "examples": job.ctx.num_examples, "packed": True,
+               "examples": job.ctx.num_examples, "packed": True, "packed_with": packed_with,
                "ledger": ledger.to_dict()["stages"].get(job.stage.name, {})}
     return job.ctx.run.complete_stage(job.stage, metrics, ledger)
 
@@ -120,9 +145,9 @@ def train_and_complete_packed(jobs: Sequence[PackedStage], *, start_step: int) -
     for chunk in chunks(jobs):
         if len(chunk) == 1:  # one model trains faster with the Trainer than as a packed job of one
             job = chunk[0]
-            job.ctx.train_and_complete_stage(job.stage, job.model, callbacks=[StaticMask(job.mask)],
-                                             start_step=start_step)
+            model, mask = job.start()
+            job.ctx.train_and_complete_stage(job.stage, model, callbacks=[StaticMask(mask)], start_step=start_step)
             continue
-        run = train_packed(chunk, start_step=start_step)
-        for job, history, ledger in zip(chunk, run.histories, run.ledgers):
-            complete_packed(job, history, ledger)
+        models, run = train_packed(chunk, start_step=start_step)
+        for job, model, history, ledger in zip(chunk, models, run.histories, run.ledgers):
+            complete_packed(job, model, history, ledger, packed_with=len(chunk))

@@ -12,6 +12,7 @@ round's mask trained again on the full split).
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -33,8 +34,8 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.controls import CONTROLS, train_and_complete_controls, unstarted_control_jobs, verdict
-from pracset.tickets.packing import PackedStage, should_pack, train_and_complete_packed
+from pracset.tickets.controls import CONTROLS, control_jobs, train_and_complete_controls, verdict
+from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
@@ -226,9 +227,9 @@ class PracSetPolicy(RoundPolicy):
 
     def ticket_job(self, r, mask, rewind):
         ticket = self.ticket_stage(r)
-        if ticket is None or self.ctx.run.finished_stage_metrics(ticket) is not None or ticket.checkpoint.exists():
+        if ticket is None or started(self.ctx, ticket):
             return None
-        return PackedStage(self.ctx, ticket, self.ctx.rewound(mask, rewind), mask)
+        return PackedStage(self.ctx, ticket, partial(rewound_with_mask, self.ctx, mask, rewind))
 
     def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
         if not self._evaluates(r):
@@ -255,7 +256,7 @@ def _train_tickets_packed(policy: RoundPolicy, rewind: dict) -> None:
         job = policy.ticket_job(r, mask, rewind)
         jobs += [job] if job is not None else []
         if config.controls:
-            jobs += unstarted_control_jobs(ctx, ticket, mask, rewind)
+            jobs += control_jobs(ctx, ticket, mask, rewind)
     train_and_complete_packed(jobs, start_step=RoundPolicy.start_step(policy))
 
 

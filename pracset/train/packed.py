@@ -2,9 +2,9 @@
 
 A ResNet-20 at batch 128 uses a small part of a large GPU: its step is bound
 by kernel launches, not by arithmetic. :func:`fit_packed` trains K models
-that share a recipe and a data order (the controls of a ticket: the same
-split, seed and schedule, each with its own initialisation and fixed mask) as
-one network: their parameters and buffers are stacked with
+that share a recipe and a step count (the controls of a ticket, each with its
+own initialisation and fixed mask; the seeds of full-data IMP, each with its
+own data order) as one network: their parameters and buffers are stacked with
 ``torch.func.stack_module_state`` and one ``vmap``-ed forward and backward
 computes all K per step, so K models cost about the launches of one.
 
@@ -163,9 +163,8 @@ class _Batches:
             raise ConfigError("packed models must read the same number of examples in the same number of steps")
         if any(getattr(loader, "sharded", False) for loader in distinct):
             raise ConfigError("packed training does not run under torch.distributed; train the models one by one")
-        # model k reads distinct[which[k]]
-        self.which = torch.tensor([next(i for i, seen in enumerate(distinct) if seen is loader) for loader in loaders],
-                                  device=self.device)
+        # model k reads distinct[which[k]] (host integers: choosing batches needs no device work)
+        self.which = [next(i for i, seen in enumerate(distinct) if seen is loader) for loader in loaders]
 
     def __len__(self) -> int:
         return len(self.loaders[0])
@@ -175,14 +174,17 @@ class _Batches:
             loader.set_epoch(epoch)
 
     def __iter__(self):
-        """``(x, y, size)``: one shared batch, or ``x`` (K, B, ...) and ``y`` (K, B) with model k's in row k."""
-        for batches in zip(*self.loaders):
-            if self.shared:
-                yield batches[0].x, batches[0].y, len(batches[0].index)
-            else:
-                x = torch.stack([b.x for b in batches]).index_select(0, self.which)
-                y = torch.stack([b.y for b in batches]).index_select(0, self.which)
-                yield x, y, len(batches[0].index)
+        """One step's batch of every distinct loader (combine them with :meth:`combine`)."""
+        return zip(*self.loaders)
+
+    def combine(self, batches) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(x, y, size)``: the shared batch, or ``x`` (K, B, ...) and ``y`` (K, B) with model k's in row k
+        (one copy, which keeps the batches' memory format)."""
+        if self.shared:
+            return batches[0].x, batches[0].y, len(batches[0].index)
+        x = torch.stack([batches[i].x for i in self.which])
+        y = torch.stack([batches[i].y for i in self.which])
+        return x, y, len(batches[0].index)
 
 
 #: The ``format`` of a packed job's per-model checkpoint file.
@@ -297,9 +299,10 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         loss_sum = torch.zeros(count, device=device)
         correct = torch.zeros(count, device=device, dtype=torch.int64)
         seen, epoch_lr = 0, optimizer.param_groups[0]["lr"]
-        for position, (x, y, size) in enumerate(batches):
+        for position, step_batches in enumerate(batches):
             if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
                 continue
+            x, y, size = batches.combine(step_batches)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = packed.forward(x, training=True, per_model=not batches.shared)
             k, b, classes = logits.shape

@@ -78,3 +78,30 @@ def test_the_prepared_gpu_checks_run_every_gpu_benchmark(tmp_path: Path):
         assert name in NAMES
         saved = json.loads((tmp_path / "out" / f"{name}.json").read_text())
         assert saved["verdict"] == "SKIP" and (tmp_path / "out" / f"{name}.txt").read_text().strip()
+
+
+def test_the_packed_sync_check_judges_every_step_of_the_second_epoch_and_nothing_else(monkeypatch):
+    """The GPU-only sync check, its mode switches recorded on the CPU: "error" from the second epoch's first
+    batch to its last step, "default" before and for the epoch-end copy of the metrics."""
+    import torch
+
+    import pracset.train.packed as packed_module
+    from pipelines.benchmarks.packed import sync_check
+    from pracset.data import DeviceLoader, ImageSplit
+    from pracset.models import InputSpec, build_model
+    from pracset.sparse import Mask
+    from pracset.train import TrainConfig
+
+    mode, steps = ["default"], []
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: mode.append(m))
+    enforce = packed_module._enforce
+    monkeypatch.setattr(packed_module, "_enforce", lambda *a: (steps.append(mode[-1]), enforce(*a)))
+    generator = torch.Generator().manual_seed(0)
+    split = ImageSplit(torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=generator),
+                       torch.randint(0, 10, (32,), generator=generator))
+    loaders = [DeviceLoader(split, 16, (0.5,) * 3, (0.25,) * 3, shuffle=True, seed=s) for s in range(2)]
+    pairs = [(m, Mask.ones(m)) for m in (build_model("conv4", InputSpec(3, 8, 8, 10), seed=s) for s in range(3))]
+    assert sync_check(pairs, loaders, 3, TrainConfig(epochs=1, batch_size=16, warmup_epochs=0)) is None
+    # one _enforce before training, then one per step: 2 steps an epoch
+    assert steps == ["default", "default", "default", "error", "error"]
+    assert mode[-1] == "default"

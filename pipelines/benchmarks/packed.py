@@ -8,7 +8,9 @@ static mask) and one epoch of K models packed reading ``--orders`` data
 orders (the seeds; model k reads order k mod orders), on CIFAR-10-shaped
 random data held on the device, and reports the packed epoch's time over the
 single one. Target (issue 14, on an H100/H200): 9 packed ResNet-20 models at
-batch 128 in at most 3x the time of one. On a CPU the models are
+batch 128 in at most 3x the time of one. On CUDA it also runs two packed
+epochs with the second's steps under ``torch.cuda.set_sync_debug_mode("error")``:
+a host sync in the packed step fails the check. On a CPU the models are
 compute-bound, packing saves nothing there, and the verdict is SKIP.
 
 Run it
@@ -90,7 +92,56 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda":
         return common.finish(args, report, checks, skip=f"the target is about a GPU's idle capacity; on {device} "
                                                         "the models are compute-bound and packing saves nothing")
+    sync_error = sync_check([masked(seed) for seed in range(args.models)], loaders, args.models, config)
+    print(f"  host syncs in a packed epoch's steps: {sync_error or 'none'}")
+    report["sync_error"] = sync_error
+    checks.append(common.Check("host syncs raised in a packed epoch's steps", int(sync_error is not None), "==", 0,
+                               digits=0))
     return common.finish(args, report, checks)
+
+
+class _SyncGuarded:
+    """A loader whose iteration after the first epoch runs under sync debug mode "error": a host sync in any step
+    raises. Iterating starts the mode and running out ends it, so the epoch-end metrics copy is not judged."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        import torch
+
+        torch.cuda.set_sync_debug_mode("error" if self.loader.epoch >= 1 else "default")
+        try:
+            yield from self.loader
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def sync_check(pairs, loaders, models: int, config) -> str | None:
+    """Two epochs of a packed job (one data order per seed), the second under sync debug mode "error"; the error,
+    or None."""
+    from dataclasses import replace
+
+    import torch
+
+    from pracset.train.packed import fit_packed
+
+    guarded = [_SyncGuarded(loader) for loader in loaders]
+    readers = [guarded[k % len(guarded)] for k in range(models)]
+    try:
+        fit_packed([m for m, _ in pairs], [k for _, k in pairs], readers, None, replace(config, epochs=2),
+                   stages=[f"m{i}" for i in range(models)])
+    except RuntimeError as exc:
+        return str(exc).strip().splitlines()[0]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return None
 
 
 if __name__ == "__main__":

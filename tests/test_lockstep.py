@@ -14,7 +14,7 @@ from pracset.sparse import StaticMask
 from pracset.tickets import IMPConfig, Snapshot, find_tickets, train_imp_seeds_packed
 from pracset.train import TrainConfig, Trainer
 from pracset.train.packed import fit_packed
-from tests.test_packed import CONFIG, SmallBN, _data, _random_mask
+from tests.test_packed import CONFIG, SmallBN, _data, _random_mask, models_and_twins
 
 ONE_EXAMPLE = 1.01 / 359  # digits' test split holds 359 examples
 
@@ -27,12 +27,7 @@ def test_packed_models_with_their_own_data_order_train_as_they_would_alone(start
     first, second = (DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, crop_padding=1, flip=True, seed=s)
                      for s in (3, 4))
     test_loader = DeviceLoader(test, 32, (0.5,), (0.25,))
-    torch.manual_seed(0)
-    models = [SmallBN() for _ in range(3)]
-    masks = [_random_mask(m, i) for i, m in enumerate(models)]
-    alone = [SmallBN() for _ in range(3)]
-    for a, m in zip(alone, models):
-        a.load_state_dict(m.state_dict())
+    models, masks, alone = models_and_twins(3)
     readers = [first, first, second]
     run = fit_packed(models, masks, readers, test_loader, CONFIG, stages=["a", "b", "c"], snapshot_step=5,
                      start_step=start_step)
@@ -260,9 +255,8 @@ def test_a_ticket_started_alone_resumes_alone_and_its_controls_pack_without_it(t
 
 
 def _fresh_models(count: int):
-    torch.manual_seed(0)
-    models = [SmallBN() for _ in range(count)]
-    return models, [_random_mask(m, i) for i, m in enumerate(models)]
+    models, masks, _ = models_and_twins(count)
+    return models, masks
 
 
 def test_a_killed_packed_job_resumes_from_its_checkpoints_exactly(tmp_path, monkeypatch):

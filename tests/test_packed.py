@@ -42,15 +42,21 @@ def _random_mask(model: nn.Module, seed: int) -> Mask:
                  for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1})
 
 
+def models_and_twins(count: int) -> tuple[list[SmallBN], list[Mask], list[SmallBN]]:
+    """``count`` seeded models with random masks, and an identical twin of each to train alone."""
+    torch.manual_seed(0)
+    models = [SmallBN() for _ in range(count)]
+    masks = [_random_mask(m, i) for i, m in enumerate(models)]
+    twins = [SmallBN() for _ in range(count)]
+    for twin, model in zip(twins, models):
+        twin.load_state_dict(model.state_dict())
+    return models, masks, twins
+
+
 def test_packed_models_train_as_they_would_alone():
     train, test = _data(64, 0), _data(32, 1)
     loaders = (DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, seed=3), DeviceLoader(test, 32, (0.5,), (0.25,)))
-    torch.manual_seed(0)
-    models = [SmallBN() for _ in range(3)]
-    masks = [_random_mask(m, i) for i, m in enumerate(models)]
-    alone = [SmallBN() for _ in range(3)]
-    for a, m in zip(alone, models):
-        a.load_state_dict(m.state_dict())
+    models, masks, alone = models_and_twins(3)
     run = fit_packed(models, masks, *loaders, CONFIG, stages=["a", "b", "c"], start_step=2)
     histories, ledgers = run.histories, run.ledgers
     for k, (model, mask) in enumerate(zip(alone, masks)):

@@ -359,8 +359,8 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     def imp_seeds_in_lockstep(arch: str, seeds: Sequence[int], controls: bool) -> None:
         """Full-data IMP of several seeds as packed jobs (each round of every seed, with its controls); the
         ticket runs below then find their stages done."""
-        model = build_model(arch, input_spec(dataset))
-        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, model, tensorboard=pipeline.tensorboard):
+        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, build_model(arch, input_spec(dataset)),
+                                       tensorboard=pipeline.tensorboard):
             return
         log.info("pipeline %s: full-data IMP on %s, seeds %s, in lockstep", pipeline.name, arch,
                  ", ".join(map(str, seeds)))

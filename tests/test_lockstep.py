@@ -274,14 +274,14 @@ def test_a_killed_packed_job_resumes_from_its_checkpoints_exactly(tmp_path, monk
     models, masks = _fresh_models(3)
     whole = fit_packed(models, masks, *loaders(), config, stages=["a", "b", "c"], snapshot_step=6)
     paths = [tmp_path / f"{k}.pt" for k in range(3)]
-    save = packed_module._save_checkpoints
+    save = packed_module.save_checkpoints
 
     def killed_after_epoch_2(*args, **kwargs):
         save(*args, **kwargs)
         if kwargs["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(packed_module, "_save_checkpoints", killed_after_epoch_2)
+    monkeypatch.setattr(packed_module, "save_checkpoints", killed_after_epoch_2)
     first, masks = _fresh_models(3)
     with pytest.raises(KeyboardInterrupt):
         fit_packed(first, masks, *loaders(), config, stages=["a", "b", "c"], snapshot_step=6, checkpoints=paths)
@@ -304,21 +304,21 @@ def test_a_killed_packed_job_resumes_from_its_checkpoints_exactly(tmp_path, monk
 
 
 def test_checkpoints_of_another_job_are_not_resumed(tmp_path):
-    from pracset.train.packed import _load_checkpoints
+    from pracset.train.packed import load_checkpoints
 
     loader = DeviceLoader(_data(64, 0), 16, (0.5,), (0.25,), shuffle=True, seed=3)
     models, masks = _fresh_models(2)
     paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
     fit_packed(models, masks, loader, None, CONFIG, stages=["a", "b"], checkpoints=paths)
     device = torch.device("cpu")
-    assert [one["epoch"] for one in _load_checkpoints(paths, device)] == [2, 2]
-    assert _load_checkpoints(paths[::-1], device) is None  # the same files, another job (another order)
-    assert _load_checkpoints(paths[:1], device) is None  # a job of one of them
+    assert [one["epoch"] for one in load_checkpoints(paths, device)] == [2, 2]
+    assert load_checkpoints(paths[::-1], device) is None  # the same files, another job (another order)
+    assert load_checkpoints(paths[:1], device) is None  # a job of one of them
     a, b = paths[0].read_bytes(), paths[1].read_bytes()
     paths[0].write_bytes(b), paths[1].write_bytes(a)  # each file holds the other model's slice
-    assert _load_checkpoints(paths, device) is None
+    assert load_checkpoints(paths, device) is None
     paths[1].write_bytes(b"not a checkpoint")
-    assert _load_checkpoints(paths, device) is None
+    assert load_checkpoints(paths, device) is None
 
 
 def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_path, digits, monkeypatch):
@@ -327,7 +327,7 @@ def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_p
     train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
     imp = IMPConfig(rounds=1, controls=True, pack_controls="on")
     runs = [(tmp_path / f"s{s}", TrainConfig(**{**train.__dict__, "seed": s})) for s in (0, 1)]
-    save = packed_module._save_checkpoints
+    save = packed_module.save_checkpoints
     round_one = [p / stage / "packed-checkpoint.pt" for p, _ in runs
                  for stage in ("round-01", "control-round-01-random-mask", "control-round-01-reinit")]
 
@@ -336,7 +336,7 @@ def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_p
         if "round-01" in str(paths[0]):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(packed_module, "_save_checkpoints", killed_in_round_one)
+    monkeypatch.setattr(packed_module, "save_checkpoints", killed_in_round_one)
     with pytest.raises(KeyboardInterrupt):
         train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
     assert all(path.exists() for path in round_one)  # the 6 models of round 1 (2 seeds x round and controls)

@@ -88,3 +88,64 @@ def test_a_ticket_s_controls_packed_equal_the_controls_one_by_one(tmp_path):
     for key in ("reinit", "random_mask"):  # one test example is 1/359
         assert on["controls"][key] == pytest.approx(off["controls"][key], abs=1.01 / 359)
     assert results["on"]["ledger"]["total"] == results["off"]["ledger"]["total"]
+
+
+def test_cuda_graphs_on_a_cpu_warn_once_and_train_the_packed_job_exactly_as_without(caplog):
+    import logging
+
+    from dataclasses import replace
+
+    train, test = _data(64, 0), _data(32, 1)
+    runs = []
+    for graphs in (False, True):
+        loaders = (DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, seed=3),
+                   DeviceLoader(test, 32, (0.5,), (0.25,)))
+        models, masks, _ = models_and_twins(2)
+        with caplog.at_level(logging.WARNING, logger="pracset.train.packed"):
+            fit_packed(models, masks, *loaders, replace(CONFIG, cuda_graphs=graphs), stages=["a", "b"])
+        runs.append(models)
+    for plain, flagged in zip(*runs):
+        for name, value in plain.state_dict().items():
+            assert torch.equal(flagged.state_dict()[name], value)
+    warnings = [r.getMessage() for r in caplog.records if "cuda_graphs" in r.getMessage()]
+    assert warnings == ["cuda_graphs: it needs a CUDA device and the run is on cpu; the packed job trains without "
+                        "capture"]
+
+
+def test_the_captured_packed_step_records_what_the_eager_packed_step_does():
+    """What the CUDA graph would record (its _step, run here eagerly on the CPU) equals the eager packed step of
+    fit_packed: forward, losses, backward, update and mask multiply, on per-model batches; and it knows a full
+    (K, B) batch and every tensor a step writes (whose values the warm-up restores)."""
+    from pracset.data.loader import Batch
+    from pracset.train.optim import OPTIMIZERS
+    from pracset.train.packed import _CapturedPackedStep, _enforce, _Packed, _packed_losses, _stacked_keep
+
+    models, masks, twins = models_and_twins(2)
+    device = torch.device("cpu")
+    jobs = []
+    for group in (models, twins):
+        packed = _Packed(group, device)
+        jobs.append((packed, _stacked_keep(packed, masks),
+                     OPTIMIZERS.get("sgd")(list(packed.params.values()), CONFIG)))
+    loaders = [DeviceLoader(_data(64, 0), 16, (0.5,), (0.25,), shuffle=True, seed=s) for s in (3, 4)]
+    first, second = (next(iter(loader)) for loader in loaders)
+    x, y = torch.stack([first.x, second.x]), torch.stack([first.y, second.y])
+    (packed, keep, optimizer), (eager, eager_keep, eager_optimizer) = jobs
+    captured = _CapturedPackedStep(packed, keep, optimizer, batch_size=16, bf16=False, label_smoothing=0.1,
+                                   per_model=True)
+    captured.x, captured.y = x.clone(), y.clone()
+    for _ in range(2):  # the second step with momentum
+        logits, losses = captured._step(None, ())
+        eager_logits, eager_losses = _packed_losses(eager, x, y, bf16=False, label_smoothing=0.1, per_model=True)
+        eager_optimizer.zero_grad(set_to_none=True)
+        eager_losses.mean(1).sum().backward()
+        eager_optimizer.step()
+        _enforce(eager, eager_keep, eager_optimizer)
+        assert torch.equal(logits, eager_logits.detach()) and torch.equal(losses, eager_losses.detach())
+    for name, value in eager.params.items():
+        assert torch.equal(packed.params[name], value), name
+    assert captured._full(Batch(x, y, None)) and not captured._full(Batch(x[:, :8], y[:, :8], None))
+    momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
+    written = captured._written_tensors()
+    assert len(written) == len(packed.params) + len(packed.buffers) + len(momentum)
+    assert all(any(t is w for w in written) for t in [*packed.params.values(), *packed.buffers.values(), *momentum])

@@ -109,7 +109,7 @@ class CapturedStep:
         if self.failed or not all(callback.capturable(state.step) for callback in callbacks):
             return None
         if self.graph is None:
-            if len(batch.y) != self.batch_size or not self._optimizer_state_ready():
+            if not self._full(batch) or not self._optimizer_state_ready():
                 return None
             if not self.capture(batch, state, callbacks):
                 return None
@@ -161,7 +161,7 @@ class CapturedStep:
             for group, rate, was_fused in zip(groups, host_rates, fused):
                 group["lr"], group["fused"] = rate, was_fused
         self.graph = graph
-        self._grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
+        self._grads = [(p, p.grad) for p in self._parameters() if p.grad is not None]
         log.info("cuda_graphs: captured the training step at step %d (batch %s)", state.step, tuple(self.x.shape))
         return True
 
@@ -183,11 +183,23 @@ class CapturedStep:
                    for group in self.optimizer.param_groups if group["momentum"] != 0
                    for p in group["params"] if p.requires_grad)
 
+    def _full(self, batch: Batch) -> bool:
+        """Whether ``batch`` is a full batch (only those are captured)."""
+        return len(batch.y) == self.batch_size
+
+    def _parameters(self) -> list[torch.Tensor]:
+        """The tensors the optimizer updates (a subclass that trains other tensors overrides this and
+        :meth:`_buffers`, and :meth:`_step`)."""
+        return list(self.model.parameters())
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return list(self.model.buffers())
+
     def _written_tensors(self) -> list[torch.Tensor]:
         """What a step writes besides the gradients: parameters, buffers and optimizer state."""
         optimizer_state = [value for per_param in self.optimizer.state.values() for value in per_param.values()
                            if isinstance(value, torch.Tensor)]
-        return [*self.model.parameters(), *self.model.buffers(), *optimizer_state]
+        return [*self._parameters(), *self._buffers(), *optimizer_state]
 
     @torch.no_grad()
     def _restore(self, written: list[torch.Tensor], saved: list[torch.Tensor], random_state: torch.Tensor,

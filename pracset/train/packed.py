@@ -46,10 +46,13 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_bytes
+from pracset.fileio import atomic_write_bytes
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
+from pracset.data.loader import Batch
+from pracset.train.graphs import CapturedStep, unsupported_reason
 from pracset.train.ledger import IterationLedger
+from pracset.train.packed_checkpoints import load_checkpoints, restore_checkpoints, save_checkpoints
 from pracset.train.loop import use_bf16, use_bf16_for
 from pracset.train.optim import OPTIMIZERS, make_scheduler, start_schedule_at
 
@@ -88,6 +91,19 @@ class _Packed:
         for k, model in enumerate(models):
             model.load_state_dict({**{n: t[k] for n, t in self.params.items()},
                                    **{n: t[k] for n, t in self.buffers.items()}})
+
+
+def _packed_losses(packed: _Packed, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, label_smoothing: float,
+                   per_model: bool, autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every model's logits (K, B, classes) and per-example training losses (K, B): the eager step's and the
+    captured graph's."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=autocast_cache):
+        logits = packed.forward(x, training=True, per_model=per_model)
+    k, b, classes = logits.shape
+    targets = y.reshape(k * b) if per_model else y.repeat(k)
+    losses = F.cross_entropy(logits.float().reshape(k * b, classes), targets, reduction="none",
+                             label_smoothing=label_smoothing).view(k, b)
+    return logits, losses
 
 
 def _stacked_keep(packed: _Packed, masks: Sequence[Mask]) -> dict[str, torch.Tensor]:
@@ -187,59 +203,53 @@ class _Batches:
         return x, y, len(batches[0].index)
 
 
-#: The ``format`` of a packed job's per-model checkpoint file.
-CHECKPOINT_FORMAT = "pracset-packed-checkpoint"
+class _AtStep:
+    """What a captured step reads of the training state: the step (packed jobs have no callbacks)."""
+
+    def __init__(self, step: int):
+        self.step = step
 
 
-def _save_checkpoints(paths: Sequence[Path], packed: _Packed, optimizer, scheduler, *, epoch: int, step: int,
-                      histories, ledgers, snapshots) -> None:
-    """Model k's slice of the job's state into ``paths[k]`` (the schedule and the job's signature in each)."""
-    full = optimizer.state_dict()
-    shapes = [p.shape for p in packed.params.values()]  # the optimizer's parameter order
-    signature = [str(Path(p).resolve()) for p in paths]
-    for k, path in enumerate(paths):
-        state, sliced = {}, {}
-        for index, values in full["state"].items():
-            keys = [key for key, v in values.items() if isinstance(v, torch.Tensor) and v.shape == shapes[index]]
-            state[index] = {key: (v[k].clone() if key in keys else v) for key, v in values.items()}
-            sliced[index] = keys
-        atomic_torch_save({"format": CHECKPOINT_FORMAT, "signature": signature, "model": k, "epoch": epoch,
-                           "step": step, "state": packed.state_of(k),
-                           "optimizer": {"state": state, "sliced": sliced, "param_groups": full["param_groups"]},
-                           "scheduler": scheduler.state_dict(), "history": histories[k],
-                           "ledger": ledgers[k].to_dict(), "snapshot": snapshots[k] if snapshots else None}, path)
+class _CapturedPackedStep(CapturedStep):
+    """The packed step as one CUDA graph (``TrainConfig.cuda_graphs``): every model's forward and backward, the
+    update and the mask multiply, replayed for each full batch as :class:`~pracset.train.graphs.CapturedStep`
+    replays one model's (static buffers, warm-up, the rate read from the device). Not yet run on a GPU:
+    ``pipelines/benchmarks/capture_equality.py`` compares it with the eager packed step there."""
 
+    def __init__(self, packed: _Packed, keep: dict[str, torch.Tensor], optimizer, *, batch_size: int, bf16: bool,
+                 label_smoothing: float, per_model: bool):
+        super().__init__(packed.base, optimizer, batch_size=batch_size, bf16=bf16, label_smoothing=label_smoothing)
+        self.packed, self.keep, self.per_model = packed, keep, per_model
 
-def _load_checkpoints(paths: Sequence[Path], device: torch.device) -> list[dict] | None:
-    """Every model's checkpoint of this same job at the same epoch, else ``None`` (the job starts again)."""
-    if not all(Path(p).is_file() for p in paths):
-        return None
-    signature = [str(Path(p).resolve()) for p in paths]
-    saved = []
-    for k, path in enumerate(paths):
-        try:  # weights_only: a file in a directory someone else made must not be able to run code here
-            one = torch.load(path, map_location=device, weights_only=True)
-        except Exception as exc:  # torch raises many kinds for a damaged file
-            log.warning("%s cannot be read (%s): the packed job starts again", path, type(exc).__name__)
+    @classmethod
+    def for_job(cls, packed: _Packed, keep, optimizer, config: TrainConfig, device: torch.device, *,
+                batch_size: int, bf16: bool, per_model: bool) -> "_CapturedPackedStep | None":
+        """The captured step of a packed job, or None (with one warning) where capture is not supported."""
+        reason = unsupported_reason(config, device, sharded=False)
+        if reason is not None:
+            log.warning("cuda_graphs: %s; the packed job trains without capture", reason)
             return None
-        if not isinstance(one, dict) or one.get("format") != CHECKPOINT_FORMAT or one.get("signature") != signature \
-                or one.get("model") != k or (saved and one.get("step") != saved[0]["step"]):
-            log.info("%s belongs to another packed job or epoch: the job starts again", path)
-            return None
-        saved.append(one)
-    return saved
+        return cls(packed, keep, optimizer, batch_size=batch_size, bf16=bf16,
+                   label_smoothing=config.label_smoothing, per_model=per_model)
 
+    def _full(self, batch) -> bool:
+        return batch.y.shape[-1] == self.batch_size  # (B,) shared, or (K, B)
 
-@torch.no_grad()
-def _restore(saved: list[dict], packed: _Packed, optimizer, scheduler) -> None:
-    for name, tensor in {**packed.params, **packed.buffers}.items():
-        tensor.copy_(torch.stack([one["state"][name] for one in saved]))
-    first = saved[0]["optimizer"]
-    state = {index: {key: (torch.stack([one["optimizer"]["state"][index][key] for one in saved])
-                           if key in first["sliced"][index] else value) for key, value in values.items()}
-             for index, values in first["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": first["param_groups"]})
-    scheduler.load_state_dict(saved[0]["scheduler"])
+    def _parameters(self) -> list[torch.Tensor]:
+        return list(self.packed.params.values())
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return list(self.packed.buffers.values())
+
+    def _step(self, state, callbacks) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, losses = _packed_losses(self.packed, self.x, self.y, bf16=self.bf16,
+                                        label_smoothing=self.label_smoothing, per_model=self.per_model,
+                                        autocast_cache=False)
+        self.optimizer.zero_grad(set_to_none=True)  # in the capture: backward allocates the graph's own gradients
+        losses.mean(1).sum().backward()
+        self.optimizer.step()
+        _enforce(self.packed, self.keep, self.optimizer)
+        return logits.detach(), losses.detach()
 
 
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
@@ -285,14 +295,16 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     snapshots = [packed.state_of(k) for k in range(count)] if snapshot_step == start_step else None
     if checkpoints is not None and len(checkpoints) != count:
         raise ConfigError("fit_packed needs one checkpoint path per model")
-    saved = _load_checkpoints(checkpoints, device) if checkpoints is not None else None
+    saved = load_checkpoints(checkpoints, device) if checkpoints is not None else None
     if saved is not None:
-        _restore(saved, packed, optimizer, scheduler)
+        restore_checkpoints(saved, packed, optimizer, scheduler)
         step, epoch = saved[0]["step"], saved[0]["epoch"]
         histories = [list(one["history"]) for one in saved]
         ledgers = [IterationLedger.from_dict(one["ledger"]) for one in saved]
         snapshots = [one["snapshot"] for one in saved] if saved[0]["snapshot"] is not None else snapshots
         log.info("packed %s resumed at epoch %d", "+".join(stages), epoch)
+    graph = _CapturedPackedStep.for_job(packed, keep, optimizer, config, device, batch_size=loaders[0].batch_size,
+                                        bf16=bf16, per_model=not batches.shared) if config.cuda_graphs else None
     while epoch < config.epochs:
         started = time.perf_counter()
         batches.set_epoch(epoch)
@@ -303,18 +315,19 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
             if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
                 continue
             x, y, size = batches.combine(step_batches)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = packed.forward(x, training=True, per_model=not batches.shared)
-            k, b, classes = logits.shape
-            targets = y.repeat(k) if batches.shared else y.reshape(k * b)
-            losses = F.cross_entropy(logits.float().reshape(k * b, classes), targets,
-                                     reduction="none", label_smoothing=config.label_smoothing).view(k, b)
-            optimizer.zero_grad(set_to_none=True)
-            losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
+            replayed = graph.replay(Batch(x, y, None), _AtStep(step), ()) if graph is not None else None
+            if replayed is not None:  # forward, losses, backward, update and mask multiply: one graph
+                logits, losses = replayed
+            else:
+                logits, losses = _packed_losses(packed, x, y, bf16=bf16, label_smoothing=config.label_smoothing,
+                                                per_model=not batches.shared)
+                optimizer.zero_grad(set_to_none=True)
+                losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
             epoch_lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
+            if replayed is None:
+                optimizer.step()
+                _enforce(packed, keep, optimizer)
             scheduler.step()
-            _enforce(packed, keep, optimizer)
             step += 1
             if step == snapshot_step:
                 snapshots = [packed.state_of(k) for k in range(count)]
@@ -342,7 +355,7 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         log.info("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
                  ", ".join(f"{h[-1].get('test_accuracy', float('nan')):.4f}" for h in histories))
         if checkpoints is not None:
-            _save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,
+            save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,
                               histories=histories, ledgers=ledgers, snapshots=snapshots)
     packed.write_back(models)
     return PackedRun(histories, ledgers, snapshots)

@@ -1,4 +1,4 @@
-"""Packing across runs: models with their own data order, full-data IMP seeds in lockstep, PrAC tickets with controls."""
+"""Packing across runs: models with their own data order, IMP seeds in lockstep, PrAC tickets with controls."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alon
     imp = IMPConfig(rounds=1, pack_controls="on")
     done, started, fresh, other = (tmp_path / name for name in ("done", "started", "fresh", "other"))
     runs = [(done, train), (started, TrainConfig(**{**train.__dict__, "seed": 1})),
-            (fresh, TrainConfig(**{**train.__dict__, "seed": 2})), (other, TrainConfig(**{**train.__dict__, "seed": 3}))]
+            (fresh, TrainConfig(**{**train.__dict__, "seed": 2})),
+            (other, TrainConfig(**{**train.__dict__, "seed": 3}))]
     find_tickets("imp", DataConfig("digits"), "mlp", done, train=train, imp=imp, dataset=digits)
     summary = (done / "tickets.json").read_text()
 

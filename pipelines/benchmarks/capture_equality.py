@@ -36,6 +36,11 @@ An eager run repeated (off against off) is printed beside each comparison:
 the GPU's own run-to-run noise, not judged. The tolerances are first
 estimates; tighten them from the figures a GPU run prints.
 
+The packed job (``pracset.train.packed.fit_packed``, the sanity-check
+controls and seeds of the replication) is compared the same way: three
+models with static 80% masks, two data orders, packed with ``cuda_graphs``
+off and on; its losses, accuracies and weights within the same tolerances.
+
 Host syncs: one more captured run (recorder and the static mask, bf16) runs
 each epoch after the first under ``torch.cuda.set_sync_debug_mode("error")``,
 from the epoch's start to its last step: any host synchronisation raises, and
@@ -148,16 +153,44 @@ def train(method: str, precision: str, capture: bool, loaders, args, device, cap
                capture_log=captures.take())
 
 
-def differences(a: Run, b: Run) -> dict[str, float]:
-    """How far run ``a`` is from run ``b``, figure by figure."""
+def train_packed(precision: str, capture: bool, loaders, args, device, captures: common.CaptureLog) -> list[Run]:
+    """Three models (seeds 0-2, each a static 80% mask) as one packed job, models 0 and 2 on the loader's data
+    order and model 1 on another seed's: one Run per model (no recorder: packed jobs take no callbacks)."""
+    from pracset.models import InputSpec, build_model
+    from pracset.sparse import Mask, prune_to_sparsity
+    from pracset.train import TrainConfig
+    from pracset.train.packed import fit_packed
+
+    train_loader, test_loader = loaders
+    models = [build_model(args.arch, InputSpec(3, 32, 32, 10), seed=seed) for seed in range(3)]
+    masks = [prune_to_sparsity(model, Mask.ones(model), SPARSITY) for model in models]
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=0, precision=precision,
+                         cuda_graphs=capture)
+    captures.take()
+    run = fit_packed(models, masks, [train_loader, train_loader.reseeded(1), train_loader], test_loader, config,
+                     stages=["a", "b", "c"])
+    log = captures.take()
+    return [Run(history=[{k: v for k, v in h.items() if k != "seconds"} for h in history],
+                weights={n: p.detach().float().cpu() for n, p in model.named_parameters()},
+                mask={n: t.cpu() for n, t in mask.items()}, statistics=None, capture_log=log)
+            for model, mask, history in zip(models, masks, run.histories)]
+
+
+def training_differences(a: Run, b: Run) -> dict[str, float]:
+    """How far run ``a``'s losses, accuracies and weights are from run ``b``'s."""
     loss = max(abs(x[k] - y[k]) / max(abs(y[k]), 1e-12) for x, y in zip(a.history, b.history)
                for k in ("train_loss", "test_loss"))
     accuracy = max(abs(x[k] - y[k]) for x, y in zip(a.history, b.history) for k in ("train_accuracy", "test_accuracy"))
     weights = max(float((a.weights[n] - w).abs().max() / w.abs().max().clamp_min(1e-12)) for n, w in b.weights.items())
+    return {"loss": loss, "accuracy": accuracy, "weights": weights}
+
+
+def differences(a: Run, b: Run) -> dict[str, float]:
+    """How far run ``a`` is from run ``b``, figure by figure."""
     bits = sum(int((a.mask[n] != m).sum()) for n, m in b.mask.items()) / sum(m.numel() for m in b.mask.values())
     forgetting = float(np.mean(a.statistics.forgetting_events != b.statistics.forgetting_events))
     presentations = not np.array_equal(a.statistics.presentations, b.statistics.presentations)
-    return {"loss": loss, "accuracy": accuracy, "weights": weights, "mask_bits": bits, "forgetting": forgetting,
+    return {**training_differences(a, b), "mask_bits": bits, "forgetting": forgetting,
             "presentations_differ": float(presentations), "epochs_differ": float(len(a.history) != len(b.history))}
 
 
@@ -243,6 +276,25 @@ def main(argv: list[str] | None = None) -> int:
                                 tolerance.forgetting, digits=4),
                    common.Check(f"{precision} runs whose presentations or epochs differ",
                                 worst["presentations_differ"] + worst["epochs_differ"], "==", 0, digits=0)]
+        eager, eager_again, captured = (train_packed(precision, on, loaders, args, device, captures)
+                                        for on in (False, False, True))
+        if cuda and not any("captured the training step" in m for m in captured[0].capture_log):
+            never_captured.append(f"{precision}/packed: {'; '.join(captured[0].capture_log) or 'nothing logged'}")
+        pruned_nonzero += sum(run.pruned_nonzero() for run in captured)
+        packed = {key: max(training_differences(c, e)[key] for c, e in zip(captured, eager))
+                  for key in ("loss", "accuracy", "weights")}
+        noise = {key: max(training_differences(a, e)[key] for a, e in zip(eager_again, eager))
+                 for key in ("loss", "accuracy", "weights")}
+        report["comparisons"][f"{precision}/packed"] = {"captured_vs_eager": packed, "eager_vs_eager": noise}
+        for label, figures in (("captured vs eager", packed), ("eager vs eager   ", noise)):
+            print(f"  {precision} packed  {label}: " + ", ".join(f"{k} {v:.3g}" for k, v in figures.items()),
+                  flush=True)
+        checks += [common.Check(f"{precision} packed: largest relative loss difference", packed["loss"], "<=",
+                                tolerance.loss, digits=6),
+                   common.Check(f"{precision} packed: largest accuracy difference", packed["accuracy"], "<=",
+                                tolerance.accuracy, digits=4),
+                   common.Check(f"{precision} packed: largest relative weight difference", packed["weights"], "<=",
+                                tolerance.weights, digits=6)]
     checks.append(common.Check("pruned weights not zero after captured runs", pruned_nonzero, "==", 0, digits=0))
     if not cuda:
         return common.finish(args, report, checks, skip=f"capture needs a CUDA device; on {device.type} both runs "

@@ -28,7 +28,7 @@ CHECKPOINT_FORMAT = "pracset-packed-checkpoint"
 
 
 def save_checkpoints(paths: Sequence[Path], packed: "_Packed", optimizer, scheduler, *, epoch: int, step: int,
-                      histories, ledgers, snapshots) -> None:
+                     histories, ledgers, snapshots) -> None:
     """Model k's slice of the job's state into ``paths[k]`` (the schedule and the job's signature in each)."""
     full = optimizer.state_dict()
     shapes = [p.shape for p in packed.params.values()]  # the optimizer's parameter order

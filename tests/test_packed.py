@@ -113,9 +113,10 @@ def test_cuda_graphs_on_a_cpu_warn_once_and_train_the_packed_job_exactly_as_with
 
 
 def test_the_captured_packed_step_records_what_the_eager_packed_step_does():
-    """What the CUDA graph would record (its _step, run here eagerly on the CPU) equals the eager packed step of
-    fit_packed: forward, losses, backward, update and mask multiply, on per-model batches; and it knows a full
-    (K, B) batch and every tensor a step writes (whose values the warm-up restores)."""
+    """What the CUDA graph would record (its _step, run here eagerly on the CPU; fit_packed's eager steps run the
+    same _packed_update) equals the step spelled out: forward, losses, backward, update and mask multiply, on
+    per-model batches; and it knows a full (K, B) or (B,) batch and every tensor a step writes (whose values the
+    warm-up restores)."""
     from pracset.data.loader import Batch
     from pracset.train.optim import OPTIMIZERS
     from pracset.train.packed import _CapturedPackedStep, _enforce, _Packed, _packed_losses, _stacked_keep
@@ -134,7 +135,7 @@ def test_the_captured_packed_step_records_what_the_eager_packed_step_does():
     captured = _CapturedPackedStep(packed, keep, optimizer, batch_size=16, bf16=False, label_smoothing=0.1,
                                    per_model=True)
     captured.x, captured.y = x.clone(), y.clone()
-    for _ in range(2):  # the second step with momentum
+    for _ in range(2):  # the second step with momentum; the reference spelled out op by op
         logits, losses = captured._step(None, ())
         eager_logits, eager_losses = _packed_losses(eager, x, y, bf16=False, label_smoothing=0.1, per_model=True)
         eager_optimizer.zero_grad(set_to_none=True)
@@ -145,7 +146,25 @@ def test_the_captured_packed_step_records_what_the_eager_packed_step_does():
     for name, value in eager.params.items():
         assert torch.equal(packed.params[name], value), name
     assert captured._full(Batch(x, y, None)) and not captured._full(Batch(x[:, :8], y[:, :8], None))
+    assert captured._full(Batch(x[0], y[0], None)) and not captured._full(Batch(x[0, :8], y[0, :8], None))
     momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
     written = captured._written_tensors()
     assert len(written) == len(packed.params) + len(packed.buffers) + len(momentum)
     assert all(any(t is w for w in written) for t in [*packed.params.values(), *packed.buffers.values(), *momentum])
+
+
+def test_a_packed_job_that_never_captures_says_so(caplog, monkeypatch):
+    """cuda_graphs where capture is supported (faked here) but no batch is full: one warning at the end."""
+    import logging
+    from dataclasses import replace
+
+    import pracset.train.packed as packed_module
+
+    monkeypatch.setattr(packed_module, "unsupported_reason", lambda config, device, sharded: None)
+    loader = DeviceLoader(_data(10, 0), 16, (0.5,), (0.25,), shuffle=True, seed=3)  # one partial batch an epoch
+    models, masks, _ = models_and_twins(2)
+    with caplog.at_level(logging.WARNING, logger="pracset.train.packed"):
+        fit_packed(models, masks, loader, None, replace(CONFIG, cuda_graphs=True), stages=["a", "b"])
+    assert [r.getMessage() for r in caplog.records if "cuda_graphs" in r.getMessage()] == [
+        "cuda_graphs: no step of this packed job could be captured (every batch partial, or the optimizer's state "
+        "never complete); it trained without capture"]

@@ -90,9 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"one": lambda: one(config), "packed": lambda: packed(config)}
     if device.type == "cuda":
         variants.update({"one, captured": lambda: one(captured), "packed, captured": lambda: packed(captured)})
+    captures = common.CaptureLog.install()
     for run in variants.values():  # warm-up: kernel selection, first-call costs
         run()
-    times = common.interleaved(list(variants), args.repeats, lambda v: variants[v]())
+    captures.take()
+    uncaptured: list[str] = []
+
+    def timed_variant(name: str) -> float:
+        seconds = variants[name]()
+        log = captures.take()
+        if "captured" in name and not any("captured the training step" in m for m in log):
+            uncaptured.append(f"{name}: {'; '.join(log) or 'nothing logged'}")
+        return seconds
+
+    times = common.interleaved(list(variants), args.repeats, timed_variant)
     medians = common.medians(times)
     best_one = min(v for k, v in medians.items() if k.startswith("one"))
     ratio = min(v for k, v in medians.items() if k.startswith("packed")) / best_one
@@ -110,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if device.type != "cuda":
         return common.finish(args, report, checks, skip=f"the target is about a GPU's idle capacity; on {device} "
                                                         "the models are compute-bound and packing saves nothing")
+    for failure in uncaptured:
+        print(f"  never captured: {failure}")
+    report["never_captured"] = uncaptured
+    checks.append(common.Check("captured variants that never captured their step", len(uncaptured), "==", 0,
+                               digits=0))
     for label, recipe in (("eager", config), ("captured", captured)):
         sync_error = sync_check([masked(seed) for seed in range(args.models)], loaders, args.models, recipe)
         print(f"  host syncs in a packed epoch's steps ({label}): {sync_error or 'none'}")

@@ -4,7 +4,8 @@ A small network at a small batch (ResNet-20 at 128, LeNet-300-100) is bound
 by kernel launches on a large GPU: the GPU waits for Python to queue the few
 hundred kernels of each step. With ``TrainConfig.cuda_graphs`` the Trainer
 records the whole step once with ``torch.cuda.graph`` and replays it, one
-launch per step. :class:`CapturedStep` holds the graph of one fit:
+launch per step. :class:`CapturedStep` holds the graph of one fit (a packed
+job of several models subclasses it, in :mod:`pracset.train.packed`):
 
 * **Static buffers.** The graph reads its inputs from ``x`` and ``y`` (the
   shape, dtype and memory layout of a full batch) and writes its logits and

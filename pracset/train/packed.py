@@ -21,6 +21,10 @@ with its own shuffling and augmentation): give one loader per model, over
 the same number of examples. Models that share a loader object share its
 batches, read once.
 
+With ``TrainConfig.cuda_graphs`` (on CUDA) the packed step is captured as
+one CUDA graph and replayed for each full batch, as the Trainer captures one
+model's step (:mod:`pracset.train.graphs`).
+
 Given one checkpoint path per model, the job writes after every epoch each
 model's slice of its state (weights, buffers, optimizer state, history,
 ledger, snapshot) with the job's shared schedule; a job killed and started
@@ -203,6 +207,20 @@ class _Batches:
         return x, y, len(batches[0].index)
 
 
+def _packed_update(packed: _Packed, keep: dict[str, torch.Tensor], optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                   bf16: bool, label_smoothing: float, per_model: bool,
+                   autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step of every model (the eager step, and what the CUDA graph records): forward, losses,
+    backward, the update and the mask multiply; returns the logits and losses, detached."""
+    logits, losses = _packed_losses(packed, x, y, bf16=bf16, label_smoothing=label_smoothing, per_model=per_model,
+                                    autocast_cache=autocast_cache)
+    optimizer.zero_grad(set_to_none=True)  # in a capture: backward allocates the graph's own gradients
+    losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
+    optimizer.step()
+    _enforce(packed, keep, optimizer)
+    return logits.detach(), losses.detach()
+
+
 class _AtStep:
     """What a captured step reads of the training state: the step (packed jobs have no callbacks)."""
 
@@ -242,14 +260,8 @@ class _CapturedPackedStep(CapturedStep):
         return list(self.packed.buffers.values())
 
     def _step(self, state, callbacks) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, losses = _packed_losses(self.packed, self.x, self.y, bf16=self.bf16,
-                                        label_smoothing=self.label_smoothing, per_model=self.per_model,
-                                        autocast_cache=False)
-        self.optimizer.zero_grad(set_to_none=True)  # in the capture: backward allocates the graph's own gradients
-        losses.mean(1).sum().backward()
-        self.optimizer.step()
-        _enforce(self.packed, self.keep, self.optimizer)
-        return logits.detach(), losses.detach()
+        return _packed_update(self.packed, self.keep, self.optimizer, self.x, self.y, bf16=self.bf16,
+                              label_smoothing=self.label_smoothing, per_model=self.per_model, autocast_cache=False)
 
 
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
@@ -315,18 +327,12 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
             if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
                 continue
             x, y, size = batches.combine(step_batches)
+            epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
             replayed = graph.replay(Batch(x, y, None), _AtStep(step), ()) if graph is not None else None
-            if replayed is not None:  # forward, losses, backward, update and mask multiply: one graph
-                logits, losses = replayed
-            else:
-                logits, losses = _packed_losses(packed, x, y, bf16=bf16, label_smoothing=config.label_smoothing,
-                                                per_model=not batches.shared)
-                optimizer.zero_grad(set_to_none=True)
-                losses.mean(1).sum().backward()  # model k's gradient is that of its own batch mean
-            epoch_lr = optimizer.param_groups[0]["lr"]
-            if replayed is None:
-                optimizer.step()
-                _enforce(packed, keep, optimizer)
+            # forward, losses, backward, update and mask multiply: the graph's replay, or the same work eagerly
+            logits, losses = replayed if replayed is not None else _packed_update(
+                packed, keep, optimizer, x, y, bf16=bf16, label_smoothing=config.label_smoothing,
+                per_model=not batches.shared)
             scheduler.step()
             step += 1
             if step == snapshot_step:
@@ -357,6 +363,9 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         if checkpoints is not None:
             save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,
                               histories=histories, ledgers=ledgers, snapshots=snapshots)
+    if graph is not None and graph.graph is None and not graph.failed:  # (a failed capture said so itself)
+        log.warning("cuda_graphs: no step of this packed job could be captured (every batch partial, or the "
+                    "optimizer's state never complete); it trained without capture")
     packed.write_back(models)
     return PackedRun(histories, ledgers, snapshots)
 

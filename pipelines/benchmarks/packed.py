@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(recipe) -> float:
         model, mask = masked(0)
-        return common.timed(device, lambda: Trainer(recipe).fit(model, loader, None, [StaticMask(mask)])) / recipe.epochs
+        seconds = common.timed(device, lambda: Trainer(recipe).fit(model, loader, None, [StaticMask(mask)]))
+        return seconds / recipe.epochs
 
     def packed(recipe) -> float:
         pairs = [masked(seed) for seed in range(args.models)]

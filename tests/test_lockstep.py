@@ -48,8 +48,7 @@ def test_packed_models_with_their_own_data_order_train_as_they_would_alone(start
 
 
 def test_a_snapshot_at_the_start_is_the_initial_state_and_loaders_must_agree_in_length():
-    train, test = _data(64, 0), _data(32, 1)
-    loader = DeviceLoader(train, 16, (0.5,), (0.25,), shuffle=True, seed=3)
+    loader = DeviceLoader(_data(64, 0), 16, (0.5,), (0.25,), shuffle=True, seed=3)
     torch.manual_seed(0)
     model = SmallBN()
     mask = _random_mask(model, 0)
@@ -354,3 +353,22 @@ def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_p
                                resume=True)
         # ceil(1438 / 128) = 12 steps an epoch, 2 epochs: booked once, though trained in two parts
         assert summary["final"]["controls"] and summary["ledger"]["stages"]["round-01"]["train_iterations"] == 24
+
+
+@pytest.mark.parametrize("pack", ["off", "on"])
+def test_imp_leaves_the_dense_layers_out_of_every_mask_one_by_one_and_in_lockstep(tmp_path, digits, pack):
+    """dense_layers = ["net.1"]: the MLP's first layer is never masked; the others lose 20% a round."""
+    from pracset.sparse.mask import Mask
+
+    train = TrainConfig(epochs=1, batch_size=256, lr=0.05)
+    imp = IMPConfig(rounds=1, dense_layers=("net.1",), pack_controls=pack)
+    runs = [(tmp_path / f"s{s}", TrainConfig(**{**train.__dict__, "seed": s})) for s in (0, 1)]
+    if pack == "on":
+        train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
+    for out, seed_train in runs:
+        find_tickets("imp", DataConfig("digits"), "mlp", out, train=seed_train, imp=imp, dataset=digits, resume=True)
+        for r, kept in ((0, 1.0), (1, 0.8)):
+            mask = Mask.load(out / f"round-{r:02d}" / "mask.pt")
+            assert sorted(mask) == ["net.3.weight", "net.5.weight"]
+            total = sum(t.numel() for t in mask.values())
+            assert sum(int(t.sum()) for t in mask.values()) == round(kept * total)

@@ -422,6 +422,12 @@ def _pixels(subset, column="pixels") -> np.ndarray:
     return np.asarray(subset.with_format("numpy")[column]).astype(np.uint8)
 
 
+def _assert_selected_examples(subset, images, labels, m) -> None:
+    """``subset`` holds exactly the manifest's selected examples, in id order: their pixels and labels."""
+    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
+    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+
+
 def test_load_subset_by_id_and_hash_in_order(digits, digits_manifest):
     images, labels, _ = digits
     m = read_manifest(digits_manifest)
@@ -429,8 +435,7 @@ def test_load_subset_by_id_and_hash_in_order(digits, digits_manifest):
     for match in ("id", "hash", "auto"):
         subset = load_subset(m, ds, match=match, image_column="pixels")
         assert len(subset) == m.num_selected
-        np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
-        np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+        _assert_selected_examples(subset, images, labels, m)
     # A path works as well as a Manifest.
     assert len(load_subset(digits_manifest, ds, match="id")) == m.num_selected
 
@@ -444,8 +449,7 @@ def test_load_subset_on_a_shuffled_copy(digits, digits_manifest, caplog):
     assert "selected by hash (match='auto')" in caplog.text
     by_hash = load_subset(m, shuffled, match="hash", image_column="pixels")
     for subset in (by_auto, by_hash):
-        np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
-        np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+        _assert_selected_examples(subset, images, labels, m)
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="pracset.manifest.subset"):
@@ -515,8 +519,7 @@ def test_auto_on_an_intact_copy_matches_by_id_hashing_only_a_sample(digits, digi
         subset = load_subset(m, pixels_dataset(images, labels), image_column="pixels")
     assert "selected by id (match='auto')" in caplog.text
     assert rows_hashed == [64]  # the fixed sample of 64 of the 120 rows, not every row
-    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
-    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+    _assert_selected_examples(subset, images, labels, m)
 
 
 def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits, digits_manifest, rows_hashed, caplog):
@@ -532,8 +535,7 @@ def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits, di
         subset = load_subset(m, pixels_dataset(images[order], labels[order]), image_column="pixels")
     assert "selected by hash (match='auto')" in caplog.text
     assert rows_hashed == [64, len(labels)]  # the sample disagreed, then every row was hashed
-    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
-    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+    _assert_selected_examples(subset, images, labels, m)
 
 
 def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits, digits_manifest, rows_hashed):
@@ -542,8 +544,7 @@ def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits, 
     permutation = np.random.default_rng(11).permutation(len(labels))
     subset = load_subset(m, pixels_dataset(images[permutation], labels[permutation]), image_column="pixels")
     assert rows_hashed == [len(labels)]  # the labels already disagree: no sample is hashed
-    np.testing.assert_array_equal(_pixels(subset), images[m.selected_ids])
-    np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
+    _assert_selected_examples(subset, images, labels, m)
 
 
 def test_id_on_a_shuffled_copy_is_refused_and_on_an_intact_copy_reads_no_image(digits, digits_manifest, rows_hashed):

@@ -33,7 +33,7 @@ from pracset.tickets.context import TicketContext
 from pracset.tickets.controls import CONTROLS, control_jobs
 from pracset.tickets.packing import (PackedStage, chunks, complete_packed, rewound_with_mask, train_and_complete_packed,
                                      train_packed)
-from pracset.tickets.rounds import RoundPolicy, prune_next
+from pracset.tickets.rounds import RoundPolicy, dense_mask, prune_next
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def train_imp_rounds_packed(contexts: Sequence[TicketContext], config: IMPConfig
     for ctx in live:
         stage = ctx.layout.round(0)
         if ctx.run.finished_stage_metrics(stage) is None:
-            base = Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
+            base = dense_mask(ctx, config)
             stage.directory.mkdir(parents=True, exist_ok=True)
             base.save(stage.mask)
             dense_jobs.append(PackedStage(ctx, stage, partial(_initialised, ctx, base)))

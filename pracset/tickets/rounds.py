@@ -21,7 +21,6 @@ import torch
 from pracset import __version__
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
-from pracset.distributed import is_distributed
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save
 from pracset.manifest import write_manifest
@@ -281,6 +280,11 @@ def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, mo
     return ctx.run.complete_stage(stage, {**result.metrics, **extra}, cost)
 
 
+def dense_mask(ctx: TicketContext, config: IMPConfig) -> Mask:
+    """Round 0's mask: every weight kept, over the tensors IMP may prune (``prunable``, less ``dense_layers``)."""
+    return Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
+
+
 def imp_prune(model, mask: Mask, config: IMPConfig) -> Mask:
     """One IMP prune: ``prune_fraction`` of ``mask``'s weights by magnitude (``ranking``, per-layer rates)."""
     # The last prunable tensor is the output layer; the LTH paper prunes it at half the rate.
@@ -297,7 +301,7 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     """The IMP round loop; returns one row per ticket (round 0: the dense network)."""
     ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
     dense = layout.round(0)
-    base = Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
+    base = dense_mask(ctx, config)
     dense_metrics = ctx.run.finished_stage_metrics(dense)
     if dense_metrics is None:
         ids = policy.training_ids(0, dense)

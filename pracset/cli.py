@@ -278,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=TICKET_METHODS.names(), help="how to find it")
     _run_arguments(p, out_metavar="DIR", out_help="output directory")
     p.add_argument("--manifest", metavar="FILE.parquet", help="train on this manifest's selected examples "
-                   "(prac-imp: a fixed PrAC set built elsewhere, e.g. on another architecture)")
+                   "(imp: every round and its controls on the set, IMP on a subset; prac-imp: a fixed PrAC set "
+                   "built elsewhere, e.g. on another architecture, its tickets on the full split; rigl, granet: "
+                   "the one run on the set)")
     add_arguments(p, DataConfig)
     add_arguments(p, TrainConfig)
     add_arguments(p, IMPConfig)

@@ -108,7 +108,7 @@ class StageFiles:
 
     @property
     def ids(self) -> Path:
-        """PrAC-IMP: the example ids this round trained on."""
+        """The example ids this stage trained on, when it trained on a subset (absent: the whole split)."""
         return self.directory / "ids.npy"
 
     @property
@@ -140,9 +140,10 @@ class TicketLayout:
         run.json                 what was asked (compared on resume)
         rewind.pt                the whole state (BN statistics included) at the rewind step
         round-RR/                IMP round RR (00 = dense): mask.pt, model.pt, metrics.json, [ids.npy, next_ids.npy]
+        STAGE/ids.npy            the example ids a stage trained on, when it trained on a subset
         ticket-RR/               PrAC-IMP: round RR's mask trained on the full split
         control-STAGE-KIND/      a sanity-check control of STAGE's ticket
-        dense-reference/         PrAC-IMP: the full-data dense network tickets are judged against
+        dense-reference/         the full-data dense network tickets are judged against, when round 0 is not one
         STAGE/mask.pt, mask.json a stage's mask and its readable sparsity report (written by Mask.save)
         sparse/                  RigL / GraNet
         ledger.json              every training iteration and forward pass, per stage
@@ -182,7 +183,7 @@ class TicketLayout:
 
     @property
     def dense_reference(self) -> StageFiles:
-        """PrAC-IMP: a full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
+        """A full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
         return self.stage("dense-reference")
 
     def probe_stage(self, r: int) -> str:

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from pracset.data import DeviceLoader, ImageDataset
-from pracset.fileio import atomic_torch_save
+from pracset.fileio import atomic_np_save, atomic_torch_save
 from pracset.models import has_convolutions
 from pracset.models.custom import Architecture, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
@@ -84,8 +85,12 @@ class TicketContext:
 
     def train_stage(self, stage: StageFiles, model: nn.Module, *, ids=None, train: TrainConfig | None = None,
                     callbacks: Sequence[Callback] = (), start_step: int = 0) -> StageResult:
-        """Train ``model`` as ``stage`` and write its ``model.pt``; the caller completes the stage."""
+        """Train ``model`` as ``stage`` on the examples ``ids`` (``None``: the whole split; else recorded in the
+        stage's ``ids.npy``) and write its ``model.pt``; the caller completes the stage."""
         config = train or self.train
+        if ids is not None:
+            stage.directory.mkdir(parents=True, exist_ok=True)
+            atomic_np_save(stage.ids, np.asarray(ids))
         train_loader, test_loader = self.loaders(ids, config)
         result = train_stage(stage, model, train_loader, test_loader, config, callbacks=callbacks,
                              tensorboard=self.tensorboard,

@@ -1,7 +1,7 @@
 """The sanity-check controls of a ticket (Ma et al. 2021), as small registered variants.
 
-A control trains another network on the full split with the ticket's
-recipe; it differs from the ticket only in how that network starts. Each
+A control trains another network on the ticket's examples (the full split,
+or IMP's set when it runs on a manifest) with the ticket's recipe; it differs from the ticket only in how that network starts. Each
 variant overrides :meth:`Control.start`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -59,20 +60,22 @@ class RandomMask(Control):
 CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": RandomReinit(), "random-mask": RandomMask()})
 
 
-def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict) -> list[PackedStage]:
+def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
+                 ids: np.ndarray | None = None) -> list[PackedStage]:
     """The controls of ``ticket`` that have not started, as stages for a packed job (their models start when it
-    trains)."""
+    trains); they train on the ticket's examples ``ids`` (``None``: the whole split)."""
     jobs = []
     for _, control in CONTROLS.items():
         stage = ctx.layout.control(ticket, control.stage_suffix)
         if not started(ctx, stage):
-            jobs.append(PackedStage(ctx, stage, partial(control.start, ctx, mask, rewind)))
+            jobs.append(PackedStage(ctx, stage, partial(control.start, ctx, mask, rewind), ids=ids))
     return jobs
 
 
 def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
-                                start_step: int) -> dict[str, float]:
-    """Train (or read back) every control of ``ticket``, one by one; returns each control's test accuracy by key.
+                                start_step: int, ids: np.ndarray | None = None) -> dict[str, float]:
+    """Train (or read back) every control of ``ticket``, one by one, on the ticket's examples ``ids`` (``None``:
+    the whole split); returns each control's test accuracy by key.
 
     (The round loop trains the controls as packed jobs first where it packs: they are read back here.)
     """
@@ -82,7 +85,7 @@ def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Ma
         metrics = ctx.run.finished_stage_metrics(stage)
         if metrics is None:
             model, control_mask = control.start(ctx, mask, rewind)
-            metrics = ctx.train_and_complete_stage(stage, model, callbacks=[StaticMask(control_mask)],
+            metrics = ctx.train_and_complete_stage(stage, model, ids=ids, callbacks=[StaticMask(control_mask)],
                                                    start_step=start_step)
         out[control.key] = metrics["final"]["test_accuracy"]
     return out

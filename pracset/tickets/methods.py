@@ -58,20 +58,28 @@ class TicketMethod:
 
 
 class IMP(TicketMethod):
-    """Full-data IMP with rewinding: round r trains the mask of r prunes from the rewind point."""
+    """IMP with rewinding: round r trains the mask of r prunes from the rewind point.
+
+    On the full split, or with a manifest on its selected examples: every
+    round (so every ticket) and its controls train on that set with the full
+    recipe (IMP on a subset; with a random set, the random-subset baseline),
+    and tickets are compared with a dense network trained on the full split.
+    """
 
     name = "imp"
 
     def check(self, settings, train, num_examples, fixed_ids):
-        # Tickets continue the full-data schedule from the rewind step, so it must lie inside it.
-        full = _steps(num_examples, train)
-        k = settings.imp.rewind_step_on(num_examples, num_examples, train)
+        # Tickets continue round 0's schedule from the rewind step, so it must lie inside it.
+        n = num_examples if fixed_ids is None else len(fixed_ids)
+        full = _steps(n, train)
+        k = settings.imp.rewind_step_on(n, num_examples, train)
         if k >= full:
+            where = "" if fixed_ids is None else f" on the manifest's {n} examples"
             raise ConfigError(f"rewind point {settings.imp.rewind} (iteration {k}) lies beyond the dense run's "
-                              f"{full} steps (it must be below {full})")
+                              f"{full} steps{where} (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
-        return run_rounds(RoundPolicy(ctx, settings.imp))
+        return run_rounds(RoundPolicy(ctx, settings.imp, fixed_ids))
 
 
 class PracIMP(IMP):
@@ -86,7 +94,7 @@ class PracIMP(IMP):
                 "selection": to_dict(settings.selection)}
 
     def check(self, settings, train, num_examples, fixed_ids):
-        super().check(settings, train, num_examples, fixed_ids)
+        super().check(settings, train, num_examples, None)  # its tickets continue the full-split schedule
         imp = settings.imp
         if fixed_ids is not None:  # round 0 on the fixed subset is shorter: the scaled rewind step must fit it
             n0 = len(fixed_ids)

@@ -15,12 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from pracset.distributed import is_distributed
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save
+from pracset.fileio import atomic_np_save, atomic_torch_save
 from pracset.runs import StageFiles
 from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig
@@ -67,6 +68,8 @@ class PackedStage:
     ctx: TicketContext
     stage: StageFiles
     start: Callable[[], tuple[nn.Module, Mask]]
+    #: the example ids the stage trains on (``None``: the whole split); a job's stages share them
+    ids: np.ndarray | None = None
 
 
 def rewound_with_mask(ctx: TicketContext, mask: Mask, rewind: dict) -> tuple[nn.Module, Mask]:
@@ -81,14 +84,20 @@ def started(ctx: TicketContext, stage: StageFiles) -> bool:
 
 def _training_loaders(jobs: Sequence[PackedStage]) -> tuple[list, object]:
     """One training loader per run (its seed's order), over one copy of the data on the device, and a test loader."""
-    first = jobs[0].ctx
-    train, test = first.loaders(None, first.train)
+    first, ids = jobs[0].ctx, jobs[0].ids
+    if any(not _same_ids(job.ids, ids) for job in jobs):
+        raise ConfigError("packed stages must train on the same examples")
+    train, test = first.loaders(ids, first.train)
     by_run: dict[int, object] = {id(first): train}
     for job in jobs:
         if id(job.ctx) not in by_run:  # the same split on the device, another seed (a streamed split: its own)
             by_run[id(job.ctx)] = (train.reseeded(job.ctx.train.seed) if hasattr(train, "reseeded")
-                                   else job.ctx.loaders(None, job.ctx.train)[0])
+                                   else job.ctx.loaders(ids, job.ctx.train)[0])
     return [by_run[id(job.ctx)] for job in jobs], test
+
+
+def _same_ids(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def train_packed(jobs: Sequence[PackedStage], *, start_step: int, snapshot_step: int | None = None):
@@ -124,9 +133,11 @@ def complete_packed(job: PackedStage, model: nn.Module, history: list[dict], led
     ``seconds`` is the whole job's.
     """
     atomic_torch_save(model.state_dict(), job.stage.model)
+    if job.ids is not None:
+        atomic_np_save(job.stage.ids, job.ids)
     metrics = {"stage": job.stage.name, "final": dict(history[-1]), "history": history,
                "epochs": job.ctx.train.epochs, "epochs_run": history[-1]["epoch"],
-               "examples": job.ctx.num_examples, "packed": True, "packed_with": packed_with,
+               "examples": job.ctx.num_examples if job.ids is None else len(job.ids), "packed": True, "packed_with": packed_with,
                "ledger": ledger.to_dict()["stages"].get(job.stage.name, {})}
     return job.ctx.run.complete_stage(job.stage, metrics, ledger)
 
@@ -146,7 +157,8 @@ def train_and_complete_packed(jobs: Sequence[PackedStage], *, start_step: int) -
         if len(chunk) == 1:  # one model trains faster with the Trainer than as a packed job of one
             job = chunk[0]
             model, mask = job.start()
-            job.ctx.train_and_complete_stage(job.stage, model, callbacks=[StaticMask(mask)], start_step=start_step)
+            job.ctx.train_and_complete_stage(job.stage, model, ids=job.ids, callbacks=[StaticMask(mask)],
+                                             start_step=start_step)
             continue
         models, run = train_packed(chunk, start_step=start_step)
         for job, model, history, ledger in zip(chunk, models, run.histories, run.ledgers):

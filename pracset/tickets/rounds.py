@@ -50,13 +50,19 @@ class RoundPolicy:
     #: subset would only find a next mask and set, which nobody uses
     trains_last_round = True
 
-    def __init__(self, ctx: TicketContext, config: IMPConfig):
+    def __init__(self, ctx: TicketContext, config: IMPConfig, fixed_ids: np.ndarray | None = None):
         self.ctx = ctx
         self.config = config
+        #: a manifest's selected ids: IMP then trains every round (so every ticket) and its controls on them
+        self.fixed_ids = fixed_ids
 
     def training_ids(self, r: int, previous: StageFiles) -> np.ndarray | None:
         """The example ids round ``r`` trains on (``None``: the whole split)."""
-        return None
+        return self.fixed_ids
+
+    def ticket_ids(self) -> np.ndarray | None:
+        """The example ids a ticket and its controls train on: IMP's tickets are its rounds, on its set."""
+        return self.fixed_ids
 
     def recipe(self, ids: np.ndarray | None) -> TrainConfig:
         return self.ctx.train
@@ -68,7 +74,11 @@ class RoundPolicy:
 
     def start_step(self) -> int:
         """Where a pruned round's learning-rate schedule starts: it continues from the rewind step (open_lth)."""
-        return self.config.rewind_step_on(self.ctx.num_examples, self.ctx.num_examples, self.ctx.train)
+        return self.rewind_step(self.ticket_ids())
+
+    def ticket_start_step(self) -> int:
+        """Where a ticket's (and its controls') schedule starts; for IMP the ticket is the round."""
+        return self.start_step()
 
     def callbacks(self, mask: Mask) -> list[Callback]:
         return []
@@ -103,10 +113,24 @@ class RoundPolicy:
     def dense_reference(self, dense: dict, needed: bool) -> tuple[str, dict] | None:
         """The fully trained dense network tickets are compared with: the stage name and its metrics.
 
-        For IMP it is round 0 (full data, full budget). ``needed`` says whether
-        a verdict will read it (another policy may have to train one).
+        Round 0 when it trained on the full split for the full budget (IMP
+        without a manifest); otherwise a dense network trained on the full
+        split for that (the ``dense`` stage), when ``needed`` (a verdict will
+        read it): matching a subset-trained or Early-Bird-stopped round 0 would
+        be too easy.
         """
-        return self.ctx.layout.round(0).name, dense
+        if self._round0_is_full_dense(dense):
+            return self.ctx.layout.round(0).name, dense
+        if not needed:
+            return None
+        stage = self.ctx.layout.dense_reference
+        metrics = self.ctx.run.finished_stage_metrics(stage)
+        if metrics is None:
+            metrics = self.ctx.train_and_complete_stage(stage, self.ctx.model())
+        return stage.name, metrics
+
+    def _round0_is_full_dense(self, dense: dict) -> bool:
+        return self.fixed_ids is None and dense.get("early_bird_epoch") is None
 
 
 class PracSetPolicy(RoundPolicy):
@@ -123,10 +147,9 @@ class PracSetPolicy(RoundPolicy):
 
     def __init__(self, ctx: TicketContext, config: IMPConfig, early_bird: EarlyBirdConfig,
                  selection: SelectionConfig, fixed_ids: np.ndarray | None = None):
-        super().__init__(ctx, config)
+        super().__init__(ctx, config, fixed_ids)
         self.early_bird = early_bird
         self.selection = selection
-        self.fixed_ids = fixed_ids
         self._dense_model = None
 
     @property
@@ -138,6 +161,9 @@ class PracSetPolicy(RoundPolicy):
             return self.fixed_ids
         return None if r == 0 else np.load(previous.next_ids)
 
+    def ticket_ids(self):
+        return None  # PrAC-IMP's tickets (its masks trained again) and their controls train on the full split
+
     def recipe(self, ids):
         if ids is None:
             return self.ctx.train
@@ -145,6 +171,9 @@ class PracSetPolicy(RoundPolicy):
 
     def start_step(self):
         return 0  # as the official code, a round restarts its (scaled) schedule at the rewound weights
+
+    def ticket_start_step(self) -> int:
+        return RoundPolicy.start_step(self)  # a full-split ticket continues the full schedule from the rewind step
 
     def callbacks(self, mask):
         out: list[Callback] = []
@@ -200,19 +229,6 @@ class PracSetPolicy(RoundPolicy):
                            "pracset_version": __version__, "torch_version": torch.__version__},
         })
 
-    def dense_reference(self, dense, needed):
-        # Round 0 is the reference only if it trained on the full split for the full budget; an Early-Bird
-        # stopped or subset-trained round 0 is under-trained, and matching it would be too easy.
-        if self.recomputes and dense.get("early_bird_epoch") is None:
-            return super().dense_reference(dense, needed)
-        if not needed:
-            return None
-        stage = self.ctx.layout.dense_reference
-        metrics = self.ctx.run.finished_stage_metrics(stage)
-        if metrics is None:
-            metrics = self.ctx.train_and_complete_stage(stage, self.ctx.model())
-        return stage.name, metrics
-
     def dense_model(self):
         if self._dense_model is None:
             self._dense_model = self.ctx.load_model(self.ctx.layout.round(0))
@@ -228,7 +244,7 @@ class PracSetPolicy(RoundPolicy):
         ticket = self.ticket_stage(r)
         if ticket is None or started(self.ctx, ticket):
             return None
-        return PackedStage(self.ctx, ticket, partial(rewound_with_mask, self.ctx, mask, rewind))
+        return PackedStage(self.ctx, ticket, partial(rewound_with_mask, self.ctx, mask, rewind), ids=self.ticket_ids())
 
     def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
         if not self._evaluates(r):
@@ -238,7 +254,7 @@ class PracSetPolicy(RoundPolicy):
         if done is None:
             done = self.ctx.train_and_complete_stage(ticket, self.ctx.rewound(mask, rewind),
                                                      callbacks=[StaticMask(mask)],
-                                                     start_step=RoundPolicy.start_step(self))
+                                                     start_step=self.ticket_start_step())
         return ticket, done
 
 
@@ -255,16 +271,14 @@ def _train_tickets_packed(policy: RoundPolicy, rewind: dict) -> None:
         job = policy.ticket_job(r, mask, rewind)
         jobs += [job] if job is not None else []
         if config.controls:
-            jobs += control_jobs(ctx, ticket, mask, rewind)
-    train_and_complete_packed(jobs, start_step=RoundPolicy.start_step(policy))
+            jobs += control_jobs(ctx, ticket, mask, rewind, ids=policy.ticket_ids())
+    train_and_complete_packed(jobs, start_step=policy.ticket_start_step())
 
 
 def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
                               extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
     """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
     ctx = policy.ctx
-    if ids is not None:
-        atomic_np_save(stage.ids, ids)
     hooks = policy.callbacks(mask)
     result = ctx.train_stage(stage, model, ids=ids, train=policy.recipe(ids),
                              callbacks=[*extra_callbacks, *hooks], start_step=start_step)
@@ -331,7 +345,8 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         metrics = ctx.run.finished_stage_metrics(stage)
         mask = Mask.load(stage.mask)
         ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
-        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, RoundPolicy.start_step(policy))
+        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, policy.ticket_start_step(),
+                                                ids=policy.ticket_ids())
                     if config.controls and ticket is not None else None)
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
                    ctx.dataset.num_classes)

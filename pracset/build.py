@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pracset import __version__
-from pracset.config import option, require, to_dict
+from pracset.config import ConfigBase, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.device import environment
 from pracset.errors import ConfigError
@@ -62,7 +62,7 @@ CEP_CHOICES = ("one-shot", "trained")
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(ConfigBase):
     """What ``pracset build`` adds to dense training (Early-Bird's own settings: ``EarlyBirdConfig``)."""
 
     probe_sparsities: tuple[float, ...] = option(
@@ -79,9 +79,12 @@ class BuildConfig:
                                   "copies of it, no retraining: cheap) or trained (the paper's: run PrAC-IMP's "
                                   "rounds and keep the set its last trained round selects)", choices=CEP_CHOICES)
     cep_rounds: int = option(1, "--cep trained: how many pruning rounds to run (20% each by default)")
+    keep_collapsed_probes: bool = option(False, "keep the disagreements of a probe sparsity whose pruned model "
+                                                "collapsed (training accuracy over 25 points below dense: it marks "
+                                                "whole classes, not critical examples); by default they are left "
+                                                "out of the set", added_later=True)
 
     def __post_init__(self) -> None:
-        require(self.cep in CEP_CHOICES, f"cep must be one of {', '.join(CEP_CHOICES)}, got {self.cep!r}")
         require(self.cep_rounds >= 1, f"cep_rounds must be a positive integer, got {self.cep_rounds}")
         require(all(0 < s < 1 for s in self.probe_sparsities),
                 f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
@@ -180,7 +183,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                                                     channels_last=train_loader.channels_last)
             probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
                                          mask=mask, ranking=build.probe_ranking, precision=train.precision,
-                                         ledger=ledger, stage="probe")
+                                         ledger=ledger, stage="probe", drop_collapsed=not build.keep_collapsed_probes)
         labels = split_labels(dataset.train)
         disagreements = probe_result.disagreements if probe_result else None
         chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), selection)
@@ -205,7 +208,12 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                     "prunable": build.prunable,
                     "disagreed_at": {str(k): v for k, v in probe_result.disagreed_at.items()},
                     "pruned_train_accuracy": {str(k): v for k, v in probe_result.pruned_accuracy.items()},
-                    "dense_train_accuracy": probe_result.dense_accuracy},
+                    "dense_train_accuracy": probe_result.dense_accuracy,
+                    "collapsed": list(probe_result.collapsed),
+                    "collapsed_kept": bool(probe_result.collapsed) and not probe_result.collapsed_dropped},
+                # the probe sparsities whose disagreements were left out of the set (collapsed pruned models)
+                "probe_collapsed": list(probe_result.collapsed) if probe_result and probe_result.collapsed_dropped
+                else [],
                 "dense_test_accuracy": final.get("test_accuracy"),
                 "history": history,
                 "ledger": ledger.to_dict(),

@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import logging
+import warnings
 import os
 import select
 import sys
@@ -21,7 +22,7 @@ from pracset.config import add_arguments, from_dict
 from pracset.data import SOURCES, DataConfig
 from pracset.device import resolve_device, set_threads
 from pracset.distributed import init_from_env, is_main, leave
-from pracset.errors import ConfigError, PracsetError
+from pracset.errors import ConfigError, DegenerateTrainingWarning, PracsetError
 from pracset.manifest import read_manifest
 from pracset.models import MODELS, torchvision_names
 from pracset.pipeline import load_pipeline, load_toml, run_pipeline
@@ -189,6 +190,7 @@ def format_tickets(summary: dict) -> str:
                      f"training iterations (probe forward passes: {costs['probe_examples']} examples)")
     lines.append(f"{what} {summary['method']} tickets for {summary['arch']} on {summary['data']}: "
                  f"{total['train_iterations']} training iterations in all; mask {summary['mask']}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -201,7 +203,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     m = report["manifest"]
     print(f"pipeline {pipeline.name}: PrAC set {m['selected']} of {m['size']} examples "
           f"({100 * m['fraction']:.1f}%)" + (f"; iterations saved {100 * saved['saved']:.1f}% at "
-                                             f"{100 * saved['sparsity']:.1f}% sparsity" if saved else ""))
+                                             f"{100 * saved['sparsity']:.1f}% sparsity" if saved else "")
+          + (f" ({'; '.join(report['caveats'])})" if report.get("caveats") else ""))
     print(f"report: {PipelineLayout(out).report_md}")
     return 0
 
@@ -356,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The log already says each of these, and the results repeat them: Python's copy would say it a third time.
+    warnings.filterwarnings("ignore", category=DegenerateTrainingWarning)
     quiet_rank = False
     if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: join the process group
         if init_from_env() and not is_main():

@@ -23,3 +23,11 @@ class UnknownNameError(PracsetError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class DegenerateTrainingWarning(UserWarning):
+    """A training stage ended near chance or ran below the budget floor: what was computed from it is suspect.
+
+    Emitted through :mod:`warnings` (and logged); ``tickets.json`` and the
+    report carry the same flag (see :mod:`pracset.tickets.health`).
+    """

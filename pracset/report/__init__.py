@@ -52,14 +52,44 @@ def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
         # the first epoch has no distance, then the queue must fill (after any warm-up epochs)
         "early_bird_earliest": bird.queue_length + 1 + int(pipeline.train.warmup_epochs),
         "forgetting_histogram": _histogram(forgetting, never),
+        "warnings": [f"{run['arch']} {run['method']} seed {run['seed']}: {w}"
+                     for run in runs for w in run["summary"].get("warnings", [])],
         "runs": [{k: v for k, v in run.items() if k != "summary"} for run in runs],
     }
+    report["caveats"] = caveats(pipeline, report)
     atomic_write_json(layout.report_json, report)
     plots = (write_plots(layout, pipeline, curves, headline, report["prac_rounds"], report["forgetting_histogram"])
              if pipeline.report.plots else [])
     atomic_write_bytes(layout.report_md, markdown(pipeline, report, plots).encode())
     log.info("report written to %s", layout.report_md)
     return report
+
+
+def caveats(pipeline, report: dict) -> list[str]:
+    """What a reader must know before quoting the headline: seeds, the tolerance in test examples, warnings.
+
+    Printed with the headline by ``pracset run`` and at the top of ``report.md``.
+    """
+    seeds = len(pipeline.seeds)
+    out = [f"{seeds} seed{'s' if seeds != 1 else ''}" + (": a demonstration, not a result (no spread to judge a "
+                                                          "difference by)" if seeds == 1 else "")]
+    test = (report["manifest"].get("dataset") or {}).get("test_examples")
+    if seeds == 1 and test:
+        tol = pipeline.report.tolerance
+        out.append(f"a ticket matches within {100 * tol:.2f} points = {tol * test:.1f} of {test} test examples")
+    elif test:
+        out.append(f"a ticket matches within one standard deviation over seeds; {test} test examples")
+    if report["warnings"]:
+        out.append(f"{len(report['warnings'])} warning(s) of degenerate training: see the report")
+    provenance = report["manifest"].get("provenance") or {}
+    probe = provenance.get("probe") or {}
+    collapsed = probe.get("collapsed") or []
+    if collapsed:
+        kept = probe.get("collapsed_kept", "probe_collapsed" not in provenance)  # older manifests kept them
+        out.append("the probe at " + ", ".join(f"{100 * float(s):.0f}%" for s in collapsed) + " sparsity collapsed "
+                   + ("and was kept, as asked: its disagreements mark whole classes" if kept
+                      else "and was left out of the set"))
+    return out
 
 
 def _transfer_row(arch: str, curves: dict, by_method: dict, tolerance: float, batch: int) -> dict:

@@ -24,6 +24,10 @@ def markdown(pipeline, report: dict, plots: list[tuple[str, str]]) -> str:
     lines = [f"# {pipeline.name}", ""]
     if pipeline.description:
         lines += [pipeline.description, ""]
+    lines += ["**Read first:** " + "; ".join(report.get("caveats", [])) + ".", ""]
+    if report.get("warnings"):
+        lines += ["**Warnings** (see the README's *Warnings* section for what each means):", "",
+                  *[f"- {w}" for w in report["warnings"]], ""]
     lines += [f"Seeds: {', '.join(map(str, pipeline.seeds))} (initialisation and data order); transfer seeds: "
               f"{', '.join(map(str, pipeline.transfer_seed_list))}. Accuracies are mean ± standard deviation over "
               "seeds.", ""]

@@ -70,6 +70,8 @@ class ProbeResult:
     disagreed_at: dict[float, int]       # sparsity -> number of examples that disagreed there
     pruned_accuracy: dict[float, float]  # sparsity -> the pruned model's training accuracy (no fine-tuning)
     dense_accuracy: float
+    collapsed: tuple[float, ...] = ()    # sparsities whose pruned model collapsed (:func:`probe_collapsed`)
+    collapsed_dropped: bool = False      # whether their disagreements were left out of ``disagreements``
 
     @property
     def critical(self) -> np.ndarray:
@@ -90,10 +92,21 @@ def _probe_loader(loader, device: torch.device):
     return DeviceLoader(split, 512, (0.0,) * split.channels, (1.0,) * split.channels)
 
 
+#: A pruned model whose training accuracy lies this far below the dense model's has collapsed: it disagrees on
+#: whole classes, not on the critical examples of a working sparse network.
+COLLAPSE_DROP = 0.25
+
+
+def probe_collapsed(pruned_accuracy: float, dense_accuracy: float) -> bool:
+    """Whether a pruned model has collapsed: its training accuracy is more than :data:`COLLAPSE_DROP` below
+    the dense model's."""
+    return pruned_accuracy < dense_accuracy - COLLAPSE_DROP
+
+
 def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[float], *,
                   num_examples: int, pruned_models: Sequence[nn.Module] = (), mask: Mask | None = None,
                   ranking: str = "global", precision: str = "auto", ledger: IterationLedger | None = None,
-                  stage: str = "probe") -> ProbeResult:
+                  stage: str = "probe", drop_collapsed: bool = False) -> ProbeResult:
     """Compare ``model`` with pruned copies of itself on every example of ``loader``.
 
     Each sparsity in ``sparsities`` gives one pruned copy: one-shot magnitude
@@ -105,6 +118,9 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
     ``loader`` may also be a torch ``DataLoader`` or ``Dataset`` of ``(x, y)``
     or ``(x, y, index)`` items: it is read once, in id order, onto the model's
     device (:func:`pracset.data.torch_data.read_examples`) and probed from there.
+
+    With ``drop_collapsed``, a pruned model that collapsed (:func:`probe_collapsed`)
+    adds nothing to ``disagreements``; it is still reported (``collapsed``).
     """
     loader = _probe_loader(loader, model_device(model))
     if not sparsities and not pruned_models:
@@ -127,24 +143,32 @@ def pruning_probe(model: nn.Module, loader: DeviceLoader, sparsities: Sequence[f
     for pruned in pruned_models:
         kept = Mask({n: p != 0 for n, p in pruned.named_parameters() if n in base_mask})
         candidates.append((round(kept.sparsity(), 4), pruned))
+    dense_accuracy = round(float((dense == labels).float().mean()), 6)
+    collapsed = []
     for sparsity, pruned in candidates:
         predicted = predict(pruned, loader, precision=precision, ledger=ledger, stage=stage)
         differs = predicted != dense
-        counts.index_add_(0, ids, differs.to(torch.int32))
         disagreed_at[sparsity] = differs.sum()
-        accuracy[sparsity] = (predicted == labels).float().mean()
+        accuracy[sparsity] = round(float((predicted == labels).float().mean()), 6)  # one sync per probed model
+        if probe_collapsed(accuracy[sparsity], dense_accuracy):
+            collapsed.append(sparsity)
+            if drop_collapsed:
+                continue
+        counts.index_add_(0, ids, differs.to(torch.int32))
     result = ProbeResult(
         disagreements=counts.cpu().numpy(),
         disagreed_at={s: int(v) for s, v in disagreed_at.items()},
-        pruned_accuracy={s: round(float(v), 6) for s, v in accuracy.items()},
-        dense_accuracy=round(float((dense == labels).float().mean()), 6),
+        pruned_accuracy=accuracy,
+        dense_accuracy=dense_accuracy,
+        collapsed=tuple(collapsed),
+        collapsed_dropped=drop_collapsed and bool(collapsed),
     )
     for s in result.disagreed_at:
         log.info("probe at sparsity %.3f: %d examples disagree, pruned train accuracy %.4f",
                  s, result.disagreed_at[s], result.pruned_accuracy[s])
-        # A one-shot pruned model that has collapsed disagrees on whole classes, not on critical examples.
-        if result.pruned_accuracy[s] < result.dense_accuracy - 0.25:
+        if s in result.collapsed:
             log.warning("the pruned model at sparsity %.3f has only %.1f%% training accuracy (dense %.1f%%): its "
-                        "disagreements mark whole classes rather than critical examples",
-                        s, 100 * result.pruned_accuracy[s], 100 * result.dense_accuracy)
+                        "disagreements mark whole classes rather than critical examples; %s", s,
+                        100 * result.pruned_accuracy[s], 100 * result.dense_accuracy,
+                        "they are left out of the set" if drop_collapsed else "they are kept, as asked")
     return result

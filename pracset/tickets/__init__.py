@@ -33,7 +33,7 @@ from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.lockstep import train_imp_rounds_packed
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
-from pracset.tickets.rounds import split_costs
+from pracset.tickets.rounds import run_warnings, split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import check_loader_settings, new_model, resolve_data
@@ -123,7 +123,8 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
         ledger = run.ledger.to_dict()
         costs = split_costs(layout, ledger["stages"], imp.num_rounds) if final["round"] is not None else None
         summary = {"method": method, "arch": prepared.architecture.name, "data": dataset.name,
-                   "manifest": prepared.manifest_info, "tickets": rows, "final": final, "ledger": ledger,
+                   "manifest": prepared.manifest_info, "tickets": rows, "final": final,
+                   "warnings": run_warnings(rows), "ledger": ledger,
                    "costs": costs, "mask": str(mask_stage.mask),
                    "weights": str(layout.stage(final["stage"]).model) if final.get("evaluated", True) else None}
         atomic_write_json(layout.summary, summary)

@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 
-from pracset.config import option, require
+from pracset.config import ConfigBase, option, require
 from pracset.data.loader import num_batches
 from pracset.errors import ConfigError
 from pracset.sparse.mask import PRUNABLE_CHOICES
@@ -36,7 +36,7 @@ EVALUATE_CHOICES = ("final", "every-round", "none")
 
 
 @dataclass(frozen=True)
-class IMPConfig:
+class IMPConfig(ConfigBase):
     """Iterative magnitude pruning with rewinding (and PrAC-IMP's additions).
 
     Early-Bird's own settings (eps, queue length, ...) are an
@@ -80,15 +80,6 @@ class IMPConfig:
                 f"output_rate must lie in [0, 1), got {self.output_rate}")
         amount, unit = parse_rewind(self.rewind)
         object.__setattr__(self, "rewind", f"{amount}{unit}")  # one spelling per point: " 03ep" is "3ep"
-        require(self.evaluate in EVALUATE_CHOICES,
-                f"evaluate must be one of {', '.join(EVALUATE_CHOICES)}, got {self.evaluate!r}")
-        require(self.pack_controls in PACK_CHOICES,
-                f"pack_controls must be one of {', '.join(PACK_CHOICES)}, got {self.pack_controls!r}")
-        require(self.budget in BUDGET_RULES, f"budget must be one of {', '.join(BUDGET_RULES)}, got {self.budget!r}")
-        require(self.ranking in RANKING_CHOICES,
-                f"ranking must be one of {', '.join(RANKING_CHOICES)}, got {self.ranking!r}")
-        require(self.prunable in PRUNABLE_CHOICES,
-                f"prunable must be one of {', '.join(PRUNABLE_CHOICES)}, got {self.prunable!r}")
 
     def rewind_step_on(self, examples: int, total: int, train: TrainConfig) -> int:
         """The iteration of round 0 that later rounds rewind to, when it trains on ``examples`` of ``total``.

@@ -33,6 +33,7 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
+from pracset.tickets.health import chance_threshold, majority_rate, near_chance, round_problems, warn
 from pracset.tickets.controls import CONTROLS, control_jobs, train_and_complete_controls, verdict
 from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
 from pracset.train.config import TrainConfig
@@ -323,9 +324,12 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         dense_metrics = _train_and_complete_round(policy, 0, dense, ctx.model(), base, ids,
                                      extra_callbacks=[Snapshot(policy.rewind_step(ids))])
     rewind = ctx.load_rewind_point()
+    majority = majority_rate(split_labels(ctx.dataset.test))
     reference = policy.dense_reference(dense_metrics, needed=config.controls)
-    rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, ctx.dataset.num_classes)]
+    rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, majority)]
     rows[0].update(ticket_files(layout, dense, dense))
+    health = RoundHealth(policy, majority)
+    health.assess(0, dense_metrics, rows[0])
     previous = dense
     for r in range(1, config.num_rounds + 1):  # the search: every round's mask, and its training
         stage = layout.round(r)
@@ -348,9 +352,9 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
         controls = (train_and_complete_controls(ctx, ticket, mask, rewind, policy.ticket_start_step(),
                                                 ids=policy.ticket_ids())
                     if config.controls and ticket is not None else None)
-        row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance,
-                   ctx.dataset.num_classes)
+        row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance, majority)
         row.update(ticket_files(layout, stage, ticket))  # the mask is the round's; the weights its ticket's
+        health.assess(r, metrics, row)
         if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket
             row.update(set_size=metrics.get("set_size"), round_iterations=metrics["ledger"].get("train_iterations"),
                        round_test_accuracy=metrics["final"].get("test_accuracy"),
@@ -392,19 +396,66 @@ def split_costs(layout, stages: dict, num_rounds: int) -> dict:
             "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0) for r in pruned)}
 
 
+class RoundHealth:
+    """Flags degenerate rounds (:mod:`pracset.tickets.health`) in their rows, and the masks pruned from them.
+
+    A row gets ``degenerate`` (why the round's own training is degenerate)
+    and ``mask_from_degenerate_round`` (the first degenerate round its mask
+    descends from); each is said once through the log and :mod:`warnings`.
+    """
+
+    def __init__(self, policy: RoundPolicy, majority: float):
+        self.policy, self.majority = policy, majority
+        self.first_degenerate: int | None = None
+
+    def assess(self, r: int, metrics: dict | None, row: dict) -> None:
+        """Flag ``row`` (round ``r``'s), given the round's own ``metrics`` (``None``: the round did not train)."""
+        layout, train = self.policy.ctx.layout, self.policy.ctx.train
+        if self.first_degenerate is not None:
+            row["mask_from_degenerate_round"] = self.first_degenerate
+        if metrics is None:
+            return
+        problems = round_problems(metrics, batch_size=train.batch_size, drop_last=train.drop_last,
+                                  start_step=0 if r == 0 else self.policy.start_step(), majority=self.majority)
+        if not problems:
+            return
+        row["degenerate"] = problems
+        if self.first_degenerate is None:
+            self.first_degenerate = r
+        later = (f"; every mask pruned after it (rounds {r + 1} on) descends from a network that may not have "
+                 f"learned" if r < self.policy.config.num_rounds else "")
+        warn(f"{layout.round(r).name} is degenerate: {'; '.join(problems)}{later}")
+
+
+def run_warnings(rows: list[dict]) -> list[str]:
+    """The summary's ``warnings``: one sentence per degenerate round and per collapsed dense reference."""
+    out = []
+    for row in rows:
+        for problem in row.get("degenerate", []):
+            out.append(f"round {row['round']} is degenerate: {problem}")
+        if row.get("round") == 0 and row.get("dense_collapsed"):
+            out.append(f"the dense reference collapsed (test accuracy {row['dense_accuracy']:.4f}): no ticket is "
+                       "said to match it")
+    masked = [row["round"] for row in rows if "mask_from_degenerate_round" in row]
+    if masked:
+        out.append(f"the masks of rounds {', '.join(map(str, masked))} were pruned from a degenerate round")
+    return out
+
+
 def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,
-         controls: dict | None, tolerance: float, num_classes: int) -> dict:
+         controls: dict | None, tolerance: float, majority: float) -> dict:
     """One ticket's row; a round whose mask was not evaluated on the full split has no accuracy."""
     dense_accuracy = reference[1]["final"].get("test_accuracy") if reference is not None else None
     row = {"stage": stage.name, "round": r, "sparsity": round(mask.sparsity(), 6), "evaluated": metrics is not None,
            "test_accuracy": metrics["final"].get("test_accuracy") if metrics is not None else None,
            "dense_accuracy": dense_accuracy, "dense_reference": reference[0] if reference is not None else None,
            "iterations": metrics.get("ledger", {}).get("train_iterations") if metrics is not None else None}
-    if dense_accuracy is not None and dense_collapsed(dense_accuracy, num_classes):
+    if dense_accuracy is not None and dense_collapsed(dense_accuracy, majority):
         row["dense_collapsed"] = True
         if r == 0:
-            log.warning("the dense network collapsed (test accuracy %.4f, chance %.4f): it is no reference, and "
-                        "no ticket is said to match it", dense_accuracy, 1 / num_classes)
+            warn(f"the dense network collapsed (test accuracy {dense_accuracy:.4f}, at most "
+                 f"{chance_threshold(majority):.4f} with the majority class at {majority:.4f}): it is no reference, "
+                 "and no ticket is said to match it")
     if controls is not None:
         row["controls"] = controls
         row["verdict"] = verdict(row["test_accuracy"], dense_accuracy, controls, tolerance,
@@ -412,6 +463,7 @@ def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference:
     return row
 
 
-def dense_collapsed(accuracy: float, num_classes: int) -> bool:
-    """A dense network at most twice chance accuracy has collapsed (e.g. diverged at too high a learning rate)."""
-    return accuracy <= 2.0 / num_classes
+def dense_collapsed(accuracy: float, majority: float) -> bool:
+    """A dense network near chance (:func:`~pracset.tickets.health.near_chance`, against the test split's
+    majority-class rate ``majority``) has collapsed, e.g. diverged at too high a learning rate."""
+    return near_chance(accuracy, majority)

@@ -71,8 +71,7 @@ def caveats(pipeline, report: dict) -> list[str]:
     Printed with the headline by ``pracset run`` and at the top of ``report.md``.
     """
     seeds = len(pipeline.seeds)
-    out = [f"{seeds} seed{'s' if seeds != 1 else ''}" + (": a demonstration, not a result (no spread to judge a "
-                                                          "difference by)" if seeds == 1 else "")]
+    out = [f"{seeds} seed{'s' if seeds != 1 else ''}" + (": a demonstration, not a result" if seeds == 1 else "")]
     test = (report["manifest"].get("dataset") or {}).get("test_examples")
     if seeds == 1 and test:
         tol = pipeline.report.tolerance

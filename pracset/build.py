@@ -47,6 +47,7 @@ from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
+from pracset.tickets.health import chance_threshold, majority_rate, near_chance, warn
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
 from pracset.train.optim import check_names
@@ -191,6 +192,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         n = len(labels)
         history = trained.history
         final = trained.metrics["final"]
+        warnings_said = _dense_warnings(final.get("test_accuracy"), dataset)
         metadata = {
             "dataset": dataset_metadata(dataset),
             "selection": chosen.describe(),
@@ -215,6 +217,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 "probe_collapsed": list(probe_result.collapsed) if probe_result and probe_result.collapsed_dropped
                 else [],
                 "dense_test_accuracy": final.get("test_accuracy"),
+                "warnings": warnings_said,
                 "history": history,
                 "ledger": ledger.to_dict(),
                 "iterations": ledger.total().train_iterations,
@@ -228,6 +231,18 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (%s)", layout.manifest, manifest.num_selected, n, selection.rule)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _dense_warnings(accuracy: float | None, dataset) -> list[str]:
+    """A dense network near chance learned nothing: its forgetting statistics and probe say nothing either."""
+    majority = majority_rate(split_labels(dataset.test))
+    if accuracy is None or not near_chance(accuracy, majority):
+        return []
+    message = (f"the dense network ended near chance (test accuracy {accuracy:.4f}, at most "
+               f"{chance_threshold(majority):.4f} with the majority class at {majority:.4f}): the manifest's "
+               "statistics and set come from a network that did not learn")
+    warn(message)
+    return [message]
 
 
 def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selection, early_bird, identity, *,

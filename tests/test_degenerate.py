@@ -184,3 +184,11 @@ def test_caveats_several_seeds_and_warnings_and_a_dropped_probe():
     assert "one standard deviation" in said[1] and "359 test examples" in said[1]
     assert said[2] == "1 warning(s) of degenerate training: see the report"
     assert said[3] == "the probe at 90% sparsity collapsed and was left out of the set"
+
+
+def test_build_on_a_network_near_chance_warns_and_records_it(tmp_path, digits):
+    out = tmp_path / "m.parquet"
+    with pytest.warns(DegenerateTrainingWarning, match="dense network ended near chance"):
+        build_manifest(DATA, "mlp", out, train=TrainConfig(epochs=1, batch_size=64, lr=1e-9),
+                       build=BuildConfig(probe_sparsities=()), device=torch.device("cpu"), dataset=digits)
+    assert "near chance" in read_manifest(out).provenance["warnings"][0]

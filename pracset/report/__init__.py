@@ -52,8 +52,9 @@ def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
         # the first epoch has no distance, then the queue must fill (after any warm-up epochs)
         "early_bird_earliest": bird.queue_length + 1 + int(pipeline.train.warmup_epochs),
         "forgetting_histogram": _histogram(forgetting, never),
-        "warnings": [f"{run['arch']} {run['method']} seed {run['seed']}: {w}"
-                     for run in runs for w in run["summary"].get("warnings", [])],
+        "warnings": [f"build: {w}" for w in manifest.provenance.get("warnings") or []]
+        + [f"{run['arch']} {run['method']} seed {run['seed']}: {w}"
+           for run in runs for w in run["summary"].get("warnings", [])],
         "runs": [{k: v for k, v in run.items() if k != "summary"} for run in runs],
     }
     report["caveats"] = caveats(pipeline, report)

@@ -19,6 +19,7 @@ from pracset.report.figures import iterations_saved, round_costs
 from pracset.report.markdown import TRANSFER_METHODS, markdown
 from pracset.report.plots import write_plots
 from pracset.runs import PipelineLayout, TicketLayout
+from pracset.sparse.early_bird import earliest_stop_epoch
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
         "iterations_saved": headline,
         "transfer": transfer,
         "prac_rounds": _prac_rounds(by_method.get((pipeline.arch, "prac-imp"), [])),
-        # the first epoch has no distance, then the queue must fill (after any warm-up epochs)
-        "early_bird_earliest": bird.queue_length + 1 + int(pipeline.train.warmup_epochs),
+        "early_bird_earliest": earliest_stop_epoch(bird, int(pipeline.train.warmup_epochs)),
         "forgetting_histogram": _histogram(forgetting, never),
         "warnings": [f"build: {w}" for w in manifest.provenance.get("warnings") or []]
         + [f"{run['arch']} {run['method']} seed {run['seed']}: {w}"

@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from pracset.config import option, require
+from pracset.config import ConfigBase, option, require
 from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.train.loop import Callback, TrainState
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EarlyBirdConfig:
+class EarlyBirdConfig(ConfigBase):
     """Options of Early-Bird stopping (defaults: the official PrAC-LTH code)."""
 
     eps: float = option(0.08, "stop once every mask distance in the queue is below this "
@@ -32,6 +32,19 @@ class EarlyBirdConfig:
         require(0 < self.eps < 1, f"eps must lie in (0, 1), got {self.eps}")
         require(self.queue_length >= 1, f"queue_length must be a positive integer, got {self.queue_length}")
         require(0 < self.prune_fraction < 1, f"prune_fraction must lie in (0, 1), got {self.prune_fraction}")
+
+
+def earliest_stop_epoch(config: EarlyBirdConfig, warmup_epochs: int = 0) -> int:
+    """The earliest epoch :class:`EarlyBirdStop` can stop at.
+
+    Epoch 1 has no distance; distances enter the queue from epoch
+    ``warmup + 2``, and ``queue_length`` of them below eps must be queued. With
+    ``wait_for_change`` and no warm-up, the distance that starts the recording
+    is above eps and is queued too, so ``queue_length`` more must follow: one
+    epoch later. (A warm-up of at least one epoch can absorb that first change.)
+    """
+    late_start = config.wait_for_change and warmup_epochs == 0
+    return config.queue_length + 1 + warmup_epochs + (1 if late_start else 0)
 
 
 class EarlyBirdStop(Callback):

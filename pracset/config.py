@@ -5,12 +5,18 @@ their metadata. :func:`add_arguments` turns the fields into ``--flags`` and
 :func:`from_dict` builds an instance from a plain mapping (a parsed TOML table
 or the flags that were given), rejecting unknown keys and wrong types with a
 :class:`~pracset.errors.ConfigError` that names the key.
+
+Every configuration derives from :class:`ConfigBase`: whenever one is
+constructed (from the command line, a TOML file, ``--set`` or Python), a field
+declared with ``option(..., choices=...)`` holding anything else is refused by
+:func:`check_choices`, in this one place, before its own range checks run.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -22,8 +28,56 @@ C = TypeVar("C")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A dataclass field with a help text (shown by ``--help``)."""
+    """A dataclass field with a help text (shown by ``--help``).
+
+    ``choices=(...)`` lists the values the field allows: argparse offers them,
+    and :func:`check_choices` refuses any other value when the configuration
+    is constructed.
+    """
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def check_choices(config: Any) -> None:
+    """Refuse a value outside its field's ``choices`` (a tuple field: every element), with one line naming it."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices is None:
+            continue
+        value = getattr(config, f.name)
+        if value is None and f.default is None:  # an optional field left unset
+            continue
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if item not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {item!r}")
+
+
+class ConfigBase:
+    """The base of every configuration dataclass: its ``choices`` are checked at construction.
+
+    :func:`check_choices` runs first in ``__post_init__``, before a class's own
+    checks (which then need not repeat them), exactly once however the
+    subclasses' ``__post_init__`` methods call each other: a subclass that
+    defines its own ``__post_init__`` gets it wrapped when the class is made.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is None or getattr(own, "checks_choices", False):
+            return
+
+        @functools.wraps(own)
+        def __post_init__(self) -> None:
+            if type(self).__post_init__ is __post_init__:  # the outermost one: not again through super()
+                check_choices(self)
+            own(self)
+
+        __post_init__.checks_choices = True  # type: ignore[attr-defined]
+        cls.__post_init__ = __post_init__  # type: ignore[method-assign]
+
+    def __post_init__(self) -> None:
+        if type(self).__post_init__ is ConfigBase.__post_init__:  # a subclass without checks of its own
+            check_choices(self)
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -25,6 +25,25 @@ class UnknownNameError(PracsetError, KeyError):
         return str(self.args[0])
 
 
+class TrainingDiverged(PracsetError):
+    """Training blew up (a non-finite loss, a learning rate the weight update overflows): the settings are to blame.
+
+    Raised by the training loops once per epoch (no host sync per step); the
+    message names the stage and the epoch.
+    """
+
+
+class FloatHashesWarning(UserWarning):
+    """A manifest's content hashes are taken of float inputs (e.g. after ToTensor + Normalize), not uint8 pixels.
+
+    They match only the same float tensors, never the images stored as uint8
+    (a Hugging Face copy, image files): :func:`pracset.load_subset` and
+    ``save_hf_dataset`` then need ``match="id"``. Emitted through
+    :mod:`warnings` (and logged) when such a manifest is written; its
+    ``dataset.hash_form`` metadata says ``"float-tensor"``.
+    """
+
+
 class DegenerateTrainingWarning(UserWarning):
     """A training stage ended near chance or ran below the budget floor: what was computed from it is suspect.
 

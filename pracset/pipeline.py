@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import torch
 
 from pracset.build import BuildConfig, build_manifest
-from pracset.config import from_dict, option, require, to_dict
+from pracset.config import ConfigBase, from_dict, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.manifest import read_manifest
@@ -77,7 +77,7 @@ PIPELINE_METHODS = (*TICKET_METHODS.names(),
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(ConfigBase):
     """How the report judges tickets."""
 
     tolerance: float = option(0.003, "with one seed, a PrAC ticket 'matches' the full-data ticket within this "

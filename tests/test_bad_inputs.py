@@ -75,6 +75,7 @@ class Case:
     prefix: str | None = None                          # CLI: default "pracset COMMAND: error: "
     xfail: str | None = None                           # "library bug: ..." that breaks the message checks
     leaves: str | None = None                          # "library bug: ..." that makes the command write files
+    timeout: int = 60                                  # CLI: seconds before the run is killed (and fails)
 
     def param(self, bug: str | None):
         marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
@@ -134,6 +135,11 @@ rounds = 1
 [report]
 plots = false
 """
+
+# The same pipeline with a dense training that would run for hours: a case run on it passes only when it is
+# refused before training starts (its short timeout kills a run that trains).
+TOML_LONG = TOML_OK.replace("epochs = 1\n", "epochs = 100000\n")
+RANKING_TYPO = "probe_ranking must be one of global, layerwise, got 'Global'"
 
 
 def _hf_with_text_labels(path: Path) -> None:
@@ -270,6 +276,19 @@ def _recorder(n: int):
     def call(shared: Path):
         from pracset.stats import ExampleRecorder
         return ExampleRecorder(n)
+    return call
+
+
+def _build_with(**build):
+    """build_manifest with ``BuildConfig(**build)`` into the shared directory (one epoch: a setting checked only
+    after training shows as another message and a ``.partial`` work directory left in the shared inputs)."""
+    def call(shared: Path):
+        from pracset.build import BuildConfig, build_manifest
+        from pracset.data import DataConfig
+        from pracset.train import TrainConfig
+        return build_manifest(DataConfig(), "mlp", shared / "never-written.parquet",
+                              train=TrainConfig(epochs=1, batch_size=64), build=BuildConfig(**build),
+                              device=torch.device("cpu"))
     return call
 
 
@@ -607,6 +626,31 @@ CASES: list[Case] = [
     Case("pipeline-sparsity-1", "a pipeline with [imp] sparsity = 1.0",
          ["run", "p.toml", "-q"], setup=_toml(replace=("rounds = 1", "sparsity = 1.0")),
          message="p.toml: [imp] sparsity must lie in (0, 1), got 1.0"),
+    # --- a value outside a setting's choices (a misspelt name): refused where the settings are read, before
+    # any training or output (it once trained the dense model first and left m.parquet.partial/ behind)
+    Case("pipeline-choice-typo", "a pipeline whose [build] probe_ranking is misspelt",
+         ["run", "p.toml", "--device", "cpu", "-q"],
+         setup=_write("p.toml", TOML_LONG.replace("[imp]", '[build]\nprobe_ranking = "Global"\n[imp]')),
+         timeout=30, message=f"p.toml: [build] {RANKING_TYPO}"),
+    Case("pipeline-choice-typo-imp", "a pipeline whose [imp] budget is not one of its choices",
+         ["run", "p.toml", "--device", "cpu", "-q"],
+         setup=_write("p.toml", TOML_LONG.replace("[imp]", '[imp]\nbudget = "Linear"')), timeout=30,
+         message="p.toml: [imp] budget must be one of official, linear, got 'Linear'"),
+    Case("build-config-choice-typo", "build --config whose [build] probe_ranking is misspelt",
+         ["build", "--config", "b.toml", "--arch", "mlp", "--out", "m.parquet", "--device", "cpu", "-q"],
+         setup=_write("b.toml", '[train]\nepochs = 100000\nbatch_size = 64\n[build]\nprobe_ranking = "Global"\n'),
+         timeout=30, message=f"b.toml: {RANKING_TYPO}"),
+    Case("ticket-config-choice-typo", "ticket --config whose [selection] never_learned is misspelt",
+         ["ticket", "--method", "prac-imp", "--config", "t.toml", "--arch", "mlp", "--out", "t", "--device", "cpu",
+          "-q"], setup=_write("t.toml", '[train]\nepochs = 100000\n[selection]\nnever_learned = "dropped"\n'),
+         timeout=30, message="t.toml: never_learned must be one of keep, count-presentations, drop, got 'dropped'"),
+    Case("set-choice-typo", "pracset run --set build.probe_ranking=Global",
+         ["run", "p.toml", "--out", "out", "--device", "cpu", "-q", "--set", "build.probe_ranking=Global"],
+         setup=_write("p.toml", TOML_LONG), timeout=30, message=f"p.toml: [build] {RANKING_TYPO}"),
+    Case("flag-choice-typo", "build --probe-ranking Global (argparse lists the choices)",
+         ["build", "--arch", "mlp", "--probe-ranking", "Global", "--out", "m.parquet", "--epochs", "100000",
+          "--device", "cpu", "-q"], timeout=30,
+         message="argument --probe-ranking: invalid choice: 'Global' (choose from 'global', 'layerwise')"),
     # --- argparse usage errors
     Case("missing-required-flag", "ticket without --method",
          ["ticket", "--arch", "mlp", "--out", "t"], message="the following arguments are required: --method"),
@@ -696,6 +740,16 @@ CASES: list[Case] = [
          error=UnknownNameError, message="unknown model 'resnet21'; valid names: {models}"),
     Case("api-recorder-empty", "ExampleRecorder with no examples", call=_recorder(0), error=ConfigError,
          message="the recorder needs at least one example"),
+    Case("api-config-choice-typo", "BuildConfig(probe_ranking='Global')",
+         call=_config("pracset.build.BuildConfig", probe_ranking="Global"), error=ConfigError, message=RANKING_TYPO),
+    Case("api-build-choice-typo", "build_manifest(..., build=BuildConfig(probe_ranking='Global'))",
+         call=_build_with(probe_ranking="Global"), error=ConfigError, message=RANKING_TYPO),
+    Case("api-from-dict-choice-typo", "from_dict(BuildConfig) with a misspelt probe_ranking (a TOML table)",
+         call=_from_dict("pracset.build.BuildConfig", {"probe_ranking": "Global"}, where="build"), error=ConfigError,
+         message=RANKING_TYPO),
+    Case("api-pipeline-choice-typo", "pipeline_from_dict with a misspelt [build] probe_ranking",
+         call=_pipeline({"name": "x", "arch": "mlp", "data": {}, "build": {"probe_ranking": "Global"}}),
+         error=ConfigError, message=f"p.toml: [build] {RANKING_TYPO}"),
 ]
 
 
@@ -927,7 +981,7 @@ def outcomes(cli: _CliRunner, shared: Path, tmp_path_factory) -> Callable[[Case]
                 case.setup(work, shared)
             before = _snapshot(work, shared)
             argv = [_fill(a, shared) for a in case.argv]
-            code, out, err = cli.run(argv, work)
+            code, out, err = cli.run(argv, work, timeout=case.timeout)
             after = _snapshot(work, shared)
             changed = sorted(p for p in before if before[p] != after.get(p))
             done[case.id] = _Outcome(code, out, err, argv, changed=changed, created=sorted(set(after) - set(before)))
@@ -963,6 +1017,20 @@ def test_refused_command_writes_nothing(case: Case, outcomes):
     result = outcomes(case)
     assert result.code != 0
     assert not result.created, f"a refused command wrote {result.created}"
+
+
+CHOICE_CASES = [c for c in CLI_CASES if "choice-typo" in c.id]
+
+
+@pytest.mark.parametrize("case", [c.param(None) for c in CHOICE_CASES])
+def test_a_misspelt_choice_is_refused_before_training(case: Case, outcomes):
+    """A value outside a setting's choices stops the command before its (hours-long) dense training: well
+    within the case's timeout, and with no work directory (``m.parquet.partial/``), manifest or run left."""
+    assert case.timeout <= 30 and len(CHOICE_CASES) >= 5
+    result = outcomes(case)
+    assert result.code == 2, (result.code, result.err)
+    assert not [p for p in result.created if ".partial" in p or ".parquet" in p or "/runs" in p], result.created
+    assert not result.created, result.created
 
 
 @pytest.mark.parametrize("case", [c.param(c.xfail) for c in API_CASES])

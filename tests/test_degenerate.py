@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -20,8 +19,7 @@ from pracset.manifest.assemble import write_random_manifest
 from pracset.report import caveats
 from pracset.stats import pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
-from pracset.tickets.health import chance_threshold, majority_rate, near_chance, round_problems
-from pracset.tickets.rounds import dense_collapsed
+from pracset.tickets.health import chance_threshold, dense_collapsed, majority_rate, near_chance, round_problems
 from pracset.train import TrainConfig
 
 DATA = DataConfig(name="digits")

@@ -95,6 +95,19 @@ def content_hashes(images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     return out.astype("U16")
 
 
+#: What :func:`content_hashes` hashed (a manifest's ``dataset.hash_form``): uint8 pixels, which every copy of the
+#: images that decodes to the same pixels hashes alike, or float inputs (say after ToTensor + Normalize), which
+#: only the same float tensors do: never an image file or a Hugging Face copy of the images.
+HASH_FORM_PIXELS = "uint8-pixels"
+HASH_FORM_FLOAT = "float-tensor"
+
+
+def hash_form(split) -> str:
+    """:data:`HASH_FORM_PIXELS` or :data:`HASH_FORM_FLOAT`: what the content hashes of ``split`` are taken of
+    (a streamed split always decodes to uint8 pixels)."""
+    return HASH_FORM_PIXELS if getattr(split, "is_pixels", True) else HASH_FORM_FLOAT
+
+
 @dataclass
 class ImageDataset:
     """A labelled image data set held in memory (a :class:`~pracset.data.protocol.SplitDataset`).

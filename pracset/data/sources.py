@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from pracset.config import option, require
+from pracset.config import ConfigBase, option, require
 from pracset.data.base import ImageDataset, ImageSplit
 from pracset.data.decode import decode_images, match_channels, pixels_as_uint8, to_nchw
 from pracset.data.readers import list_image_folder, load_hf_splits, open_hf_split, read_tree
@@ -36,7 +36,7 @@ DATA_DIR_ENV = "PRACSET_DATA_DIR"
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(ConfigBase):
     """Which data set to load and where from."""
 
     name: str = option("digits", "data set (see `pracset datasets`)", metavar="NAME", flag="--data")

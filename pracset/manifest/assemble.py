@@ -6,12 +6,18 @@ random subset, drawn from a built manifest's statistics.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from pracset.data.base import HASH_FORM_FLOAT, hash_form
+from pracset.errors import FloatHashesWarning
 from pracset.manifest.schema import read_manifest, write_manifest
 from pracset.selection import SelectionConfig, SelectionInputs, select
+
+log = logging.getLogger(__name__)
 
 
 def manifest_columns(dataset, statistics, disagreements: np.ndarray | None, chosen) -> dict:
@@ -35,9 +41,29 @@ def _labels(labels) -> np.ndarray:
 
 
 def dataset_metadata(dataset) -> dict:
-    """The ``dataset`` table of a manifest's metadata (what a reader checks the data against)."""
+    """The ``dataset`` table of a manifest's metadata (what a reader checks the data against).
+
+    ``hash_form`` records what the content hashes were taken of (see
+    :func:`pracset.data.base.hash_form`); a manifest of float inputs is warned
+    about as it is made (:func:`warn_float_hashes`).
+    """
+    form = hash_form(dataset.train)
+    if form == HASH_FORM_FLOAT and dataset.train.images.dim() == 4:  # images: a uint8 copy exists somewhere
+        warn_float_hashes(dataset)
     return {"name": dataset.name, "split": "train", "size": len(dataset.train), "fingerprint": dataset.fingerprint,
-            "class_names": list(dataset.class_names), **dataset.describe()}
+            "class_names": list(dataset.class_names), **dataset.describe(), "hash_form": form}
+
+
+def warn_float_hashes(dataset) -> None:
+    """Say (log and :class:`~pracset.errors.FloatHashesWarning`) that a manifest of ``dataset``'s float inputs
+    cannot be matched by content to the images stored as uint8."""
+    message = (f"{dataset.name}: the training inputs are {str(dataset.train.images.dtype).replace('torch.', '')} "
+               "tensors, not uint8 pixels, so the manifest's content hashes are taken of float tensors (e.g. after "
+               "Normalize) and cannot match uint8 images (a Hugging Face copy, image files): load_subset and "
+               "save_hf_dataset will need match='id' (same order); to match by content, build the manifest from "
+               "the uint8 images (from_torch takes uint8 (N, C, H, W) pixels and normalises them itself)")
+    log.warning(message)
+    warnings.warn(message, FloatHashesWarning, stacklevel=3)
 
 
 def write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:

@@ -216,7 +216,22 @@ def _match_hashes(hashes: "np.ndarray", wanted: "np.ndarray", wanted_ids: "np.nd
         first = int(missing[0])
         raise error(f"{len(missing)} of {len(wanted)} selected examples of manifest {manifest.path} were not found "
                     f"in the dataset (first: example_id {int(wanted_ids[first])}, content_hash {wanted[first]}); "
-                    "is it the same data set, decoded to the same pixels and labels?")
+                    + _not_found_cause(manifest))
     rows = np.empty(len(wanted), dtype=np.int64)
     rows[want_order] = order[position]
     return rows
+
+
+def _not_found_cause(manifest: "Manifest") -> str:
+    """Why a manifest's examples were not found by hash, from what its hashes were taken of (``hash_form``)."""
+    from pracset.data.base import HASH_FORM_FLOAT, HASH_FORM_PIXELS  # see the module docstring
+
+    form = manifest.dataset.get("hash_form")
+    if form == HASH_FORM_FLOAT:
+        return ("the manifest's hashes were taken of float tensors (e.g. after Normalize) and cannot match uint8 "
+                "images; pass match='id' (same order) or build the manifest from the uint8 images")
+    if form == HASH_FORM_PIXELS:
+        return "is it the same data set, decoded to the same pixels and labels?"
+    # an older manifest does not say what its hashes were taken of
+    return ("is it the same data set, decoded to the same pixels and labels? (A manifest built from float tensors, "
+            "e.g. after Normalize, cannot match uint8 images: then pass match='id' (same order).)")

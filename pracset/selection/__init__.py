@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from pracset.config import option, require, require_seed
+from pracset.config import ConfigBase, option, require, require_seed
 from pracset.errors import ConfigError
 from pracset.registry import Registry
 
@@ -57,7 +57,7 @@ class EmptySelectionError(ConfigError):
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
+class SelectionConfig(ConfigBase):
     """How the kept subset is chosen."""
 
     rule: str = option("prac", "selection rule (prac, cet, cep, random, topk-forgetting)", metavar="RULE")
@@ -74,8 +74,6 @@ class SelectionConfig:
     def __post_init__(self) -> None:
         require_seed(self.random_seed, "random_seed")
         require(self.forgetting_threshold >= 0, f"forgetting_threshold must not be negative, got {self.forgetting_threshold}")
-        require(self.never_learned in NEVER_LEARNED_POLICIES,
-                f"unknown never_learned policy {self.never_learned!r}; valid: {', '.join(NEVER_LEARNED_POLICIES)}")
         require(self.size is None or self.size > 0, f"size must be a positive integer, got {self.size}")
         require(self.fraction is None or 0 < self.fraction <= 1, f"fraction must lie in (0, 1], got {self.fraction}")
         require(self.size is None or self.fraction is None, "give size or fraction, not both")

@@ -51,11 +51,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from pracset.config import option, require, to_dict
+from pracset.config import ConfigBase, option, require, to_dict
 from pracset.distributed import check_same_mask
 from pracset.errors import ConfigError
 from pracset.sparse.distributions import DISTRIBUTIONS, layer_shapes, random_mask
-from pracset.sparse.mask import PRUNABLE_CHOICES, Mask, check_prunable, prunable_names
+from pracset.sparse.mask import PRUNABLE_CHOICES, Mask, prunable_names
 from pracset.sparse.pruning import smallest_k
 from pracset.train.loop import Callback, StepOutput, TrainState
 
@@ -250,7 +250,7 @@ class StaticMask(SparseMethod):
 
 
 @dataclass(frozen=True)
-class DynamicSparseConfig:
+class DynamicSparseConfig(ConfigBase):
     """The options RigL and GraNet share, validated in one place.
 
     The defaults are RigL's (the official code's); a method whose default or
@@ -271,7 +271,6 @@ class DynamicSparseConfig:
         require(0.0 <= self.sparsity < 1.0, f"sparsity must lie in [0, 1), got {self.sparsity}")
         require(self.distribution in DISTRIBUTIONS, f"unknown density distribution {self.distribution!r}; "
                 f"valid names: {', '.join(DISTRIBUTIONS.names())}")
-        check_prunable(self.prunable)
         require(self.delta_t > 0, f"delta_t must be a positive integer, got {self.delta_t}")
 
 

@@ -33,7 +33,8 @@ from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.lockstep import train_imp_rounds_packed
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
-from pracset.tickets.rounds import run_warnings, split_costs
+from pracset.tickets.health import run_warnings
+from pracset.tickets.rounds import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import check_loader_settings, new_model, resolve_data

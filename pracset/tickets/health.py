@@ -26,6 +26,7 @@ import numpy as np
 
 from pracset.data import num_batches
 from pracset.errors import DegenerateTrainingWarning
+from pracset.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,56 @@ def warn(message: str) -> None:
     """Say ``message`` in the log and through Python's :mod:`warnings` (a :class:`DegenerateTrainingWarning`)."""
     log.warning(message)
     warnings.warn(message, DegenerateTrainingWarning, stacklevel=3)
+
+
+def dense_collapsed(accuracy: float, majority: float) -> bool:
+    """A dense network near chance (:func:`near_chance`, against the test split's majority-class rate
+    ``majority``) has collapsed, e.g. diverged at too high a learning rate."""
+    return near_chance(accuracy, majority)
+
+
+class RoundHealth:
+    """Flags degenerate rounds (:mod:`pracset.tickets.health`) in their rows, and the masks pruned from them.
+
+    A row gets ``degenerate`` (why the round's own training is degenerate)
+    and ``mask_from_degenerate_round`` (the first degenerate round its mask
+    descends from); each is said once through the log and :mod:`warnings`.
+    """
+
+    def __init__(self, layout, train: TrainConfig, start_step: int, num_rounds: int, majority: float):
+        """``start_step``: where a pruned round's schedule starts; ``majority``: the test split's majority rate."""
+        self.layout, self.train, self.start_step = layout, train, start_step
+        self.num_rounds, self.majority = num_rounds, majority
+        self.first_degenerate: int | None = None
+
+    def assess(self, r: int, metrics: dict | None, row: dict) -> None:
+        """Flag ``row`` (round ``r``'s), given the round's own ``metrics`` (``None``: the round did not train)."""
+        if self.first_degenerate is not None:
+            row["mask_from_degenerate_round"] = self.first_degenerate
+        if metrics is None:
+            return
+        problems = round_problems(metrics, batch_size=self.train.batch_size, drop_last=self.train.drop_last,
+                                  start_step=0 if r == 0 else self.start_step, majority=self.majority)
+        if not problems:
+            return
+        row["degenerate"] = problems
+        if self.first_degenerate is None:
+            self.first_degenerate = r
+        later = (f"; every mask pruned after it (rounds {r + 1} on) descends from a network that may not have "
+                 f"learned" if r < self.num_rounds else "")
+        warn(f"{self.layout.round(r).name} is degenerate: {'; '.join(problems)}{later}")
+
+
+def run_warnings(rows: list[dict]) -> list[str]:
+    """The summary's ``warnings``: one sentence per degenerate round and per collapsed dense reference."""
+    out = []
+    for row in rows:
+        for problem in row.get("degenerate", []):
+            out.append(f"round {row['round']} is degenerate: {problem}")
+        if row.get("round") == 0 and row.get("dense_collapsed"):
+            out.append(f"the dense reference collapsed (test accuracy {row['dense_accuracy']:.4f}): no ticket is "
+                       "said to match it")
+    masked = [row["round"] for row in rows if "mask_from_degenerate_round" in row]
+    if masked:
+        out.append(f"the masks of rounds {', '.join(map(str, masked))} were pruned from a degenerate round")
+    return out

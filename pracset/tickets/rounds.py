@@ -33,7 +33,7 @@ from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.health import chance_threshold, majority_rate, near_chance, round_problems, warn
+from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
 from pracset.tickets.controls import CONTROLS, control_jobs, train_and_complete_controls, verdict
 from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
 from pracset.train.config import TrainConfig
@@ -328,7 +328,7 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
     reference = policy.dense_reference(dense_metrics, needed=config.controls)
     rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, majority)]
     rows[0].update(ticket_files(layout, dense, dense))
-    health = RoundHealth(policy, majority)
+    health = RoundHealth(layout, ctx.train, policy.start_step(), config.num_rounds, majority)
     health.assess(0, dense_metrics, rows[0])
     previous = dense
     for r in range(1, config.num_rounds + 1):  # the search: every round's mask, and its training
@@ -396,52 +396,6 @@ def split_costs(layout, stages: dict, num_rounds: int) -> dict:
             "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0) for r in pruned)}
 
 
-class RoundHealth:
-    """Flags degenerate rounds (:mod:`pracset.tickets.health`) in their rows, and the masks pruned from them.
-
-    A row gets ``degenerate`` (why the round's own training is degenerate)
-    and ``mask_from_degenerate_round`` (the first degenerate round its mask
-    descends from); each is said once through the log and :mod:`warnings`.
-    """
-
-    def __init__(self, policy: RoundPolicy, majority: float):
-        self.policy, self.majority = policy, majority
-        self.first_degenerate: int | None = None
-
-    def assess(self, r: int, metrics: dict | None, row: dict) -> None:
-        """Flag ``row`` (round ``r``'s), given the round's own ``metrics`` (``None``: the round did not train)."""
-        layout, train = self.policy.ctx.layout, self.policy.ctx.train
-        if self.first_degenerate is not None:
-            row["mask_from_degenerate_round"] = self.first_degenerate
-        if metrics is None:
-            return
-        problems = round_problems(metrics, batch_size=train.batch_size, drop_last=train.drop_last,
-                                  start_step=0 if r == 0 else self.policy.start_step(), majority=self.majority)
-        if not problems:
-            return
-        row["degenerate"] = problems
-        if self.first_degenerate is None:
-            self.first_degenerate = r
-        later = (f"; every mask pruned after it (rounds {r + 1} on) descends from a network that may not have "
-                 f"learned" if r < self.policy.config.num_rounds else "")
-        warn(f"{layout.round(r).name} is degenerate: {'; '.join(problems)}{later}")
-
-
-def run_warnings(rows: list[dict]) -> list[str]:
-    """The summary's ``warnings``: one sentence per degenerate round and per collapsed dense reference."""
-    out = []
-    for row in rows:
-        for problem in row.get("degenerate", []):
-            out.append(f"round {row['round']} is degenerate: {problem}")
-        if row.get("round") == 0 and row.get("dense_collapsed"):
-            out.append(f"the dense reference collapsed (test accuracy {row['dense_accuracy']:.4f}): no ticket is "
-                       "said to match it")
-    masked = [row["round"] for row in rows if "mask_from_degenerate_round" in row]
-    if masked:
-        out.append(f"the masks of rounds {', '.join(map(str, masked))} were pruned from a degenerate round")
-    return out
-
-
 def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,
          controls: dict | None, tolerance: float, majority: float) -> dict:
     """One ticket's row; a round whose mask was not evaluated on the full split has no accuracy."""
@@ -461,9 +415,3 @@ def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference:
         row["verdict"] = verdict(row["test_accuracy"], dense_accuracy, controls, tolerance,
                                  collapsed=row.get("dense_collapsed", False))
     return row
-
-
-def dense_collapsed(accuracy: float, majority: float) -> bool:
-    """A dense network near chance (:func:`~pracset.tickets.health.near_chance`, against the test split's
-    majority-class rate ``majority``) has collapsed, e.g. diverged at too high a learning rate."""
-    return near_chance(accuracy, majority)

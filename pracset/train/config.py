@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pracset.config import option, require, require_finite, require_seed
+from pracset.config import ConfigBase, option, require, require_finite, require_seed
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """How one network is trained (the defaults are the PrAC / open_lth CIFAR recipe)."""
 
     epochs: int = option(30, "training epochs")
@@ -62,4 +62,3 @@ class TrainConfig:
         require(not (self.random_resized_crop and self.crop_padding),
                 f"random_resized_crop replaces the padded random crop: leave crop_padding unset or 0, "
                 f"got {self.crop_padding}")
-        require(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

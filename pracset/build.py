@@ -35,7 +35,7 @@ from pracset.config import ConfigBase, option, require, to_dict
 from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.device import environment
 from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_bytes
+from pracset.fileio import atomic_torch_save, atomic_write_bytes, naming, require_regular_file
 from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.models import has_convolutions
@@ -47,6 +47,7 @@ from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
+from pracset.tickets.config import MIN_KEPT_FRACTION, kept_fraction, max_rounds
 from pracset.tickets.health import chance_threshold, majority_rate, near_chance, warn
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -87,6 +88,14 @@ class BuildConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(self.cep_rounds >= 1, f"cep_rounds must be a positive integer, got {self.cep_rounds}")
+        # --cep trained runs IMPConfig(rounds=cep_rounds + 1) at its default prune_fraction: bounded as IMP's rounds
+        fraction = IMPConfig.__dataclass_fields__["prune_fraction"].default
+        limit = max_rounds(fraction) - 1
+        if self.cep_rounds > limit:
+            raise ConfigError(f"cep_rounds must be at most {limit}: {self.cep_rounds} rounds of {fraction:g} pruning "
+                              "(and one more for the selected set) would keep "
+                              f"{kept_fraction(fraction, self.cep_rounds + 1):.3g} of the weights, under "
+                              f"{MIN_KEPT_FRACTION:g}")
         require(all(0 < s < 1 for s in self.probe_sparsities),
                 f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
 
@@ -154,6 +163,8 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         if layout.manifest.exists():  # a finished build: its work directory, if a kill left one, is stale
             return _existing_build(layout, identity)
         run.check()
+        outputs = _outputs(layout, selection)
+        run.check_outputs(outputs)  # a user's NAME.dense.pt or NAME.stats.npz is refused, not overwritten
         # Data and model are checked before anything is written, so a refused build leaves nothing behind.
         dataset = dataset or load_dataset(data)
         check_loader_settings(dataset, train, device)
@@ -162,11 +173,12 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         mask = Mask.ones(model, prunable=build.prunable)
         run.claim(data=dataset)
         if selection.rule == "random" and selection.size_for(len(dataset.train)) is not None:
-            return _build_random(layout, dataset, arch, train, selection, identity, device=device, started=started)
+            return _build_random(layout, dataset, arch, train, selection, identity, device=device, started=started,
+                                 run=run)
         if build.cep == "trained":
             return _build_from_prac_imp(layout, data or dataset, architecture, train, build, selection, early_bird, identity,
                                         dataset=dataset, device=device, progress=progress, started=started,
-                                        tensorboard=board)
+                                        tensorboard=board, run=run)
         train_loader, test_loader = make_loaders(dataset, train, device, conv_net=has_convolutions(model))
         recorder = ExampleRecorder(len(dataset.train), device, keep_history=build.keep_history)
         callbacks = [recorder]
@@ -224,6 +236,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 **_build_record(identity, device, started),
             },
         }
+        run.record_outputs(outputs)  # before they exist: a resumed build may replace them, a user's never
         _write_statistics(layout.statistics, columns, statistics, probe_result, history)
         atomic_torch_save(model.state_dict(), layout.dense_model)
         _write_new_manifest(layout, columns, metadata)
@@ -231,6 +244,13 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (%s)", layout.manifest, manifest.num_selected, n, selection.rule)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _outputs(layout: BuildLayout, selection: SelectionConfig) -> list[Path]:
+    """The files a build writes beside its manifest: the statistics and, unless it trains nothing (the random
+    rule with a size), the dense model."""
+    trains = not (selection.rule == "random" and selection.size_for(1) is not None)
+    return [layout.statistics, layout.dense_model] if trains else [layout.statistics]
 
 
 def _dense_warnings(accuracy: float | None, dataset) -> list[str]:
@@ -246,7 +266,7 @@ def _dense_warnings(accuracy: float | None, dataset) -> list[str]:
 
 
 def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selection, early_bird, identity, *,
-                         dataset, device, progress, started, tensorboard) -> BuildResult:
+                         dataset, device, progress, started, tensorboard, run: RunDirectory) -> BuildResult:
     """``--cep trained``: run PrAC-IMP's rounds in the work directory and write the set its last round selected.
 
     ``cep_rounds`` = k runs rounds 0..k (dense, then k prunes of 20% by global
@@ -270,8 +290,11 @@ def _build_from_prac_imp(layout: BuildLayout, data, arch, train, build, selectio
         "dense_test_accuracy": dense["final"].get("test_accuracy"), "history": dense.get("history"),
         "ledger": summary["ledger"], "iterations": summary["ledger"]["total"]["train_iterations"],
         **_build_record(identity, device, started)}
+    run.record_outputs([layout.statistics, layout.dense_model])
     _write_statistics(layout.statistics, columns, None, None, dense.get("history") or [])
-    atomic_write_bytes(layout.dense_model, ticket_dir.round(0).model.read_bytes())
+    with naming(ticket_dir.round(0).model):  # an OSError of read() names no file
+        dense_weights = require_regular_file(ticket_dir.round(0).model, "model weights").read_bytes()
+    atomic_write_bytes(layout.dense_model, dense_weights)
     _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)
     manifest = read_manifest(layout.manifest)
@@ -290,7 +313,7 @@ def _build_record(identity: dict, device: torch.device, started: float) -> dict:
 
 
 def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, selection: SelectionConfig,
-                  identity: dict, *, device, started: float) -> BuildResult:
+                  identity: dict, *, device, started: float, run: RunDirectory) -> BuildResult:
     """``--rule random`` with a size: a seeded draw needs no statistics, so nothing is trained.
 
     The statistics columns hold "never presented" (0 presentations, NaN loss
@@ -306,6 +329,7 @@ def _build_random(layout: BuildLayout, dataset, arch: str, train: TrainConfig, s
         "command": "build", "cep": "none", "arch": arch, "seed": train.seed, "train": to_dict(train),
         "epochs_run": 0, "history": [], "ledger": IterationLedger().to_dict(), "iterations": 0,
         **_build_record(identity, device, started)}}
+    run.record_outputs([layout.statistics])
     _write_statistics(layout.statistics, columns, None, None, [])
     _write_new_manifest(layout, columns, metadata)
     shutil.rmtree(layout.work, ignore_errors=True)

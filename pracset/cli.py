@@ -20,7 +20,7 @@ from pracset import __version__
 from pracset.build import BuildConfig, build_manifest
 from pracset.config import add_arguments, from_dict
 from pracset.data import SOURCES, DataConfig
-from pracset.device import resolve_device, set_threads
+from pracset.device import MAX_THREADS, resolve_device, set_threads
 from pracset.distributed import init_from_env, is_main, leave
 from pracset.errors import ConfigError, DegenerateTrainingWarning, PracsetError
 from pracset.manifest import read_manifest
@@ -319,7 +319,8 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
     if arch:
         parser.add_argument("--arch", metavar="NAME", help="architecture (see `pracset models`; or `arch` in --config)")
         parser.add_argument("--weights", metavar="NAME", help="start a torchvision/NAME model from these "
-                            "pretrained weights (e.g. DEFAULT, IMAGENET1K_V1; needs internet or torch's cache); the "
+                            "pretrained weights (e.g. DEFAULT, IMAGENET1K_V1; needs internet or torch's cache, whose file "
+                            "must match the sha256 torchvision publishes in its name); the "
                             "random re-initialisation control still draws random weights")
         parser.add_argument("--config", metavar="FILE.toml", help="read the settings from a TOML file's tables "
                             "([data], [train], [build], [selection], [imp], [early_bird], [rigl], [granet]; a "
@@ -327,8 +328,8 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
     parser.add_argument("--out", required=out_required, metavar=out_metavar, help=out_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
-                        help="CPU threads for torch (default: one per core); recorded in each run, as results "
-                             "on the CPU depend on it")
+                        help=f"CPU threads for torch (default: one per core; at most {MAX_THREADS}); recorded in "
+                             "each run, as results on the CPU depend on it")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     parser.add_argument("--tensorboard", action="store_true",
                         help="write TensorBoard scalars of every training stage while it runs (losses, accuracies, "

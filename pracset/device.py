@@ -24,16 +24,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+#: The most CPU threads :func:`set_threads` accepts. torch crashes (a segmentation fault, no message) when asked
+#: for absurd counts such as 10**8; a fixed bound, not one derived from this machine's cores, keeps a run recorded
+#: with N threads reproducible on any machine.
+MAX_THREADS = 1024
+
+
 def set_threads(count: int | None) -> None:
     """Use ``count`` CPU threads for torch's operators (``None``: torch's default, one per core).
 
     Results on the CPU depend on it (reductions split differently), so every
-    run records the count it used (:func:`environment`).
+    run records the count it used (:func:`environment`). More than
+    :data:`MAX_THREADS` is refused with one line.
     """
     if count is None:
         return
     if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
         raise ConfigError(f"threads must be a positive integer, got {count!r}")
+    if count > MAX_THREADS:
+        raise ConfigError(f"threads must be at most {MAX_THREADS}, got {count}")
     torch.set_num_threads(count)
 
 

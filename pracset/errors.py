@@ -18,6 +18,11 @@ class DataError(PracsetError):
     """A data set cannot be found, read or parsed."""
 
 
+class RunFileError(PracsetError):
+    """A file pracset wrote into a run directory (a ledger, a stage's metrics, a mask, a rewind point) is
+    damaged, truncated or does not hold the structure pracset writes there; the message names the file."""
+
+
 class UnknownNameError(PracsetError, KeyError):
     """A name is not in a registry; the message lists the valid names."""
 

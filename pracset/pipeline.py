@@ -43,7 +43,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -65,6 +64,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
 from pracset.tickets.methods import DynamicSparse
 from pracset.tickets.packing import packs
+from pracset.tomlfiles import MAX_TOML_DEPTH, load_toml, parse_toml, toml_depth  # noqa: F401  (load_toml: the CLI's)
 from pracset.train.config import TrainConfig
 from pracset.train.run import check_loader_settings, input_spec
 from pracset.train.tensorboard import require_tensorboard
@@ -186,19 +186,6 @@ def load_pipeline(path: str | Path, *, data_dir: str | None = None, overrides: S
     return pipeline_from_dict(raw, where=str(path), data_dir=data_dir)
 
 
-def load_toml(path: str | Path, what: str = "settings file") -> dict[str, Any]:
-    """A TOML file as a dict; a missing, unreadable or invalid file is one line."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Set ``SECTION.KEY=VALUE`` (or a top-level ``KEY=VALUE``) in a parsed pipeline table."""
     key, sep, text = item.partition("=")
@@ -206,8 +193,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not all(parts) or len(parts) > 2:
         raise ConfigError(f"--set takes KEY=VALUE or SECTION.KEY=VALUE, got {item!r}")
     try:
-        value = tomllib.loads(f"v = {text.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = parse_toml(f"v = {text.strip()}", f"--set {key.strip()}")["v"]
+    except ConfigError:
+        if toml_depth(f"v = {text.strip()}") > MAX_TOML_DEPTH:
+            raise
         value = text.strip()  # a bare word: a string (e.g. train.optimizer=adamw)
     table = raw
     if len(parts) == 2:

@@ -10,31 +10,37 @@ opens its output through :class:`RunDirectory`, so they all behave alike:
   new request, and a difference is refused with every changed setting and
   both values named (``train.lr: 0.1 -> 0.05``);
 * an unfinished run continues only with ``resume``; a directory of other
-  files is refused; temporaries of killed writes are removed;
+  files is refused; temporaries of killed writes (pracset's names only) are
+  removed; a symbolic link to a folder anywhere in it is refused;
 * a stage is done once its ``metrics.json`` exists; its cost is booked in the
   run's ledger *before* that file is written, so a kill in between never
   loses or double-counts work.
 
 The layout classes (:class:`StageFiles`, :class:`TicketLayout`,
-:class:`PipelineLayout`, :class:`BuildLayout`) name every file a run writes;
-no other module spells a run's file names.
+:class:`PipelineLayout`, :class:`BuildLayout`, in :mod:`pracset.layouts`,
+re-exported here) name every file a run writes; no other module spells a
+run's file names.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
+import os
+import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping, Sequence
 
 from pracset.config import upgrade_keys
 from pracset.errors import ConfigError, DataError
-from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_directory, holds_only_temporaries,
-                            locked_output_directory, remove_temporaries)
+from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_directory, find_linked_folder,
+                            holds_only_temporaries, linked_folder_message, locked_output_directory,
+                            remove_temporaries, remove_temporaries_of, require_regular_file)
+from pracset import runfiles
+from pracset.layouts import BuildLayout, PipelineLayout, StageFiles, TicketLayout  # noqa: F401  (re-exported)
 from pracset.train.ledger import IterationLedger
 
 _ABSENT = object()
+_OPEN_RUNS: list["RunDirectory"] = []  # the run directories this process has open, outermost first
 _MAX_SHOWN = 8  # changed settings named in one refusal (the message stays one readable line)
 
 
@@ -70,187 +76,11 @@ def refuse_changed(what: str, before: Mapping[str, Any], after: Mapping[str, Any
         raise ConfigError(f"{what} (changed {'; '.join(shown)}); {advice}")
 
 
-# ----------------------------------------------------------------------------- file names
+# ----------------------------------------------------------------------------- run files
 
-@dataclass(frozen=True)
-class StageFiles:
-    """The files of one stage of a run (a training, an IMP round, a control): all in one directory."""
-
-    name: str
-    directory: Path
-
-    @property
-    def metrics(self) -> Path:
-        """Written last: its presence marks the stage done."""
-        return self.directory / "metrics.json"
-
-    @property
-    def metrics_log(self) -> Path:
-        """One JSON line per epoch, written as the stage trains (``tail -f`` it to watch)."""
-        return self.directory / "metrics.jsonl"
-
-    @property
-    def model(self) -> Path:
-        return self.directory / "model.pt"
-
-    @property
-    def mask(self) -> Path:
-        return self.directory / "mask.pt"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.directory / "checkpoint.pt"
-
-    @property
-    def packed_checkpoint(self) -> Path:
-        """This stage's slice of a packed job's checkpoint (:func:`pracset.train.packed.fit_packed`)."""
-        return self.directory / "packed-checkpoint.pt"
-
-    @property
-    def ids(self) -> Path:
-        """The example ids this stage trained on, when it trained on a subset (absent: the whole split)."""
-        return self.directory / "ids.npy"
-
-    @property
-    def next_ids(self) -> Path:
-        """PrAC-IMP: the set this round selected for the next one."""
-        return self.directory / "next_ids.npy"
-
-    @property
-    def prac_set(self) -> Path:
-        """PrAC-IMP: the set this round selected, as a manifest."""
-        return self.directory / "prac-set.parquet"
-
-    @property
-    def forgetting(self) -> Path:
-        return self.directory / "forgetting.npy"
-
-    def read_metrics(self) -> dict | None:
-        """The stage's metrics, or ``None`` while it is not done."""
-        if not self.metrics.exists():
-            return None
-        return json.loads(self.metrics.read_text())
-
-
-class TicketLayout:
-    """The files of a ticket run (``pracset ticket``); a dense run (``pracset train``) is its ``dense`` stage.
-
-    ::
-
-        run.json                 what was asked (compared on resume)
-        rewind.pt                the whole state (BN statistics included) at the rewind step
-        round-RR/                IMP round RR (00 = dense): mask.pt, model.pt, metrics.json, [ids.npy, next_ids.npy]
-        STAGE/ids.npy            the example ids a stage trained on, when it trained on a subset
-        ticket-RR/               PrAC-IMP: round RR's mask trained on the full split
-        control-STAGE-KIND/      a sanity-check control of STAGE's ticket
-        dense-reference/         the full-data dense network tickets are judged against, when round 0 is not one
-        STAGE/mask.pt, mask.json a stage's mask and its readable sparsity report (written by Mask.save)
-        sparse/                  RigL / GraNet
-        ledger.json              every training iteration and forward pass, per stage
-        tickets.json             the summary; its presence marks the run finished
-    """
-
-    _ROUND = re.compile(r"round-(\d{2,})$")
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    rewind = property(lambda self: self.root / "rewind.pt")
-    summary = property(lambda self: self.root / "tickets.json")
-    tensorboard = property(lambda self: self.root / "tensorboard", doc="TensorBoard scalars, one folder per stage")
-
-    @property
-    def dense(self) -> StageFiles:
-        """``pracset train``'s single stage: its files lie in the run's root."""
-        return StageFiles("dense", self.root)
-
-    def stage(self, name: str) -> StageFiles:
-        """The stage called ``name`` (a directory below the root)."""
-        return StageFiles(name, self.root / name)
-
-    def round(self, r: int) -> StageFiles:
-        return self.stage(f"round-{r:02d}")
-
-    def ticket(self, r: int) -> StageFiles:
-        return self.stage(f"ticket-{r:02d}")
-
-    def control(self, of: StageFiles, kind: str) -> StageFiles:
-        return self.stage(f"control-{of.name}-{kind}")
-
-    @property
-    def sparse(self) -> StageFiles:
-        return self.stage("sparse")
-
-    @property
-    def dense_reference(self) -> StageFiles:
-        """A full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
-        return self.stage("dense-reference")
-
-    def probe_stage(self, r: int) -> str:
-        """The ledger stage of round ``r``'s pruning probe."""
-        return f"probe-{r:02d}"
-
-    def rounds(self) -> Iterator[tuple[int, StageFiles]]:
-        """The finished IMP rounds in this directory, in order."""
-        found = []
-        for path in self.root.iterdir() if self.root.is_dir() else ():
-            match = self._ROUND.fullmatch(path.name)
-            if match and (path / "metrics.json").exists():
-                found.append(int(match.group(1)))
-        return ((r, self.round(r)) for r in sorted(found))
-
-
-class PipelineLayout:
-    """The files of a pipeline run (``pracset run``)."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    record = property(lambda self: self.root / "pipeline.json")
-    manifest = property(lambda self: self.root / "manifest.parquet")
-    random_manifest = property(lambda self: self.root / "manifest-random.parquet")
-    report_json = property(lambda self: self.root / "report.json")
-    report_md = property(lambda self: self.root / "report.md")
-
-    def ticket_run(self, arch: str, label: str, seed: int) -> TicketLayout:
-        """Where one ticket method's run on ``arch`` with ``seed`` lives."""
-        return TicketLayout(self.root / arch / f"{label}-s{seed}")
-
-    def plot(self, name: str) -> Path:
-        return self.root / f"{name}.png"
-
-
-class BuildLayout:
-    """The files of ``pracset build --out NAME.parquet``: the manifest, its statistics, and a work directory."""
-
-    def __init__(self, manifest: str | Path):
-        self.manifest = Path(manifest)
-        if self.manifest.suffix != ".parquet":
-            raise ConfigError(f"the manifest path must end in .parquet, got {self.manifest}")
-
-    @property
-    def statistics(self) -> Path:
-        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".stats.npz")
-
-    @property
-    def tensorboard(self) -> Path:
-        """TensorBoard scalars of the build's training (``NAME.tensorboard/``), with ``--tensorboard``."""
-        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".tensorboard")
-
-    @property
-    def dense_model(self) -> Path:
-        """The trained dense model's weights (``NAME.dense.pt``), kept for the probe and later analyses."""
-        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".dense.pt")
-
-    @property
-    def work(self) -> Path:
-        """Holds the training checkpoint while the build runs; removed when the manifest is written."""
-        return self.manifest.with_name(self.manifest.name + ".partial")
-
-    @property
-    def dense(self) -> StageFiles:
-        """The dense training's files (its checkpoint) in the work directory."""
-        return StageFiles("dense", self.work)
+def read_json(path: Path, what: str = "run file") -> Any:
+    """A JSON file of a run (:func:`pracset.runfiles.read_json`): any read error is one line naming the file."""
+    return runfiles.read_json(path, what)
 
 
 def data_check(dataset: Any) -> dict | None:
@@ -278,7 +108,15 @@ class RunDirectory:
     ``"resume"`` or ``"done"``. A command can then return at once on
     ``"done"``, or load its data, and calls :meth:`claim` before its first
     write. A refusal, or a failure before :meth:`claim`, leaves no trace: a
-    directory this call created is removed again.
+    directory this call created is removed again. A run that fails (an
+    exception: a diverged stage, a full disk) after claiming a directory it
+    found empty but before any result (no stage finished, no output recorded,
+    in it or in a run inside it) removes what it wrote, so the same command
+    with corrected settings is accepted; an interrupted one (Ctrl-C, a kill)
+    keeps its checkpoint for ``--resume``. Nothing in the directory is read
+    or written through a symbolic link to a folder: one is refused on opening
+    (:func:`~pracset.fileio.find_linked_folder`) and on every write
+    (:func:`~pracset.fileio.make_directory`).
     """
 
     def __init__(self, root: str | Path, identity: Mapping[str, Any], *, resume: bool, finished: str | None,
@@ -292,6 +130,9 @@ class RunDirectory:
         self.kind = kind
         self.status = "new"
         self.ledger = IterationLedger()
+        self.holds_results = False  # a stage of it (or of a run inside it) finished, or it wrote outputs
+        self._fresh = False  # this process wrote the identity record into a directory that held nothing
+        self._previous: dict = {}  # the identity record found on opening
         self._locked = None
 
     def __enter__(self) -> "RunDirectory":
@@ -303,20 +144,64 @@ class RunDirectory:
         except BaseException as exc:
             self._locked.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        _OPEN_RUNS.append(self)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._locked.__exit__(*exc)
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        _OPEN_RUNS.remove(self)
+        try:
+            # A failure (not an interruption: Ctrl-C keeps the checkpoint for --resume) before any result
+            if exc_type is not None and issubclass(exc_type, Exception) and self._fresh and not self.holds_results:
+                self._roll_back()
+        finally:
+            self._locked.__exit__(exc_type, exc, traceback)
+
+    def _roll_back(self) -> None:
+        """Remove what this run wrote into the directory it found empty, as it failed before any result (a
+        diverged first stage, a full disk): the same command with corrected settings then finds no other run.
+
+        The directory held nothing but temporaries when it was claimed and the lock kept other pracset runs
+        out, so everything in it is this run's; the lock itself goes with the directory on exit.
+        """
+        from pracset.distributed import is_main  # rank 0 wrote everything (under torch.distributed)
+
+        try:
+            entries = list(self.root.iterdir()) if is_main() else []
+        except OSError:  # the failure being reported matters more than a clean-up
+            entries = []
+        for entry in entries:
+            try:
+                if entry.name == DirectoryLock.NAME:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError:  # the failure being reported matters more than an incomplete clean-up
+                pass
+
+    def _hold_results(self) -> None:
+        """Mark this run and the open runs it lies in (a pipeline's) as holding results: never rolled back."""
+        here = Path(os.path.abspath(self.root))
+        for run in _OPEN_RUNS:
+            there = Path(os.path.abspath(run.root))
+            if there == here or there in here.parents:
+                run.holds_results = True
 
     def check(self) -> None:
         """Compare the identity record and set :attr:`status` (entering does it unless ``check_on_enter=False``)."""
+        link = find_linked_folder(self.root)  # before anything in it is read, written or removed
+        if link is not None:
+            raise ConfigError(linked_folder_message(link))
         if self.record.exists():
+            require_regular_file(self.record, "run record")  # before it is opened: a FIFO would block forever
             try:
-                previous = json.loads(self.record.read_text())
-            except (OSError, json.JSONDecodeError):
+                previous = json.loads(self.record.read_bytes())
+            except (OSError, ValueError):
                 raise ConfigError(f"{self.record} is unreadable; choose another --out") from None
             if not isinstance(previous, dict) or "identity" not in previous:
                 raise ConfigError(f"{self.root} holds a run written by an older pracset; choose another --out")
+            self._previous = previous
             # a run recorded before a setting was renamed is compared under the new name
             refuse_changed(f"{self.root} holds another run", upgrade_keys(previous["identity"]), self.identity,
                            "choose another --out")
@@ -344,17 +229,40 @@ class RunDirectory:
         if self.status == "new" and not self.record.exists():
             from pracset.device import environment  # here: runs.py stays free of torch at import
 
-            atomic_write_json(self.record, {"identity": self.identity, "environment": environment(),
-                                            **({"data_check": check} if check else {}), **(extra_record or {})})
+            self._previous = {"identity": self.identity, "environment": environment(),
+                              **({"data_check": check} if check else {}), **(extra_record or {})}
+            atomic_write_json(self.record, self._previous)
+            self._fresh = True
         elif check:
+            require_regular_file(self.record, "run record")
             try:
-                previous = json.loads(self.record.read_text()).get("data_check")
-            except (OSError, json.JSONDecodeError, AttributeError):
+                previous = json.loads(self.record.read_bytes()).get("data_check")
+            except (OSError, ValueError, AttributeError):
                 previous = None
             if previous and previous != check:
                 changes = "; ".join(describe_changes(previous, check))
                 raise DataError(f"the data changed since {self.root} started ({changes}); restore it, or choose "
                                 "another --out")
+
+    def check_outputs(self, paths: Sequence[Path]) -> None:
+        """Refuse, naming it, a file among ``paths`` (this run's outputs outside its directory, e.g. a build's
+        statistics beside its manifest) that exists but that this run's record does not say it wrote: it is
+        someone else's, and pracset overwrites only its own. Temporaries a killed write of them left are removed."""
+        mine = set(self._previous.get("outputs") or ())
+        for path in paths:
+            if (path.exists() or path.is_symlink()) and path.name not in mine:
+                raise ConfigError(f"{path} exists and pracset did not write it (no unfinished build here records "
+                                  "it); move it away or choose another --out")
+            remove_temporaries_of(path)
+
+    def record_outputs(self, paths: Sequence[Path]) -> None:
+        """Record (in the identity record) that this run writes ``paths`` now, before writing them: a resumed run
+        may then overwrite them (:meth:`check_outputs`), and the run is never rolled back once they may exist."""
+        self._hold_results()
+        names = sorted(set(self._previous.get("outputs") or ()) | {Path(p).name for p in paths})
+        if names != self._previous.get("outputs"):
+            self._previous = {**self._previous, "outputs": names}
+            atomic_write_json(self.record, self._previous)
 
     @property
     def ledger_path(self) -> Path:
@@ -380,6 +288,7 @@ class RunDirectory:
         """Book the stage's cost, then write its ``metrics.json`` (which marks it done) and drop its checkpoint."""
         self.book_and_save_ledger(ledger)
         atomic_write_json(stage.metrics, metrics)
+        self._hold_results()
         stage.checkpoint.unlink(missing_ok=True)
         stage.packed_checkpoint.unlink(missing_ok=True)
         return metrics

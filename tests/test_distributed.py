@@ -358,12 +358,13 @@ def test_one_manifest_is_written_and_valid(ranks):
     assert manifest.size == 1438 and 0 < manifest.num_selected < 1438
     assert r0["build_summary"] == r1["build_summary"] == manifest.summary()
     assert r1["build_replaced"] == []
-    # rank 0 wrote the work directory's identity record, the live log (at the start and after each of the
-    # 2 epochs), the checkpoint after each epoch, the statistics and the dense model by renames; the manifest is
-    # linked into place (never over one that appeared)
+    # rank 0 wrote the work directory's identity record (at the claim, and again when it records the outputs it
+    # is about to write beside the manifest, so that only those are ever overwritten), the live log (at the
+    # start and after each of the 2 epochs), the checkpoint after each epoch, the statistics and the dense model
+    # by renames; the manifest is linked into place (never over one that appeared)
     assert sorted(Path(p).name for p in r0["build_replaced"]) == [
-        "checkpoint.pt", "checkpoint.pt", "digits.dense.pt", "digits.stats.npz", "metrics.jsonl", "metrics.jsonl", "metrics.jsonl",
-        "run.json"]
+        "checkpoint.pt", "checkpoint.pt", "digits.dense.pt", "digits.stats.npz", "metrics.jsonl", "metrics.jsonl",
+        "metrics.jsonl", "run.json", "run.json"]
     provenance = manifest.provenance
     assert provenance["iterations"] == 2 * 12  # the whole job's steps, counted once
     assert provenance["ledger"]["stages"]["probe"]["probe_examples"] == 3 * 1438

@@ -318,13 +318,15 @@ def test_dataset_card_names_a_known_license(hand_manifest):
 # ----------------------------------------------------------------------------- pretrained torchvision weights
 
 def fake_pretrained(monkeypatch, arch: str) -> dict:
-    """Make ``arch``'s weights "download" a state dict of a fresh 1000-class model (seed 123); returns it."""
+    """Make ``arch``'s weights "download" (and pass the hash check with) a state dict of a fresh 1000-class
+    model (seed 123); returns it. The hash check itself: tests/test_hostile_weights_and_paths.py."""
     import torchvision
+
+    import pracset.models
 
     torch.manual_seed(123)
     state = torchvision.models.get_model(arch, weights=None, num_classes=1000).state_dict()
-    monkeypatch.setattr(type(torchvision.models.get_model_weights(arch).DEFAULT), "get_state_dict",
-                        lambda self, *args, **kwargs: state)
+    monkeypatch.setattr(pracset.models, "_verified_state_dict", lambda name, weights: dict(state))
     return state
 
 
@@ -353,9 +355,7 @@ def test_pretrained_head_is_kept_when_the_class_count_matches(monkeypatch):
     assert all(torch.equal(v, pretrained[k]) for k, v in model.state_dict().items())
 
 
-def test_pretrained_weight_names_and_errors(monkeypatch):
-    import torchvision
-
+def test_pretrained_weight_names_and_errors(monkeypatch, tmp_path):
     spec = InputSpec(3, 32, 32, 10)
     with pytest.raises(ConfigError) as caught:
         build_model("torchvision/resnet18", spec, weights="IMAGENET1K_V9")
@@ -363,11 +363,13 @@ def test_pretrained_weight_names_and_errors(monkeypatch):
     with pytest.raises(ConfigError, match="exist only for torchvision/NAME models, not for mlp"):
         build_model("mlp", spec, weights="DEFAULT")
 
-    def offline(self, *args, **kwargs):
+    def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # an empty cache: the file must be fetched
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ConfigError) as caught:
         build_model("torchvision/resnet18", spec, weights="ResNet18_Weights.IMAGENET1K_V1")
     message = one_line(caught)
-    assert "could not be fetched" in message and torch.hub.get_dir() in message
+    assert "could not be downloaded" in message and torch.hub.get_dir() in message
     assert "resnet18-f37072fd.pth" in message

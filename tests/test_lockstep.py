@@ -321,6 +321,36 @@ def test_checkpoints_of_another_job_are_not_resumed(tmp_path):
     assert load_checkpoints(paths, device) is None
 
 
+@pytest.mark.parametrize("tamper, message", [
+    (lambda one: one["state"].update({next(iter(one["state"])): torch.zeros(3)}), r"its model: '.*' has shape \(3,\)"),
+    (lambda one: one["state"].pop(next(iter(one["state"]))), r"its model lacks 1 of the model's tensors"),
+    (lambda one: one.pop("history"), r"lacks 'history'"),
+    (lambda one: one.update(step=-4), r"step must be a non-negative integer"),
+    (lambda one: one.update(optimizer=5), r"does not hold this job's optimizer and schedule \(TypeError\)"),
+])
+def test_a_packed_checkpoint_of_the_wrong_structure_is_one_line_naming_it(tmp_path, tamper, message):
+    """A packed checkpoint that carries the job's signature but the wrong structure (a run directory may come
+    from anyone) is refused in one RunFileError naming the file, before the stacked weights are touched."""
+    from pracset.errors import RunFileError
+
+    loader = DeviceLoader(_data(64, 0), 16, (0.5,), (0.25,), shuffle=True, seed=3)
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    models, masks = _fresh_models(2)
+    fit_packed(models, masks, loader, None, CONFIG, stages=["a", "b"], checkpoints=paths)
+    for path in paths:  # every file alike: the job's signature and step still agree
+        one = torch.load(path, weights_only=True)
+        tamper(one)
+        torch.save(one, path)
+    again, masks = _fresh_models(2)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in again]
+    with pytest.raises(RunFileError, match=message) as error:
+        fit_packed(again, masks, loader, None, CONFIG, stages=["a", "b"], checkpoints=paths)
+    assert str(paths[0]) in str(error.value) or "optimizer" in str(error.value)
+    for model, state in zip(again, before):
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, state[name]), name
+
+
 def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_path, digits, monkeypatch):
     from pracset.train import packed as packed_module
 

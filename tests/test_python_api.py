@@ -269,7 +269,8 @@ def test_pretrained_weights_start_the_run_but_not_the_reinitialisation_control(m
 
     torch.manual_seed(123)
     pretrained = torchvision.models.get_model("resnet18", weights=None, num_classes=1000).state_dict()
-    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", lambda self, *a, **k: pretrained)
+    # the verified, weights_only file "holds" these tensors (the check itself: test_hostile_weights_and_paths.py)
+    monkeypatch.setattr(pracset.models, "_verified_state_dict", lambda name, weights: dict(pretrained))
     arch = resolve_architecture("torchvision/resnet18", "DEFAULT")
     assert arch.name == "torchvision/resnet18 (pretrained DEFAULT)"
     spec = pracset.models.InputSpec(3, 32, 32, 10)

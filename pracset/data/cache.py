@@ -52,16 +52,34 @@ def _write(path: Path, payload: bytes) -> None:
         log.warning("could not cache %s (%s); it will be computed again next time", path.name, exc.strerror or exc)
 
 
+def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
+    """The shape and dtype a ``.npy`` file's header claims, read without reading (or allocating) its data."""
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    return shape, dtype
+
+
 def cached_hashes(key: str, count: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
     """The ``count`` content hashes cached under ``key``, else ``compute()`` them and cache them."""
     path = cache_dir() / f"hashes-{key}.npy"
     if path.is_file() and not path.is_symlink():
         try:
-            hashes = np.load(path, allow_pickle=False)
-            if hashes.dtype == np.dtype("<U16") and hashes.shape == (count,):
-                log.info("content hashes of %d examples read from the cache (%s)", count, path)
-                return hashes
-        except (OSError, ValueError) as exc:
+            shape, dtype = _npy_header(path)
+            if dtype != np.dtype("<U16") or shape != (count,):  # checked before np.load allocates what it claims
+                log.warning("ignoring the cache entry %s: it holds %s %s, not the %d hashes of this split",
+                            path, shape, dtype, count)
+            else:
+                hashes = np.load(path, allow_pickle=False)
+                if hashes.dtype == np.dtype("<U16") and hashes.shape == (count,):
+                    log.info("content hashes of %d examples read from the cache (%s)", count, path)
+                    return hashes
+        except (OSError, ValueError, SyntaxError, TypeError) as exc:
             log.warning("ignoring the unreadable cache entry %s (%s)", path, exc)
     hashes = np.asarray(compute()).astype("<U16")
     buffer = io.BytesIO()
@@ -75,10 +93,14 @@ def cached_normalization(key: str, compute: Callable[[], tuple]) -> tuple[tuple[
     path = cache_dir() / f"normalization-{key}.json"
     if path.is_file() and not path.is_symlink():
         try:
+            if path.stat().st_size > 4096:  # a few numbers: a larger file is no entry pracset wrote
+                raise ValueError("larger than an entry pracset writes")
             mean, std = json.loads(path.read_text())
-            if all(isinstance(v, (int, float)) for v in [*mean, *std]) and len(mean) == len(std) > 0:
+            if (all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*mean, *std])
+                    and len(mean) == len(std) and len(mean) in (1, 3)):  # one value per channel: grey or RGB
                 return tuple(float(m) for m in mean), tuple(float(s) for s in std)
-        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring the cache entry %s: it is not one mean and std per channel", path)
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
             log.warning("ignoring the unreadable cache entry %s (%s)", path, exc)
     mean, std = compute()
     _write(path, json.dumps([list(mean), list(std)]).encode())

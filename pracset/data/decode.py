@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,6 +20,12 @@ from pracset.errors import DataError
 
 #: PIL modes of single-channel images.
 GRAYSCALE_MODES = ("L", "1", "I;16", "I")
+#: The largest ``image_size`` (``--image-size``): every image is resized to at most this many pixels square.
+MAX_IMAGE_SIZE = 4096
+#: What PIL raises for an image file it cannot read. ``DecompressionBombError`` (an image whose header claims
+#: more than twice ``Image.MAX_IMAGE_PIXELS``, refused before its pixels are decoded) is no OSError, and a text
+#: chunk that decompresses past PIL's limit is a ValueError.
+UNREADABLE = (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError)
 
 
 def is_colour(blob: bytes) -> bool:
@@ -26,12 +33,13 @@ def is_colour(blob: bytes) -> bool:
     try:
         with Image.open(io.BytesIO(blob)) as image:
             return image.mode not in GRAYSCALE_MODES
-    except OSError:
+    except UNREADABLE:
         return False  # reported with its cause when the image is decoded
 
 
 def decode_image(blob: bytes, mode: str, image_size: int | None) -> np.ndarray:
-    """One encoded image as a uint8 (H, W) or (H, W, 3) array in PIL ``mode``; raises OSError when unreadable."""
+    """One encoded image as a uint8 (H, W) or (H, W, 3) array in PIL ``mode``; raises one of :data:`UNREADABLE`
+    when it cannot be read (a decompression bomb among them)."""
     with Image.open(io.BytesIO(blob)) as image:
         image = image.convert(mode)
         if image_size is not None and image.size != (image_size, image_size):
@@ -68,8 +76,9 @@ def decode_images(blobs: list[bytes], image_size: int | None, what: str) -> np.n
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             arrays = list(pool.map(lambda blob: decode_image(blob, mode, image_size), blobs, chunksize=256))
-    except OSError as exc:
-        raise DataError(f"{what}: cannot decode an image: {exc}") from None
+    except UNREADABLE as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{what}: cannot decode an image: {first}") from None
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         sizes = sorted(f"{s[1]}x{s[0]}" for s in shapes)

@@ -29,8 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from pracset.errors import DataError
+from pracset.fileio import require_regular_file
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+#: The most classes a label column without class names may imply (its largest label + 1).
+MAX_CLASSES = 100_000
+#: The largest file of an image data set (in a folder or a tar): one claiming more is refused before it is read.
+MAX_FILE_BYTES = 1 << 28
 
 
 # ----------------------------------------------------------------------------- trees of files
@@ -50,6 +55,13 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return member.name[2:] if member.name.startswith("./") else member.name
 
 
+def _check_size(where: str, size: int) -> None:
+    """Refuse a file or tar member over :data:`MAX_FILE_BYTES` by the size it claims, before reading any of it."""
+    if size > MAX_FILE_BYTES:
+        raise DataError(f"{where} is {size} bytes, more than an image data set's file may be ({MAX_FILE_BYTES} "
+                        "bytes)")
+
+
 class FolderTree:
     """Files under a directory, as sorted relative POSIX paths, read on demand."""
 
@@ -58,8 +70,11 @@ class FolderTree:
         self.paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
     def read(self, rel: str) -> bytes:
-        """The bytes of file ``rel``."""
-        return (self.root / rel).read_bytes()
+        """The bytes of file ``rel`` (one larger than :data:`MAX_FILE_BYTES` is refused unread)."""
+        path = require_regular_file(self.root / rel, "image file", error=DataError)  # a FIFO would block forever
+        with open(path, "rb") as handle:
+            _check_size(str(path), os.fstat(handle.fileno()).st_size)
+            return handle.read(MAX_FILE_BYTES + 1)
 
     def signature(self, files: Sequence[str], times: bool = True) -> str:
         """What ``files`` hold, cheaply: each name, size and (``times``) modification time."""
@@ -79,11 +94,14 @@ class ArchiveTree:
     def __init__(self, archive: Path):
         self.root = archive
         blobs: dict[str, bytes] = {}
+        require_regular_file(archive, "archive", error=DataError)  # a FIFO or a device would block or never end
         try:
             with tarfile.open(archive, "r:*") as handle:
                 for member in handle:
                     if member.isfile():
-                        blobs[_member_name(member)] = handle.extractfile(member).read()
+                        name = _member_name(member)  # the size its header claims, checked before it is read
+                        _check_size(f"{archive}: member {name}", member.size)
+                        blobs[name] = handle.extractfile(member).read()
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"cannot read archive {archive}: {exc}") from None
         top = single_top(sorted(blobs))
@@ -101,11 +119,17 @@ class TarTree:
     def __init__(self, archive: Path):
         self.root = archive
         offsets: dict[str, tuple[int, int]] = {}
+        require_regular_file(archive, "archive", error=DataError)  # a FIFO or a device would block or never end
         try:
+            size = archive.stat().st_size
             with tarfile.open(archive, "r:") as handle:
                 for member in handle:
                     if member.isfile():
-                        offsets[_member_name(member)] = (member.offset_data, member.size)
+                        name = _member_name(member)
+                        _check_size(f"{archive}: member {name}", member.size)
+                        if member.offset_data + member.size > size:
+                            raise DataError(f"{archive} is truncated: member {name} ends past the end of the file")
+                        offsets[name] = (member.offset_data, member.size)
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise DataError(f"cannot index archive {archive}: {exc}") from None
         top = single_top(sorted(offsets))
@@ -134,6 +158,7 @@ class TarTree:
 
 def is_compressed(archive: Path) -> bool:
     """Whether ``archive`` starts with a gzip, bzip2 or xz header."""
+    require_regular_file(archive, "archive", error=DataError)
     with open(archive, "rb") as handle:
         magic = handle.read(6)
     return magic[:2] == b"\x1f\x8b" or magic[:3] == b"BZh" or magic[:6] == b"\xfd7zXZ\x00"
@@ -143,9 +168,17 @@ def read_tree(root: Path) -> FolderTree | ArchiveTree:
     """A directory (read on demand) or a tar archive (read into memory): the in-memory sources' trees."""
     if root.is_dir():
         return FolderTree(root)
+    require_regular_file(root, "data file", error=DataError)  # is_tarfile of a FIFO or /dev/zero never returns
     if tarfile.is_tarfile(root):
         return ArchiveTree(root)
     raise DataError(f"{root} is neither a directory nor a tar archive")
+
+
+def _data_filter(member: tarfile.TarInfo, dest: str, archive: Path) -> tarfile.TarInfo | None:
+    """tarfile's ``"data"`` filter, refusing a member over :data:`MAX_FILE_BYTES` before it is written."""
+    if member.isfile():
+        _check_size(f"{archive}: member {_member_name(member)}", member.size)
+    return tarfile.data_filter(member, dest)
 
 
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
@@ -157,15 +190,19 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     archive, dest = Path(archive), Path(dest)
     marker = dest / ".extracted"
     if not marker.exists():
+        require_regular_file(archive, "archive", error=DataError)  # before anything is made or opened
         partial = dest.with_name(dest.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
             with tarfile.open(archive, "r:*") as handle:
-                handle.extractall(partial, filter="data")
+                handle.extractall(partial, filter=lambda member, at: _data_filter(member, at, archive))
         except (tarfile.TarError, OSError, EOFError) as exc:
             shutil.rmtree(partial, ignore_errors=True)
             raise DataError(f"cannot extract {archive}: {exc}") from None
+        except DataError:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         (partial / ".extracted").write_text(str(archive) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
@@ -185,6 +222,7 @@ def open_tree(path: str | Path, *, extract_to: str | Path | None = None) -> Fold
         return FolderTree(path)
     if not path.exists():
         raise DataError(f"--data-dir {path} does not exist")
+    require_regular_file(path, "--data-dir", error=DataError)  # is_tarfile of a FIFO or /dev/zero never returns
     if not tarfile.is_tarfile(path):
         raise DataError(f"{path} is neither a directory nor a tar archive")
     if is_compressed(path):
@@ -300,7 +338,14 @@ def load_hf_splits(target: str, train_split: str, test_split: str):
 
 
 def _blob(row: dict) -> bytes:
-    return row["bytes"] if row.get("bytes") is not None else Path(row["path"]).read_bytes()
+    if row.get("bytes") is not None:
+        return row["bytes"]
+    # an image the row names by path, a file from a stranger: a FIFO or a device there would block or read
+    # forever, a link could point anywhere, and its size is checked before it is read
+    path = require_regular_file(row["path"], "image file", error=DataError, follow_symlinks=False)
+    with open(path, "rb") as handle:
+        _check_size(str(path), os.fstat(handle.fileno()).st_size)
+        return handle.read()
 
 
 class HFReader:
@@ -370,6 +415,9 @@ def open_hf_split(split, image_column: str | None, label_column: str | None,
     else:
         reader = HFReader(split.with_format("numpy"), image_column, "array")
     label_feature = features[label_column]
+    if not isinstance(label_feature, datasets.ClassLabel) and labels.max() >= MAX_CLASSES:  # before "0".."N" is built
+        raise DataError(f"{what}: labels in column {label_column!r} go up to {int(labels.max())}; without class "
+                        f"names (a ClassLabel feature) labels must be below {MAX_CLASSES}")
     classes = (list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel)
                else [str(c) for c in range(int(labels.max()) + 1)])
-    return reader, labels, classes
+    return reader, labels, classes  # labels past the classes: refused by the caller (sources.check_labels)

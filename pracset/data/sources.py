@@ -9,11 +9,8 @@ source's ``example_id``.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import logging
 import os
-import pickle
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -23,7 +20,8 @@ import torch
 
 from pracset.config import ConfigBase, option, require
 from pracset.data.base import ImageDataset, ImageSplit
-from pracset.data.decode import decode_images, match_channels, pixels_as_uint8, to_nchw
+from pracset.data.decode import MAX_IMAGE_SIZE, decode_images, match_channels, pixels_as_uint8, to_nchw
+from pracset.data.formats import read_cifar_pickle, read_idx  # noqa: F401  (read_idx: pracset.data's)
 from pracset.data.readers import list_image_folder, load_hf_splits, open_hf_split, read_tree
 from pracset.errors import DataError
 from pracset.registry import Registry
@@ -55,6 +53,8 @@ class DataConfig(ConfigBase):
 
     def __post_init__(self) -> None:
         require(self.image_size is None or self.image_size > 0, f"image_size must be a positive integer, got {self.image_size}")
+        require(self.image_size is None or self.image_size <= MAX_IMAGE_SIZE,
+                f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
         require(self.workers is None or self.workers >= 0, f"workers must not be negative, got {self.workers}")
 
     def identity(self) -> dict:
@@ -92,6 +92,7 @@ class DataSource:
     def load(self, config: DataConfig) -> ImageDataset:
         """Load the training and test splits described by ``config``."""
         (train_x, train_y), (test_x, test_y), class_names, source = self.load_splits(config)
+        check_labels(self.name, class_names, train_y, test_y)
         dataset = ImageDataset(
             name=self.name,
             train=ImageSplit(_as_tensor(train_x), torch.as_tensor(train_y, dtype=torch.int64)),
@@ -140,6 +141,22 @@ class DataSource:
         return root, found
 
 
+def check_labels(name: str, class_names, *splits) -> None:
+    """Refuse class names that are not a non-empty list of strings, and a label of any split outside
+    ``0 .. len(class_names) - 1``: the classes a model is built for come from the names, and a label past
+    them (a file's 10**12) would fail deep inside training."""
+    if (isinstance(class_names, (str, bytes)) or not isinstance(class_names, (list, tuple)) or not class_names
+            or not all(isinstance(c, str) for c in class_names)):
+        raise DataError(f"{name}: the class names must be a non-empty list of strings, got "
+                        f"{type(class_names).__name__}")
+    for split, labels in zip(("train", "test"), splits):
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+            bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
+            raise DataError(f"{name} {split} split: label {bad} is not one of its {len(class_names)} classes "
+                            f"(0..{len(class_names) - 1})")
+
+
 def _as_tensor(images: np.ndarray) -> torch.Tensor:
     array = np.ascontiguousarray(images)
     if array.dtype != np.uint8:
@@ -172,32 +189,6 @@ class DigitsSource(DataSource):
 
 
 # --------------------------------------------------------------------------- idx (MNIST family)
-def read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (gzip-compressed or not) into a uint8 array, validating its size."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(2)
-            handle.seek(0)
-            raw = gzip.GzipFile(fileobj=handle).read() if head == b"\x1f\x8b" else handle.read()
-    except EOFError:
-        raise DataError(f"cannot read {path}: the compressed file is truncated") from None
-    except (OSError, gzip.BadGzipFile) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
-    if len(raw) < 4 or raw[0:2] != b"\x00\x00":
-        raise DataError(f"{path} is not an idx file (bad magic number)")
-    dtype_code, ndim = raw[2], raw[3]
-    if dtype_code != 0x08:
-        raise DataError(f"{path}: idx data type 0x{dtype_code:02x} is not unsigned byte (0x08)")
-    if len(raw) < 4 + 4 * ndim:
-        raise DataError(f"{path} is truncated (header cut short)")
-    dims = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
-    expected = int(np.prod(dims))
-    payload = memoryview(raw)[4 + 4 * ndim :]
-    if len(payload) != expected:
-        raise DataError(f"{path} is truncated or padded: header says {expected} bytes of data, file holds {len(payload)}")
-    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
-
-
 class IdxSource(DataSource):
     """MNIST-style data sets stored as four idx files."""
 
@@ -254,25 +245,6 @@ class IdxSource(DataSource):
 
 
 # --------------------------------------------------------------------------- CIFAR (python pickles)
-class _CifarUnpickler(pickle.Unpickler):
-    """Reads CIFAR's python batches without running code: only the globals a numpy array needs are allowed.
-
-    A pickle names the functions it calls while loading; a hostile ``data_batch_1`` could name
-    ``os.system``. The CIFAR format needs numpy's array reconstruction and nothing else (its dicts,
-    lists, strings and numbers need no global at all).
-    """
-
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR batch never holds "
-                                         "(refused: loading it could run code)")
-        return super().find_class(module, name)
-
-
 class CifarSource(DataSource):
     """CIFAR-10 / CIFAR-100 from torchvision's python-pickle folders (``--download`` where online)."""
     crop_padding = 4
@@ -295,21 +267,19 @@ class CifarSource(DataSource):
 
     @staticmethod
     def _unpickle(path: Path) -> dict:
-        try:
-            with open(path, "rb") as handle:
-                return _CifarUnpickler(handle, encoding="latin1").load()
-        except EOFError:
-            raise DataError(f"cannot read {path}: the file is truncated") from None
-        except (OSError, pickle.UnpicklingError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
+        return read_cifar_pickle(path)
 
     def _batch(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         entry = self._unpickle(path)
+        if not isinstance(entry, dict):
+            raise DataError(f"{path} is not a {self.name} batch (it holds a {type(entry).__name__}, not a dict)")
         try:
             data = np.asarray(entry["data"], dtype=np.uint8)
             labels = np.asarray(entry[self.labels_key], dtype=np.int64)
         except (KeyError, TypeError) as exc:
             raise DataError(f"{path} is not a {self.name} batch (missing {exc})") from None
+        except (ValueError, OverflowError) as exc:  # labels that are not integers, or past int64
+            raise DataError(f"{path}: its data or labels are not integers ({exc})") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
             raise DataError(f"{path}: expected (N, 3072) pixels and N labels, got {data.shape} and {labels.shape}")
         return data.reshape(-1, 3, 32, 32), labels
@@ -323,9 +293,13 @@ class CifarSource(DataSource):
         train_y = np.concatenate([p[1] for p in parts])
         test_x, test_y = self._batch(folder / self.test_file)
         meta = self._unpickle(folder / self.meta_file)
-        if self.names_key not in meta:
+        if not isinstance(meta, dict) or self.names_key not in meta:
             raise DataError(f"{folder / self.meta_file} has no {self.names_key!r}")
-        return (train_x, train_y), (test_x, test_y), list(meta[self.names_key]), {"folder": str(folder)}
+        names = meta[self.names_key]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{folder / self.meta_file}: {self.names_key!r} must be a list of class names, got "
+                            f"{type(names).__name__}")
+        return (train_x, train_y), (test_x, test_y), names, {"folder": str(folder)}
 
 
 # --------------------------------------------------------------------------- image folders

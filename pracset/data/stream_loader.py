@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from pracset import distributed as ddp
-from pracset.data.decode import decode_image, detect_mode, pixels_as_uint8, to_chw
+from pracset.data.decode import UNREADABLE, decode_image, detect_mode, pixels_as_uint8, to_chw
 from pracset.data.host_augment import augment
 from pracset.data.loader import Batch, num_batches
 from pracset.errors import ConfigError, DataError, PracsetError
@@ -93,7 +93,7 @@ class StreamingDataset(torch.utils.data.Dataset):
             return array
         try:
             return to_chw(decode_image(item, self.mode, self.image_size))
-        except OSError as exc:
+        except UNREADABLE as exc:  # a decompression bomb among them
             raise DataError(f"{self.what}: cannot decode {self.reader.describe(i)}: {exc}") from None
 
     def decode(self, ids: Sequence[int]) -> np.ndarray:

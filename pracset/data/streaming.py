@@ -34,7 +34,7 @@ from pracset.data.decode import detect_mode
 from pracset.data.protocol import describe_dataset
 from pracset.data.readers import (TreeReader, extract_archive, list_image_folder, load_hf_splits, open_hf_split,
                                   open_tree)
-from pracset.data.sources import SOURCES, DataConfig, ImageFolderSource
+from pracset.data.sources import SOURCES, DataConfig, ImageFolderSource, check_labels
 from pracset.data.stream_loader import (ShardedBatchSampler, StreamingDataset, StreamingLoader, augment,
                                         decoded_batches)
 from pracset.errors import ConfigError, DataError
@@ -174,6 +174,7 @@ def hf_splits(target: str, *, train_split: str = "train", test_split: str = "tes
     loaded = load_hf_splits(target, train_split, test_split)
     train_reader, train_labels, classes = open_hf_split(loaded[train_split], image_column, label_column, target)
     test_reader, test_labels, _ = open_hf_split(loaded[test_split], image_column, label_column, target)
+    check_labels("hf", classes, train_labels, test_labels)  # the test split's labels must be training classes
     mode = _colour_mode((train_reader, train_labels), (test_reader, test_labels))
     train = StreamingDataset(train_reader, train_labels, mode=mode, image_size=image_size, what=f"{target}/{train_split}")
     test = StreamingDataset(test_reader, test_labels, mode=mode, image_size=image_size, what=f"{target}/{test_split}")

@@ -129,7 +129,10 @@ def _open(path: Path) -> pa.Table:
         raise ManifestError(f"manifest {path} does not exist")
     if path.is_dir():
         raise ManifestError(f"manifest {path} is a directory, not a Parquet file")
+    from pracset.fileio import require_regular_file  # here: importing pracset.manifest stays light (no torch)
+
     try:
+        require_regular_file(path, "manifest", error=ManifestError)  # a FIFO or a device would block or never end
         size = path.stat().st_size
         with open(path, "rb") as handle:
             head = handle.read(4)

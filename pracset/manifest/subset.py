@@ -81,6 +81,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
     """
     import datasets  # lazily: importing datasets takes most of a second
 
+    from pracset.data.decode import MAX_IMAGE_SIZE
     from pracset.errors import ConfigError  # with the lines below: see the module docstring
     from pracset.manifest.schema import Manifest, ManifestError, read_manifest
 
@@ -88,6 +89,8 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
         raise ConfigError(f"match must be one of {', '.join(MATCH_MODES)}, got {match!r}")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
+    if image_size is not None and image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE}, got {image_size}")
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(manifest)
     if isinstance(dataset, datasets.DatasetDict):

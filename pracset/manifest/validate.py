@@ -35,6 +35,19 @@ def _check_metadata(meta: Any, error: type[Exception], where: str) -> None:
     for name in ("name", "split", "fingerprint"):
         if not isinstance(meta["dataset"][name], str) or not meta["dataset"][name]:
             raise error(f"{where}: metadata dataset.{name} must be a non-empty string, got {meta['dataset'][name]!r}")
+    # Optional keys pracset writes and reads back: the structure it writes, or refused here (not a crash later).
+    classes = meta["dataset"].get("class_names")
+    if classes is not None and (not isinstance(classes, list) or not classes
+                                or not all(isinstance(c, str) for c in classes)):
+        shown = repr(classes) if len(repr(classes)) <= 60 else repr(classes)[:57] + "..."
+        raise error(f"{where}: metadata dataset.class_names must be a non-empty list of names, got {shown}")
+    provenance = meta["provenance"]
+    accuracy = provenance.get("dense_test_accuracy")
+    if accuracy is not None and (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float))):
+        raise error(f"{where}: metadata provenance.dense_test_accuracy must be a number, got {type(accuracy).__name__}")
+    warnings = provenance.get("warnings")
+    if warnings is not None and (not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings)):
+        raise error(f"{where}: metadata provenance.warnings must be a list of strings")
 
 
 def _check_version(meta: Any, error: type[Exception], where: str) -> None:
@@ -121,10 +134,12 @@ def _check_rows(table: pa.Table, meta: dict, error: type[Exception], where: str)
         raise error(f"{where}: {int(outside.sum())} example_id value(s) outside 0..{size - 1} "
                     f"(dataset.size is {size}; first: {int(ids[outside][0])})")
     if len(ids) != size:
-        # No duplicates and all in range, so fewer rows than examples: some ids are absent.
-        absent = np.setdiff1d(np.arange(size), ids)
+        # No duplicates and all in range, so fewer rows than examples: some ids are absent. Found from the sorted
+        # ids alone: dataset.size comes from the file and may claim 2**62 examples (never allocate that many).
+        gaps = np.flatnonzero(ordered != np.arange(len(ordered)))
+        first = int(gaps[0]) if len(gaps) else len(ordered)
         raise error(f"{where}: holds {len(ids)} rows but dataset.size is {size} "
-                    f"({len(absent)} example ids absent, first: {int(absent[0])})")
+                    f"({size - len(ids)} example ids absent, first: {first})")
     if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
         log.debug("%s: rows not sorted by example_id; sorting them", where)
         table = table.sort_by("example_id")
@@ -138,6 +153,13 @@ def _check_rows(table: pa.Table, meta: dict, error: type[Exception], where: str)
         bad = table.column(name).to_numpy() < 0
         if bad.any():
             raise error(f"{where}: column {name} is negative at example_id {_first_row(table, bad)}")
+    classes = meta["dataset"].get("class_names")
+    if classes is not None:  # checked a list of names by _check_metadata: every label must name one of them
+        labels = table.column("label").to_numpy()
+        bad = labels >= len(classes)
+        if bad.any():
+            raise error(f"{where}: label {int(labels[bad][0])} at example_id {_first_row(table, bad)} is not a class "
+                        f"of the {len(classes)} its metadata (dataset.class_names) names")
     bad = table.column("first_learned_epoch").to_numpy() < -1
     if bad.any():
         raise error(f"{where}: first_learned_epoch is below -1 at example_id {_first_row(table, bad)}")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import pickle
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 
 from pracset.errors import ConfigError, UnknownNameError
+from pracset.fileio import require_regular_file
 from pracset.models.zoo import (MLP, VGG, VGG_PLANS, BasicBlock, Bottleneck, ChannelAdapter,
                                 ConvNet, InputSpec, LeNet5, ResNet, init_weights)
 from pracset.registry import Registry
@@ -114,15 +120,19 @@ def _pretrained_torchvision(name: str, weights, num_classes: int) -> nn.Module:
     pretrained_classes = len(weights.meta.get("categories") or ()) or None
     fresh = (torchvision.models.get_model(name, weights=None, num_classes=num_classes)
              if pretrained_classes != num_classes else None)
+    state = _verified_state_dict(name, weights)
     try:
-        model = torchvision.models.get_model(name, weights=weights, progress=False)
-    # offline: URLError (an OSError); a wrong hash: RuntimeError; a damaged cached file: the others
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-        raise ConfigError(f"the pretrained weights {weights} of torchvision/{name} could not be fetched or read "
-                          f"({reason}); torch looks for them in {cached} (torch.hub.get_dir() / checkpoints): "
-                          "download them there on a machine that is online") from None
+        with _serving_state_dict(name, weights, state) as asked:
+            model = torchvision.models.get_model(name, weights=weights, progress=False)
+    except ConfigError:
+        raise
+    # load_state_dict: the file holds other tensors (or other values) than the model's
+    except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"the pretrained weights {weights} of torchvision/{name} do not fit the model "
+                          f"({_first_line(exc)})") from None
+    if not asked:  # fail closed: a model with random weights must never pass for a pretrained one
+        raise ConfigError(f"torchvision/{name} did not load its weights through WeightsEnum.get_state_dict; this "
+                          "torchvision version builds it in a way pracset cannot check, so --weights is refused")
     if fresh is not None:
         fresh_shapes = {n: p.shape for n, p in fresh.named_parameters()}
         heads = dict.fromkeys(n.rpartition(".")[0] for n, p in model.named_parameters()
@@ -133,6 +143,118 @@ def _pretrained_torchvision(name: str, weights, num_classes: int) -> nn.Module:
         log.info("torchvision/%s: pretrained %s, %s replaced by a fresh %d-class head", name, weights,
                  ", ".join(heads), num_classes)
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _weights_file(weights) -> tuple[Path, str]:
+    """Where torch's hub cache keeps ``weights`` (``torch.hub.get_dir()/checkpoints/<file name of its url>``),
+    and the published sha256 prefix that file must have: torchvision names its files ``NAME-<first 8+ hex
+    digits of the sha256>.pth`` (``torch.hub.HASH_REGEX``). Weights whose name carries no such hash are
+    refused: pracset loads only pretrained weights it can verify."""
+    file_name = os.path.basename(urlparse(weights.url).path)
+    match = torch.hub.HASH_REGEX.search(file_name)
+    if match is None or len(match.group(1)) < 8:
+        raise ConfigError(f"the pretrained weights {weights} ({weights.url}) publish no sha256 in their file name; "
+                          "pracset loads only pretrained weights whose hash it can check")
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name, match.group(1)
+
+
+def _verified_state_dict(name: str, weights) -> dict:
+    """The state dict of ``weights``, read only after the file's sha256 matched the published one.
+
+    torchvision's own loading (``load_state_dict_from_url``) reads a file
+    already in the hub cache with ``weights_only=False`` and without its hash
+    check, so a file planted there under the expected name would run code.
+    Here an absent file is downloaded by ``torch.hub.download_url_to_file``
+    with the hash prefix (it refuses a mismatch before the file is in place);
+    a present one is hashed first, and refused on a mismatch. Only then is it
+    loaded, from the same open file, with ``torch.load(weights_only=True)``.
+    """
+    path, prefix = _weights_file(weights)
+    where = (f"place the file published at {weights.url} there (its sha256 must start with {prefix}, the hash in "
+             "its name, or pracset refuses it)")
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), prefix, progress=False)
+        # offline: URLError (an OSError); a download whose hash differs: RuntimeError (nothing left in place)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"the pretrained weights {weights} of torchvision/{name} are not in {path} and could "
+                              f"not be downloaded ({_first_line(exc)}); {where}") from None
+    try:
+        require_regular_file(path, "pretrained weights file")  # a FIFO or a device would block or never end
+        with open(path, "rb") as handle:  # hashed and loaded through one descriptor: never swapped in between
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+            if not digest.hexdigest().startswith(prefix):
+                raise ConfigError(f"pretrained weights file {path} does not match the published hash of {weights} "
+                                  f"(its sha256 starts {digest.hexdigest()[:len(prefix)]}, expected {prefix}); "
+                                  f"refused without loading it: delete it and {where}")
+            handle.seek(0)
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except ConfigError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read pretrained weights file {path}: {exc.strerror or _first_line(exc)}") from None
+    except pickle.UnpicklingError:  # weights_only refused a global: the file would call a function when loaded
+        raise ConfigError(f"pretrained weights file {path} holds more than tensors; refused (loading it could run "
+                          "code)") from None
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise ConfigError(f"pretrained weights file {path} is damaged or truncated ({_first_line(exc)})") from None
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"pretrained weights file {path} holds a {type(state).__name__}, not a state dict")
+    return dict(state)
+
+
+#: One model is built at a time while torchvision's WeightsEnum.get_state_dict is swapped (_serving_state_dict).
+_SERVING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _serving_state_dict(name: str, weights, state: dict) -> Iterator[list]:
+    """While the block runs, torchvision's builders get ``state`` when they ask ``weights`` for its state dict.
+
+    Why this and not ``get_model(name, weights=None)`` + ``load_state_dict``:
+    each builder derives its arguments from the weights (``num_classes`` from
+    the categories; GoogLeNet and Inception v3 set ``transform_input`` and
+    ``aux_logits``; others more) and some rewrite the state dict's keys before
+    loading it (DenseNet). Copying that per model would drift from
+    torchvision; every classification builder fetches the tensors through
+    ``WeightsEnum.get_state_dict``, so swapping that one method keeps the
+    builder's logic and feeds it the verified, tensors-only dict. It fails
+    closed: when torchvision has no ``WeightsEnum.get_state_dict`` (another
+    API), when the weights' class overrides it, or when a builder asks for
+    other weights, it refuses; the yielded list is empty unless the builder
+    asked (the caller refuses a model that never did).
+    """
+    try:
+        from torchvision.models import _api
+    except ImportError:
+        _api = None
+    enum = getattr(_api, "WeightsEnum", None)
+    original = vars(enum).get("get_state_dict") if isinstance(enum, type) else None
+    if original is None or not isinstance(weights, enum) or getattr(type(weights), "get_state_dict") is not original:
+        raise ConfigError(f"this torchvision version loads the weights of torchvision/{name} in a way pracset cannot "
+                          "check (WeightsEnum.get_state_dict is missing or overridden); --weights is refused")
+    asked: list = []
+
+    def get_state_dict(self, *args, **kwargs):
+        if self is not weights:
+            raise ConfigError(f"torchvision/{name} asked for the weights {self} besides the verified {weights}; "
+                              "pracset loads no weights it has not checked")
+        asked.append(self)
+        return state
+
+    with _SERVING:
+        enum.get_state_dict = get_state_dict
+        try:
+            yield asked
+        finally:
+            enum.get_state_dict = original
 
 
 def check_model_name(name: str) -> None:
@@ -153,7 +275,10 @@ def build_model(name: str, spec: InputSpec, seed: int | None = None, *, weights:
     weights enum for the model (``"IMAGENET1K_V1"``, ``"DEFAULT"``, ...; see
     :func:`pretrained_weights`), for fine-tuning studies: the pretrained
     model is loaded (downloaded into ``torch.hub.get_dir()`` if not cached
-    there; offline, a missing file is a one-line :class:`ConfigError`), and
+    there; offline, a missing file is a one-line :class:`ConfigError`) only
+    after its sha256 matched the hash torchvision publishes in the file's
+    name, and only as tensors (``weights_only=True``; see
+    :func:`_verified_state_dict`), and
     when ``spec.num_classes`` differs from the weights' class count, the
     final classifier layer is replaced by a freshly initialised one of the
     right size. One-channel data still goes through :class:`ChannelAdapter`.

@@ -8,8 +8,8 @@ from typing import Iterable, Iterator, Mapping
 import torch
 import torch.nn as nn
 
-from pracset.errors import ConfigError, PracsetError
-from pracset.fileio import atomic_torch_save, atomic_write_json
+from pracset.errors import ConfigError, PracsetError, RunFileError
+from pracset.fileio import atomic_torch_save, atomic_write_json, require_regular_file
 
 MASK_FORMAT = "pracset-mask"
 MASK_VERSION = 1
@@ -162,9 +162,13 @@ class Mask(Mapping[str, torch.Tensor]):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "Mask":
-        """Read a mask written by :meth:`save`, validating its format."""
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", model: nn.Module | None = None) -> "Mask":
+        """Read a mask written by :meth:`save`, validating its structure (a dict of parameter names to boolean
+        tensors) and, given ``model``, its names and shapes against the model's parameters; a file of another
+        structure is one :class:`~pracset.errors.RunFileError` naming it."""
         path = Path(path)
+        if path.exists():  # (a missing one is answered below) a FIFO or a device would block or never end
+            require_regular_file(path, "mask file", error=RunFileError)
         try:
             saved = torch.load(path, map_location=device, weights_only=True)
         except FileNotFoundError:
@@ -173,9 +177,28 @@ class Mask(Mapping[str, torch.Tensor]):
             raise PracsetError(f"cannot read mask file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         if not isinstance(saved, dict) or saved.get("format") != MASK_FORMAT:
             raise PracsetError(f"{path} is not a pracset mask file")
-        if saved.get("version", 0) > MASK_VERSION:
+        version = saved.get("version", 0)
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise RunFileError(f"mask file {path}: 'version' must be an integer, got {type(version).__name__}")
+        if version > MASK_VERSION:
             raise PracsetError(f"{path} is mask format version {saved['version']}; this pracset reads up to {MASK_VERSION}")
-        return cls(saved["masks"])
+        masks = saved.get("masks")
+        if not isinstance(masks, dict) or not masks:
+            raise RunFileError(f"mask file {path}: 'masks' must be a non-empty dict of parameter name to boolean "
+                               f"tensor, got {type(masks).__name__}")
+        for name, tensor in masks.items():
+            if not isinstance(name, str):
+                raise RunFileError(f"mask file {path}: a mask entry's name is a {type(name).__name__}, not a string")
+            if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.bool:
+                what = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise RunFileError(f"mask file {path}: entry {name[:60]!r} is {what}, expected a torch.bool tensor")
+        mask = cls(masks)
+        if model is not None:
+            try:
+                mask.check_model(model)
+            except ConfigError as exc:
+                raise RunFileError(f"mask file {path} does not fit the model: {exc}") from None
+        return mask
 
 
 __all__ = ["MASK_FORMAT", "MASK_VERSION", "PRUNABLE_CHOICES", "Mask", "check_prunable", "prunable_names"]

@@ -8,7 +8,6 @@ it stopped (``resume``), and a directory that holds another run is refused.
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -24,17 +23,18 @@ from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json
 from pracset.manifest import read_manifest
 from pracset.models.custom import ArchitectureLike, resolve_architecture
-from pracset.runs import RunDirectory, TicketLayout
+from pracset.runs import RunDirectory, TicketLayout, read_json
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.sparse.mask import Mask
 from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.lockstep import train_imp_rounds_packed
 from pracset.tickets.controls import CONTROLS, Control
-from pracset.tickets.methods import TICKET_METHODS, TicketMethod, TicketSettings
+from pracset.tickets.methods import IMP, TICKET_METHODS, TicketMethod, TicketSettings
 from pracset.tickets.health import run_warnings
-from pracset.tickets.rounds import split_costs
+from pracset.tickets.accounting import split_costs
 from pracset.train.config import TrainConfig
 from pracset.train.optim import check_names
 from pracset.train.run import check_loader_settings, new_model, resolve_data
@@ -77,7 +77,10 @@ def _prepare(method: str, data, arch: ArchitectureLike, *, train: TrainConfig, s
                          "rule": m.selection.get("rule"), "arch": m.provenance.get("arch")}
     identity = {"method": method, "data": data_identity, "arch": architecture.name, "train": to_dict(train),
                 "manifest": manifest_info, **runner.identity(settings)}
-    new_model(architecture, dataset)  # the architecture must fit the data before anything is written
+    model = new_model(architecture, dataset)  # the architecture must fit the data before anything is written
+    if isinstance(runner, IMP):  # IMP's rounds must leave weights in this model's mask (prac-imp is an IMP too)
+        imp = settings.imp
+        imp.check_rounds_fit(Mask.ones(model, prunable=imp.prunable, dense=imp.dense_layers).num_weights)
     runner.check(settings, train, len(dataset.train), fixed_ids)
     return _PreparedRun(runner, settings, architecture, dataset, identity, fixed_ids, manifest_info)
 
@@ -114,7 +117,7 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     with RunDirectory(layout.root, prepared.identity, resume=resume, finished=layout.summary.name) as run:
         if run.status == "done":
             log.info("%s already holds this finished run", layout.root)
-            return {**json.loads(layout.summary.read_text()), "skipped": True}
+            return {**read_json(layout.summary, "ticket summary"), "skipped": True}
         run.claim(data=dataset)
         board = None if tensorboard is False else (layout.tensorboard if tensorboard is True else Path(tensorboard))
         ctx = TicketContext(dataset, prepared.architecture, train, device, run, layout, progress, board)

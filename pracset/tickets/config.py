@@ -34,6 +34,24 @@ PACK_CHOICES = ("auto", "on", "off")
 #: Which PrAC-IMP masks are trained on the full split as tickets.
 EVALUATE_CHOICES = ("final", "every-round", "none")
 
+#: The smallest fraction of the weights IMP's compound pruning may keep: after r rounds of ``prune_fraction``
+#: p a mask keeps (1 - p)^r of them, and rounds past the one where that falls below this are refused before
+#: anything trains (the mask would be empty for any model under a million weights; the model's own count is
+#: checked too, :meth:`IMPConfig.check_rounds_fit`).
+MIN_KEPT_FRACTION = 1e-6
+
+
+def max_rounds(prune_fraction: float) -> int:
+    """The most IMP rounds of ``prune_fraction`` each whose compound pruning keeps at least
+    :data:`MIN_KEPT_FRACTION` of the weights (61 at the default 0.2)."""
+    return max(1, math.floor(math.log(MIN_KEPT_FRACTION) / math.log(1 - prune_fraction) + 1e-9))
+
+
+def kept_fraction(prune_fraction: float, rounds: int) -> float:
+    """``(1 - prune_fraction) ** rounds``, the fraction of the weights ``rounds`` IMP prunes keep (0.0 where that
+    underflows, never an OverflowError for an absurd count)."""
+    return (1 - prune_fraction) ** rounds if rounds < 1 << 20 else 0.0
+
 
 @dataclass(frozen=True)
 class IMPConfig(ConfigBase):
@@ -76,6 +94,13 @@ class IMPConfig(ConfigBase):
         require(0 < self.sparsity < 1, f"sparsity must lie in (0, 1), got {self.sparsity}")
         require(self.rounds is None or self.rounds > 0, f"rounds must be a positive integer, got {self.rounds}")
         require(0 < self.prune_fraction < 1, f"prune_fraction must lie in (0, 1), got {self.prune_fraction}")
+        limit, rounds = max_rounds(self.prune_fraction), self.num_rounds
+        if rounds > limit:
+            raise ConfigError(f"{rounds} IMP rounds at prune_fraction {self.prune_fraction:g} would keep "
+                              f"{kept_fraction(self.prune_fraction, rounds):.3g} of the weights; from round "
+                              f"{limit + 1} on the mask keeps under {MIN_KEPT_FRACTION:g} of them (empty for a model "
+                              f"under a million weights): at most {limit} rounds at this prune_fraction"
+                              + ("" if self.rounds is not None else " (lower --sparsity)"))
         require(self.output_rate is None or 0 <= self.output_rate < 1,
                 f"output_rate must lie in [0, 1), got {self.output_rate}")
         amount, unit = parse_rewind(self.rewind)
@@ -99,6 +124,17 @@ class IMPConfig(ConfigBase):
         if self.rounds is not None:
             return self.rounds
         return max(1, math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.prune_fraction) - 1e-9))
+
+    def check_rounds_fit(self, num_weights: int) -> None:
+        """Refuse, before anything trains, rounds whose compound pruning would leave fewer than one of a model's
+        ``num_weights`` prunable weights: after round r the mask keeps ``num_weights * (1 - p)^r`` of them."""
+        for r in range(1, self.num_rounds + 1):
+            kept = num_weights * kept_fraction(self.prune_fraction, r)
+            if kept < 1:
+                raise ConfigError(f"IMP round {r} of {self.num_rounds} would leave the mask empty: pruning "
+                                  f"{self.prune_fraction:g} per round keeps {kept:.3g} of the model's {num_weights} "
+                                  f"prunable weights; at most {r - 1} rounds for this model"
+                                  + ("" if self.rounds is not None else " (lower --sparsity)"))
 
 
 def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:

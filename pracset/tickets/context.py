@@ -11,13 +11,14 @@ import torch
 import torch.nn as nn
 
 from pracset.data import DeviceLoader, ImageDataset
-from pracset.fileio import atomic_np_save, atomic_torch_save
+from pracset.errors import RunFileError
+from pracset.fileio import atomic_np_save, atomic_torch_save, naming, require_regular_file
 from pracset.models import has_convolutions
 from pracset.models.custom import Architecture, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
-from pracset.train.loop import Callback, StepOutput, TrainState
+from pracset.train.loop import Callback, StepOutput, TrainState, check_state_dict
 from pracset.train.run import StageResult, make_loaders, new_model, train_stage, unaugmented_train_loader
 
 
@@ -89,7 +90,7 @@ class TicketContext:
         stage's ``ids.npy``) and write its ``model.pt``; the caller completes the stage."""
         config = train or self.train
         if ids is not None:
-            stage.directory.mkdir(parents=True, exist_ok=True)
+            stage.create()
             atomic_np_save(stage.ids, np.asarray(ids))
         train_loader, test_loader = self.loaders(ids, config)
         result = train_stage(stage, model, train_loader, test_loader, config, callbacks=callbacks,
@@ -106,7 +107,10 @@ class TicketContext:
     def load_model(self, stage: StageFiles) -> nn.Module:
         """The trained model of a finished stage, on the run's device."""
         model = self.model()
-        model.load_state_dict(torch.load(stage.model, map_location="cpu", weights_only=True))
+        require_regular_file(stage.model, "model weights", error=RunFileError)  # a FIFO would block forever
+        with naming(stage.model):  # an OSError of read() names no file
+            state = torch.load(stage.model, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
         return model.to(self.device)
 
     def rewound(self, mask: Mask, rewind: dict, seed: int | None = None) -> nn.Module:
@@ -114,6 +118,7 @@ class TicketContext:
         model = self.model(seed)
         if seed is None:
             model.load_state_dict(rewind)
+        mask.check_model(model)  # a mask read from the run directory must fit the model it is applied to
         mask.apply_(model)
         return model.to(self.device)
 
@@ -121,4 +126,20 @@ class TicketContext:
         atomic_torch_save(state, self.layout.rewind)
 
     def load_rewind_point(self) -> dict:
-        return torch.load(self.layout.rewind, map_location="cpu", weights_only=True)
+        """The model state saved at the rewind step (``rewind.pt``), checked against this run's model: every
+        key of its state dict, each a tensor of the same shape, and no other; a truncated or damaged file,
+        or one of another model, is one :class:`~pracset.errors.RunFileError` naming it."""
+        path = self.layout.rewind
+        if path.exists():  # (a missing one is answered below) a FIFO or a device would block or never end
+            require_regular_file(path, "rewind point", error=RunFileError)
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise RunFileError(f"rewind point {path} does not exist; the run directory is incomplete") from None
+        except OSError:
+            raise  # the system's words (permission denied, ...): one line from the command line
+        except Exception as exc:  # torch raises many kinds for a truncated or damaged file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise RunFileError(f"rewind point {path} is damaged or truncated ({first})") from None
+        check_state_dict(saved, self.model().state_dict(), f"rewind point {path}")
+        return saved

@@ -72,7 +72,7 @@ def train_imp_rounds_packed(contexts: Sequence[TicketContext], config: IMPConfig
         stage = ctx.layout.round(0)
         if ctx.run.finished_stage_metrics(stage) is None:
             base = dense_mask(ctx, config)
-            stage.directory.mkdir(parents=True, exist_ok=True)
+            stage.create()
             base.save(stage.mask)
             dense_jobs.append(PackedStage(ctx, stage, partial(_initialised, ctx, base)))
     rewind_step = RoundPolicy(live[0], config).rewind_step(None)

@@ -21,7 +21,8 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
-from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds, ticket_files
+from pracset.tickets.accounting import ticket_files
+from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds
 from pracset.train.config import TrainConfig
 
 

@@ -118,7 +118,7 @@ def train_packed(jobs: Sequence[PackedStage], *, start_step: int, snapshot_step:
     models, masks = [model for model, _ in starts], [mask for _, mask in starts]
     train_loaders, test_loader = _training_loaders(jobs)
     for job in jobs:
-        job.stage.directory.mkdir(parents=True, exist_ok=True)
+        job.stage.create()
     run = fit_packed(models, masks, train_loaders, test_loader, jobs[0].ctx.train,
                      stages=[job.stage.name for job in jobs], start_step=start_step,
                      metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=snapshot_step,

@@ -21,10 +21,10 @@ import torch
 from pracset import __version__
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
-from pracset.errors import ConfigError
-from pracset.fileio import atomic_np_save
+from pracset.errors import ConfigError, RunFileError
+from pracset.fileio import atomic_np_save, naming, require_regular_file
 from pracset.manifest import write_manifest
-from pracset.runs import StageFiles, TicketLayout
+from pracset.runs import StageFiles
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse import StaticMask
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
@@ -34,7 +34,8 @@ from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
-from pracset.tickets.controls import CONTROLS, control_jobs, train_and_complete_controls, verdict
+from pracset.tickets.accounting import ticket_files
+from pracset.tickets.controls import control_jobs, train_and_complete_controls, verdict
 from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
 from pracset.train.config import TrainConfig
 from pracset.train.ledger import IterationLedger
@@ -42,6 +43,17 @@ from pracset.train.loop import Callback
 from pracset.train.run import split_labels
 
 log = logging.getLogger(__name__)
+
+
+def load_ids(path) -> np.ndarray:
+    """An id file of a run (``next_ids.npy``); a read error or a damaged file is one line naming it."""
+    try:
+        with naming(path):  # an OSError of read() names no file
+            require_regular_file(path, "id file", error=RunFileError)  # a FIFO would block forever
+            return np.load(path)
+    except (ValueError, EOFError) as exc:  # not a .npy file, truncated, or a pickled (object) array
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunFileError(f"id file {path} is damaged or truncated ({reason})") from None
 
 
 class RoundPolicy:
@@ -160,7 +172,7 @@ class PracSetPolicy(RoundPolicy):
     def training_ids(self, r, previous):
         if not self.recomputes:
             return self.fixed_ids
-        return None if r == 0 else np.load(previous.next_ids)
+        return None if r == 0 else load_ids(previous.next_ids)
 
     def ticket_ids(self):
         return None  # PrAC-IMP's tickets (its masks trained again) and their controls train on the full split
@@ -309,7 +321,8 @@ def imp_prune(model, mask: Mask, config: IMPConfig) -> Mask:
 
 def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
     """The next round's mask: one IMP prune of the previous round's mask, by its trained weights."""
-    return imp_prune(ctx.load_model(previous), Mask.load(previous.mask).to(ctx.device), config).to("cpu")
+    model = ctx.load_model(previous)
+    return imp_prune(model, Mask.load(previous.mask, model=model).to(ctx.device), config).to("cpu")
 
 
 def run_rounds(policy: RoundPolicy) -> list[dict]:
@@ -361,39 +374,6 @@ def run_rounds(policy: RoundPolicy) -> list[dict]:
                        early_bird_epoch=metrics.get("early_bird_epoch"))
         rows.append(row)
     return rows
-
-
-def ticket_files(layout: TicketLayout, mask_stage: StageFiles, weights_stage: StageFiles | None) -> dict:
-    """A ticket row's ``mask`` and ``weights`` files, as POSIX paths relative to the run directory.
-
-    ``weights`` is the trained ``model.pt`` of ``weights_stage``; ``None`` when
-    the ticket was not trained on the full split (no ``weights_stage``).
-    """
-    def relative(path):
-        return path.relative_to(layout.root).as_posix()
-
-    return {"mask": relative(mask_stage.mask),
-            "weights": relative(weights_stage.model) if weights_stage is not None else None}
-
-
-def split_costs(layout, stages: dict, num_rounds: int) -> dict:
-    """A ticket run's ledger split as DESIGN 2.2a counts it: search (rounds 0..R-1), evaluation, controls, probes.
-
-    Evaluation is the full-split training of tickets (IMP's round R, PrAC-IMP's
-    ``ticket-RR`` and its dense reference); controls are reported apart.
-    """
-    def iterations(name: str) -> int:
-        return stages.get(name, {}).get("train_iterations", 0)
-
-    pruned = range(1, num_rounds + 1)
-    # a ticket is IMP's round R or PrAC-IMP's ticket-RR; controls hang off either kind of stage
-    tickets = [layout.round(num_rounds), *(layout.ticket(r) for r in pruned), layout.dense_reference]
-    judged = [*(layout.round(r) for r in pruned), *(layout.ticket(r) for r in pruned)]
-    controls = [layout.control(stage, control.stage_suffix) for stage in judged for _, control in CONTROLS.items()]
-    return {"search": sum(iterations(layout.round(r).name) for r in range(num_rounds)),
-            "evaluation": sum(iterations(t.name) for t in tickets),
-            "controls": sum(iterations(c.name) for c in controls),
-            "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0) for r in pruned)}
 
 
 def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,

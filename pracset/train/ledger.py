@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from pracset.errors import RunFileError
 from pracset.fileio import atomic_write_json
+from pracset.runfiles import is_count, kind, read_json, shown
 
 KINDS = ("train", "eval", "probe")
 
@@ -65,10 +66,29 @@ class IterationLedger:
         return {"stages": {k: row(v) for k, v in self.stages.items()}, "total": row(self.total())}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "IterationLedger":
+    def from_dict(cls, data: dict, where: str = "the ledger") -> "IterationLedger":
+        """The ledger :meth:`to_dict` wrote, checked: ``{"stages": {NAME: {COUNT: n, ...}}, ...}`` with every
+        count a non-negative integer and no unknown count; anything else raises a one-line
+        :class:`~pracset.errors.RunFileError` that starts with ``where``."""
+        if not isinstance(data, dict):
+            raise RunFileError(f"{where} must be a JSON object with 'stages', got {kind(data)}")
+        stages_raw = data.get("stages", {})
+        if not isinstance(stages_raw, dict):
+            raise RunFileError(f"{where}: 'stages' must be an object of stage costs, got {kind(stages_raw)}")
+        known = {f.name for f in fields(StageCost)}
         stages = {}
-        for name, row in data.get("stages", {}).items():
-            stages[name] = StageCost(**{k: v for k, v in row.items() if k != "forward_examples"})
+        for name, row in stages_raw.items():
+            if not isinstance(row, dict):
+                raise RunFileError(f"{where}: stage {shown(name)} must be an object of counts, got {kind(row)}")
+            counts = {k: v for k, v in row.items() if k != "forward_examples"}
+            unknown = sorted(set(counts) - known)
+            if unknown:
+                raise RunFileError(f"{where}: stage {shown(name)} has unknown count {shown(unknown[0])}")
+            bad = next((k for k, v in counts.items() if not is_count(v)), None)
+            if bad is not None:
+                raise RunFileError(f"{where}: stage {shown(name)} count {bad!r} must be a non-negative integer, "
+                                   f"got {shown(counts[bad])}")
+            stages[name] = StageCost(**counts)
         return cls(stages)
 
     def save(self, path: str | Path) -> None:
@@ -76,4 +96,5 @@ class IterationLedger:
 
     @classmethod
     def load(cls, path: str | Path) -> "IterationLedger":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read ``ledger.json``; a damaged file or one of another structure is one RunFileError naming it."""
+        return cls.from_dict(read_json(path, "ledger"), where=f"ledger {path}")

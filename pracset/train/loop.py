@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import time
 import warnings
@@ -19,10 +20,11 @@ from tqdm.auto import tqdm
 from pracset import distributed as ddp
 from pracset.data.loader import DeviceLoader
 from pracset.data.torch_data import as_batch_loader
-from pracset.errors import ConfigError
-from pracset.fileio import atomic_torch_save, atomic_write_bytes
+from pracset.errors import ConfigError, RunFileError, TrainingDiverged
+from pracset.fileio import atomic_torch_save, atomic_write_bytes, naming, require_regular_file
 from pracset.models import has_convolutions
 from pracset.train.config import TrainConfig
+from pracset.train.checkpoints import check_checkpoint, check_state_dict  # noqa: F401  (re-exported)
 from pracset.train.ledger import IterationLedger
 from pracset.train.optim import make_optimizer, make_scheduler, start_schedule_at
 
@@ -158,6 +160,24 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "examples": n}
 
 
+def check_finite_loss(loss: float, stage: str, epoch: int) -> None:
+    """Refuse to go on from an epoch whose mean training loss is not finite (NaN or infinite weights follow).
+
+    Called once per epoch with the loss the loop already copied to the host,
+    before anything of that epoch (checkpoint, metrics) is written.
+    """
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training diverged: the loss is not finite at epoch {epoch} of {stage}; lower --lr")
+
+
+def raise_if_overflow(exc: RuntimeError, stage: str, epoch: int, lr: float) -> None:
+    """Raise :class:`TrainingDiverged` for torch's overflow of a learning rate too large for the weights' dtype
+    (from the optimizer step; the caller re-raises any other error). The step's ``try`` costs nothing."""
+    if "without overflow" in str(exc):
+        raise TrainingDiverged(f"training diverged: the learning rate {lr:g} overflows the weight update at epoch "
+                               f"{epoch} of {stage}; lower --lr") from None
+
+
 class Trainer:
     """Trains a model with :class:`TrainConfig`, calling callbacks at every step.
 
@@ -267,7 +287,11 @@ class Trainer:
                         callback.before_optimizer_step(state, out)
                     epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a host float: no sync)
                     if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
-                        optimizer.step()
+                        try:
+                            optimizer.step()
+                        except RuntimeError as exc:
+                            raise_if_overflow(exc, self.stage, state.epoch + 1, epoch_lr)
+                            raise
                         scheduler.step()
                     else:  # the rate is a function of the global step, skipped updates included
                         with warnings.catch_warnings():  # torch warns when the scheduler steps without the optimizer
@@ -292,6 +316,7 @@ class Trainer:
             # the rate the epoch's last step trained with, not the one the scheduler has moved on to
             metrics = {"epoch": state.epoch, "step": state.step, "lr": epoch_lr,
                        "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
+            check_finite_loss(metrics["train_loss"], self.stage, state.epoch)  # the sync above: no extra one
             last = state.epoch == config.epochs
             if eval_loader is not None and (state.epoch % config.eval_every == 0 or last):
                 result = evaluate(model, eval_loader, precision=config.precision, ledger=self.ledger, stage=self.stage)
@@ -331,20 +356,31 @@ class Trainer:
 
     def _load_checkpoint(self, state: TrainState, callbacks: Sequence[Callback]) -> None:
         # weights_only: a checkpoint in a directory someone else made must not be able to run code here
+        require_regular_file(self.checkpoint, "checkpoint", error=RunFileError)  # a FIFO would block forever
         try:
-            saved = torch.load(self.checkpoint, map_location=next(state.model.parameters()).device, weights_only=True)
+            with naming(self.checkpoint):  # an OSError of read() names no file
+                saved = torch.load(self.checkpoint, map_location=next(state.model.parameters()).device,
+                                   weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{self.checkpoint} is not a checkpoint pracset can load safely ({first}); "
                               "remove it to train this stage again") from None
-        state.model.load_state_dict(saved["model"])
-        state.optimizer.load_state_dict(saved["optimizer"])
-        state.scheduler.load_state_dict(saved["scheduler"])
+        where = f"checkpoint {self.checkpoint}"
+        check_checkpoint(saved, state, len(callbacks), where)
+        restored = IterationLedger.from_dict(saved["ledger"], where=f"{where}: its ledger")
+        try:
+            state.model.load_state_dict(saved["model"])
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.scheduler.load_state_dict(saved["scheduler"])
+            for callback, cb_state in zip(callbacks, saved["callbacks"]):
+                callback.load_state_dict(cb_state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise RunFileError(f"{where} does not fit this stage ({first}); remove it to train this stage "
+                               "again") from None
         state.epoch, state.step = saved["epoch"], saved["step"]
         state.stop_requested = saved.get("stop_requested", False)
         state.history = list(saved["history"])
-        for callback, cb_state in zip(callbacks, saved["callbacks"]):
-            callback.load_state_dict(cb_state)
-        restored = IterationLedger.from_dict(saved["ledger"])
         self.ledger.stages.clear()
         self.ledger.stages.update(restored.stages)
+

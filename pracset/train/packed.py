@@ -57,7 +57,7 @@ from pracset.data.loader import Batch
 from pracset.train.graphs import CapturedStep, unsupported_reason
 from pracset.train.ledger import IterationLedger
 from pracset.train.packed_checkpoints import load_checkpoints, restore_checkpoints, save_checkpoints
-from pracset.train.loop import use_bf16, use_bf16_for
+from pracset.train.loop import check_finite_loss, raise_if_overflow, use_bf16, use_bf16_for
 from pracset.train.optim import OPTIMIZERS, make_scheduler, start_schedule_at
 
 log = logging.getLogger(__name__)
@@ -330,9 +330,13 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
             replayed = graph.replay(Batch(x, y, None), _AtStep(step), ()) if graph is not None else None
             # forward, losses, backward, update and mask multiply: the graph's replay, or the same work eagerly
-            logits, losses = replayed if replayed is not None else _packed_update(
-                packed, keep, optimizer, x, y, bf16=bf16, label_smoothing=config.label_smoothing,
-                per_model=not batches.shared)
+            try:
+                logits, losses = replayed if replayed is not None else _packed_update(
+                    packed, keep, optimizer, x, y, bf16=bf16, label_smoothing=config.label_smoothing,
+                    per_model=not batches.shared)
+            except RuntimeError as exc:
+                raise_if_overflow(exc, "+".join(stages), epoch + 1, epoch_lr)
+                raise
             scheduler.step()
             step += 1
             if step == snapshot_step:
@@ -349,6 +353,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
                    if eval_loader is not None and (epoch % config.eval_every == 0 or last) else None)
         seconds = round(time.perf_counter() - started, 4)
         losses_host, correct_host = loss_sum.tolist(), correct.tolist()  # one copy to the host per epoch
+        for stage, total in zip(stages, losses_host):  # before anything of this epoch is written
+            check_finite_loss(total, stage, epoch)
         for i in range(count):
             metrics = {"epoch": epoch, "step": step, "lr": epoch_lr, "train_loss": losses_host[i] / max(seen, 1),
                        "train_accuracy": correct_host[i] / max(seen, 1)}

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from pracset.errors import RunFileError
 from pracset.fileio import atomic_torch_save
+from pracset.train.checkpoints import check_state_dict
 
 if TYPE_CHECKING:
     from pracset.train.packed import _Packed
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 #: The ``format`` of a packed job's per-model checkpoint file.
 CHECKPOINT_FORMAT = "pracset-packed-checkpoint"
+_KEYS = ("state", "optimizer", "scheduler", "epoch", "step", "history", "ledger", "snapshot")
 
 
 def save_checkpoints(paths: Sequence[Path], packed: "_Packed", optimizer, scheduler, *, epoch: int, step: int,
@@ -62,21 +65,44 @@ def load_checkpoints(paths: Sequence[Path], device: torch.device) -> list[dict] 
                 or one.get("model") != k or (saved and one.get("step") != saved[0]["step"]):
             log.info("%s belongs to another packed job or epoch: the job starts again", path)
             return None
+        one["path"] = str(path)  # named in the errors of restore_checkpoints
         saved.append(one)
     return saved
 
 
 @torch.no_grad()
 def restore_checkpoints(saved: list[dict], packed: "_Packed", optimizer, scheduler) -> None:
-    """Put the checkpoints' slices back into the stacked weights, buffers and optimizer state, and the schedule."""
-    for name, tensor in {**packed.params, **packed.buffers}.items():
+    """Put the checkpoints' slices back into the stacked weights, buffers and optimizer state, and the schedule.
+
+    A run directory may come from anyone: each file's weights are checked against one model's slice (names
+    and shapes, :func:`~pracset.train.checkpoints.check_state_dict`) and any other structure it lacks is a
+    one-line :class:`~pracset.errors.RunFileError` naming the file, before the optimizer is touched.
+    """
+    stacked = {**packed.params, **packed.buffers}
+    one_model = {name: tensor[0] for name, tensor in stacked.items()}
+    for one in saved:
+        where = f"packed checkpoint {one['path']}"
+        missing = [key for key in _KEYS if key not in one]
+        if missing:
+            raise RunFileError(f"{where} lacks {', '.join(map(repr, missing))}; remove it to train this stage again")
+        for key in ("epoch", "step"):
+            if isinstance(one[key], bool) or not isinstance(one[key], int) or one[key] < 0:
+                raise RunFileError(f"{where}: {key} must be a non-negative integer")
+        if not isinstance(one["history"], list) or not isinstance(one["ledger"], dict):
+            raise RunFileError(f"{where}: its history must be a list and its ledger a dict")
+        check_state_dict(one["state"], one_model, f"{where}: its model")
+    try:
+        first = saved[0]["optimizer"]
+        state = {index: {key: (torch.stack([one["optimizer"]["state"][index][key] for one in saved])
+                               if key in first["sliced"][index] else value) for key, value in values.items()}
+                 for index, values in first["state"].items()}
+        optimizer.load_state_dict({"state": state, "param_groups": first["param_groups"]})
+        scheduler.load_state_dict(saved[0]["scheduler"])
+    except (KeyError, TypeError, IndexError, ValueError, RuntimeError, AttributeError) as exc:
+        raise RunFileError(f"packed checkpoint {saved[0]['path']} does not hold this job's optimizer and schedule "
+                           f"({type(exc).__name__}); remove it to train this stage again") from None
+    for name, tensor in stacked.items():
         tensor.copy_(torch.stack([one["state"][name] for one in saved]))
-    first = saved[0]["optimizer"]
-    state = {index: {key: (torch.stack([one["optimizer"]["state"][index][key] for one in saved])
-                           if key in first["sliced"][index] else value) for key, value in values.items()}
-             for index, values in first["state"].items()}
-    optimizer.load_state_dict({"state": state, "param_groups": first["param_groups"]})
-    scheduler.load_state_dict(saved[0]["scheduler"])
 
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoints", "restore_checkpoints", "save_checkpoints"]

@@ -149,7 +149,7 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
     what the stage adds (its ``model.pt``, ...), then calls
     :meth:`RunDirectory.complete_stage`.
     """
-    stage.directory.mkdir(parents=True, exist_ok=True)
+    stage.create()
     if tensorboard is not None and is_main():  # the stage's scalars under TENSORBOARD/STAGE; rank 0 writes them
         callbacks = [*callbacks, TensorBoardLogger(Path(tensorboard) / stage.name, train_loader.num_examples)]
     ledger = IterationLedger()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pracset.errors import ConfigError
+from pracset.fileio import make_directory
 from pracset.sparse.mask import prunable_names
 from pracset.train.loop import Callback, TrainState
 
@@ -52,7 +53,7 @@ class TensorBoardLogger(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional dependency
 
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        make_directory(self.log_dir)  # never through a linked folder of a run directory
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:

@@ -1,0 +1,204 @@
+"""The layout of a run directory: the one place that spells the name of every file a run writes.
+
+:class:`StageFiles` holds one stage's files; :class:`TicketLayout` (``pracset
+train`` and ``pracset ticket``), :class:`PipelineLayout` (``pracset run``) and
+:class:`BuildLayout` (``pracset build``) name the rest. The directory's identity,
+lock and life cycle are :class:`pracset.runs.RunDirectory`'s.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pracset.errors import ConfigError
+from pracset.fileio import make_directory
+from pracset.runfiles import check_metrics, read_json
+
+@dataclass(frozen=True)
+class StageFiles:
+    """The files of one stage of a run (a training, an IMP round, a control): all in one directory."""
+
+    name: str
+    directory: Path
+
+    @property
+    def metrics(self) -> Path:
+        """Written last: its presence marks the stage done."""
+        return self.directory / "metrics.json"
+
+    @property
+    def metrics_log(self) -> Path:
+        """One JSON line per epoch, written as the stage trains (``tail -f`` it to watch)."""
+        return self.directory / "metrics.jsonl"
+
+    @property
+    def model(self) -> Path:
+        return self.directory / "model.pt"
+
+    @property
+    def mask(self) -> Path:
+        return self.directory / "mask.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.directory / "checkpoint.pt"
+
+    @property
+    def packed_checkpoint(self) -> Path:
+        """This stage's slice of a packed job's checkpoint (:func:`pracset.train.packed.fit_packed`)."""
+        return self.directory / "packed-checkpoint.pt"
+
+    @property
+    def ids(self) -> Path:
+        """The example ids this stage trained on, when it trained on a subset (absent: the whole split)."""
+        return self.directory / "ids.npy"
+
+    @property
+    def next_ids(self) -> Path:
+        """PrAC-IMP: the set this round selected for the next one."""
+        return self.directory / "next_ids.npy"
+
+    @property
+    def prac_set(self) -> Path:
+        """PrAC-IMP: the set this round selected, as a manifest."""
+        return self.directory / "prac-set.parquet"
+
+    @property
+    def forgetting(self) -> Path:
+        return self.directory / "forgetting.npy"
+
+    def create(self) -> Path:
+        """Make the stage's directory: every stage directory is made here, never through a symbolic link
+        (:func:`~pracset.fileio.make_directory`)."""
+        return make_directory(self.directory)
+
+    def read_metrics(self) -> dict | None:
+        """The stage's metrics, or ``None`` while it is not done; one of another structure than the one
+        :meth:`RunDirectory.complete_stage` writes is a one-line error naming it (:func:`check_metrics`)."""
+        if not self.metrics.exists():
+            return None
+        return check_metrics(read_json(self.metrics, "run file"), self.metrics)
+
+
+class TicketLayout:
+    """The files of a ticket run (``pracset ticket``); a dense run (``pracset train``) is its ``dense`` stage.
+
+    ::
+
+        run.json                 what was asked (compared on resume)
+        rewind.pt                the whole state (BN statistics included) at the rewind step
+        round-RR/                IMP round RR (00 = dense): mask.pt, model.pt, metrics.json, [ids.npy, next_ids.npy]
+        STAGE/ids.npy            the example ids a stage trained on, when it trained on a subset
+        ticket-RR/               PrAC-IMP: round RR's mask trained on the full split
+        control-STAGE-KIND/      a sanity-check control of STAGE's ticket
+        dense-reference/         the full-data dense network tickets are judged against, when round 0 is not one
+        STAGE/mask.pt, mask.json a stage's mask and its readable sparsity report (written by Mask.save)
+        sparse/                  RigL / GraNet
+        ledger.json              every training iteration and forward pass, per stage
+        tickets.json             the summary; its presence marks the run finished
+    """
+
+    _ROUND = re.compile(r"round-(\d{2,})$")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    rewind = property(lambda self: self.root / "rewind.pt")
+    summary = property(lambda self: self.root / "tickets.json")
+    tensorboard = property(lambda self: self.root / "tensorboard", doc="TensorBoard scalars, one folder per stage")
+
+    @property
+    def dense(self) -> StageFiles:
+        """``pracset train``'s single stage: its files lie in the run's root."""
+        return StageFiles("dense", self.root)
+
+    def stage(self, name: str) -> StageFiles:
+        """The stage called ``name`` (a directory below the root)."""
+        return StageFiles(name, self.root / name)
+
+    def round(self, r: int) -> StageFiles:
+        return self.stage(f"round-{r:02d}")
+
+    def ticket(self, r: int) -> StageFiles:
+        return self.stage(f"ticket-{r:02d}")
+
+    def control(self, of: StageFiles, kind: str) -> StageFiles:
+        return self.stage(f"control-{of.name}-{kind}")
+
+    @property
+    def sparse(self) -> StageFiles:
+        return self.stage("sparse")
+
+    @property
+    def dense_reference(self) -> StageFiles:
+        """A full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
+        return self.stage("dense-reference")
+
+    def probe_stage(self, r: int) -> str:
+        """The ledger stage of round ``r``'s pruning probe."""
+        return f"probe-{r:02d}"
+
+    def rounds(self) -> Iterator[tuple[int, StageFiles]]:
+        """The finished IMP rounds in this directory, in order."""
+        found = []
+        for path in self.root.iterdir() if self.root.is_dir() else ():
+            match = self._ROUND.fullmatch(path.name)
+            if match and (path / "metrics.json").exists():
+                found.append(int(match.group(1)))
+        return ((r, self.round(r)) for r in sorted(found))
+
+
+class PipelineLayout:
+    """The files of a pipeline run (``pracset run``)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    record = property(lambda self: self.root / "pipeline.json")
+    manifest = property(lambda self: self.root / "manifest.parquet")
+    random_manifest = property(lambda self: self.root / "manifest-random.parquet")
+    report_json = property(lambda self: self.root / "report.json")
+    report_md = property(lambda self: self.root / "report.md")
+
+    def ticket_run(self, arch: str, label: str, seed: int) -> TicketLayout:
+        """Where one ticket method's run on ``arch`` with ``seed`` lives."""
+        return TicketLayout(self.root / arch / f"{label}-s{seed}")
+
+    def plot(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+
+class BuildLayout:
+    """The files of ``pracset build --out NAME.parquet``: the manifest, its statistics, and a work directory."""
+
+    def __init__(self, manifest: str | Path):
+        self.manifest = Path(manifest)
+        if self.manifest.suffix != ".parquet":
+            raise ConfigError(f"the manifest path must end in .parquet, got {self.manifest}")
+
+    @property
+    def statistics(self) -> Path:
+        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".stats.npz")
+
+    @property
+    def tensorboard(self) -> Path:
+        """TensorBoard scalars of the build's training (``NAME.tensorboard/``), with ``--tensorboard``."""
+        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".tensorboard")
+
+    @property
+    def dense_model(self) -> Path:
+        """The trained dense model's weights (``NAME.dense.pt``), kept for the probe and later analyses."""
+        return self.manifest.with_name(self.manifest.name.removesuffix(".parquet") + ".dense.pt")
+
+    @property
+    def work(self) -> Path:
+        """Holds the training checkpoint while the build runs; removed when the manifest is written."""
+        return self.manifest.with_name(self.manifest.name + ".partial")
+
+    @property
+    def dense(self) -> StageFiles:
+        """The dense training's files (its checkpoint) in the work directory."""
+        return StageFiles("dense", self.work)

@@ -686,7 +686,7 @@ def checkpointed_run(tmp_path_factory) -> Path:
      "its model holds 1 tensor(s) the model does not have (first: 'extra.weight')"),
     (lambda c: {**c, "model": 5}, "its model must hold a model's state dict, got int"),
     (lambda c: {**c, "epoch": "one"}, "epoch must be a non-negative integer, got 'one'"),
-    (lambda c: {**c, "callbacks": 5}, "callbacks must be a list of callback states"),
+    (lambda c: {**c, "callbacks": 5}, "callbacks must map callback names to their states"),
     (lambda c: {**c, "optimizer": {**c["optimizer"], "param_groups": []}},
      "its optimizer state has parameter groups of other sizes"),
     (lambda c: {**c, "optimizer": {**c["optimizer"], "state": {

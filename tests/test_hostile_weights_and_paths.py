@@ -354,6 +354,38 @@ def test_round_bounds_in_python():
     IMPConfig(rounds=9, prune_fraction=0.5).check_rounds_fit(1000)  # 1000 / 2**9 ~ 1.95: still one weight
 
 
+def test_rounds_that_would_empty_a_layer_pruned_on_its_own():
+    """A layer pruned at its own rate loses round(rate * kept) a round (as magnitude_prune does), known in advance:
+    10 output weights at 0.8 keep 10 - 8 = 2, then 2 - round(1.6) = 0 at round 2; layerwise 0.7 on a layer of
+    3 keeps 3 - round(2.1) = 1, then 1 - round(0.7) = 0 at round 2; at 0.5 a single weight stays (round(0.5) = 0)."""
+    from pracset.errors import ConfigError
+    from pracset.tickets.config import IMPConfig
+
+    layers = {"hidden.weight": 5000, "out.weight": 10}
+    with pytest.raises(ConfigError, match=r"^IMP round 2 of 3 would leave layer out\.weight empty: pruning 0\.8 of "
+                                          r"it per round keeps none of its 10 weights; at most 1 rounds"):
+        IMPConfig(rounds=3, output_rate=0.8).check_rounds_fit(5010, layers)
+    IMPConfig(rounds=1, output_rate=0.8).check_rounds_fit(5010, layers)
+    IMPConfig(rounds=3, output_rate=0.8).check_rounds_fit(5010)  # without the layers only the total is known
+    small = {"a.weight": 3, "b.weight": 4000}
+    with pytest.raises(ConfigError, match=r"^IMP round 2 of 2 would leave layer a\.weight empty"):
+        IMPConfig(rounds=2, prune_fraction=0.7, ranking="layerwise").check_rounds_fit(4003, small)
+    IMPConfig(rounds=2, prune_fraction=0.7).check_rounds_fit(4003, small)  # global: weight-dependent, checked later
+    IMPConfig(rounds=8, prune_fraction=0.5, ranking="layerwise").check_rounds_fit(4003, small)
+
+
+def test_a_mask_with_an_emptied_layer_stops_the_rounds():
+    from pracset.errors import ConfigError
+    from pracset.sparse.mask import Mask
+    from pracset.tickets.config import check_layers_kept
+
+    check_layers_kept(Mask({"a": torch.tensor([True, False]), "b": torch.tensor([False, True])}), "round-02")
+    with pytest.raises(ConfigError, match=r"^the mask pruned from round-02 keeps no weight of layer b \(and 1 more\): "
+                                          "the network could not learn; the rounds stop here"):
+        check_layers_kept(Mask({"a": torch.tensor([True]), "b": torch.zeros(2, dtype=torch.bool),
+                                "c": torch.zeros(1, dtype=torch.bool)}), "round-02")
+
+
 # ============================================================================ item 1: pretrained weights
 RESNET18 = "resnet18-f37072fd.pth"  # ResNet18_Weights.IMAGENET1K_V1: its sha256 starts with f37072fd
 

@@ -80,7 +80,8 @@ def _prepare(method: str, data, arch: ArchitectureLike, *, train: TrainConfig, s
     model = new_model(architecture, dataset)  # the architecture must fit the data before anything is written
     if isinstance(runner, IMP):  # IMP's rounds must leave weights in this model's mask (prac-imp is an IMP too)
         imp = settings.imp
-        imp.check_rounds_fit(Mask.ones(model, prunable=imp.prunable, dense=imp.dense_layers).num_weights)
+        full = Mask.ones(model, prunable=imp.prunable, dense=imp.dense_layers)
+        imp.check_rounds_fit(full.num_weights, {name: full[name].numel() for name in full})
     runner.check(settings, train, len(dataset.train), fixed_ids)
     return _PreparedRun(runner, settings, architecture, dataset, identity, fixed_ids, manifest_info)
 

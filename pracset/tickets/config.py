@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
+from typing import Mapping
 
 from pracset.config import ConfigBase, option, require
 from pracset.data.loader import num_batches
 from pracset.errors import ConfigError
-from pracset.sparse.mask import PRUNABLE_CHOICES
+from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.train.config import TrainConfig
 
@@ -125,9 +126,16 @@ class IMPConfig(ConfigBase):
             return self.rounds
         return max(1, math.ceil(math.log(1 - self.sparsity) / math.log(1 - self.prune_fraction) - 1e-9))
 
-    def check_rounds_fit(self, num_weights: int) -> None:
-        """Refuse, before anything trains, rounds whose compound pruning would leave fewer than one of a model's
-        ``num_weights`` prunable weights: after round r the mask keeps ``num_weights * (1 - p)^r`` of them."""
+    def check_rounds_fit(self, num_weights: int, layers: Mapping[str, int] | None = None) -> None:
+        """Refuse, before anything trains, rounds whose pruning would leave the mask (or one of its layers) empty.
+
+        ``num_weights`` prunable weights: after round r the mask keeps ``num_weights * (1 - p)^r`` of them.
+        ``layers`` (name: weight count, in the mask's order) adds the layers pruned on their own, whose counts
+        are known exactly in advance: the output layer with ``output_rate`` and, with ``ranking="layerwise"``,
+        every layer; each round prunes ``round(rate * kept)`` of a layer, as :func:`magnitude_prune` does.
+        Under global ranking how a layer fares depends on its weights: :func:`check_layers_kept` catches it
+        when it happens.
+        """
         for r in range(1, self.num_rounds + 1):
             kept = num_weights * kept_fraction(self.prune_fraction, r)
             if kept < 1:
@@ -135,6 +143,29 @@ class IMPConfig(ConfigBase):
                                   f"{self.prune_fraction:g} per round keeps {kept:.3g} of the model's {num_weights} "
                                   f"prunable weights; at most {r - 1} rounds for this model"
                                   + ("" if self.rounds is not None else " (lower --sparsity)"))
+        names = list(layers or {})
+        alone = {name: self.prune_fraction for name in names} if self.ranking == "layerwise" else {}
+        if self.output_rate is not None and names:
+            alone[names[-1]] = self.output_rate  # the last prunable tensor is the output layer
+        for name, rate in alone.items():
+            kept = layers[name]
+            for r in range(1, self.num_rounds + 1):
+                kept -= round(rate * kept)
+                if kept < 1:
+                    raise ConfigError(f"IMP round {r} of {self.num_rounds} would leave layer {name} empty: pruning "
+                                      f"{rate:g} of it per round keeps none of its {layers[name]} weights; at most "
+                                      f"{r - 1} rounds for this model")
+
+
+def check_layers_kept(mask: Mask, pruned_from: str) -> None:
+    """Stop the rounds, in one line, when pruning has emptied a layer (global ranking can): a network with a
+    layer of no weights computes the same output for every input and cannot learn; earlier rounds stay."""
+    empty = [name for name in mask if not bool(mask[name].any())]  # one host sync per layer, once a round
+    if empty:
+        raise ConfigError(f"the mask pruned from {pruned_from} keeps no weight of layer {empty[0]}"
+                          + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+                          + ": the network could not learn; the rounds stop here (fewer rounds, a lower "
+                          "prune_fraction or ranking = \"layerwise\" keep every layer)")
 
 
 def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:

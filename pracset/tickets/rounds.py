@@ -31,7 +31,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
-from pracset.tickets.config import IMPConfig, round_budget
+from pracset.tickets.config import IMPConfig, check_layers_kept, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
 from pracset.tickets.accounting import ticket_files
@@ -322,7 +322,9 @@ def imp_prune(model, mask: Mask, config: IMPConfig) -> Mask:
 def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
     """The next round's mask: one IMP prune of the previous round's mask, by its trained weights."""
     model = ctx.load_model(previous)
-    return imp_prune(model, Mask.load(previous.mask, model=model).to(ctx.device), config).to("cpu")
+    mask = imp_prune(model, Mask.load(previous.mask, model=model).to(ctx.device), config).to("cpu")
+    check_layers_kept(mask, previous.name)
+    return mask
 
 
 def run_rounds(policy: RoundPolicy) -> list[dict]:

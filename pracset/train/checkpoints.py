@@ -38,13 +38,13 @@ def check_state_dict(saved, expected: dict, where: str) -> None:
                                f"{tuple(tensor.shape)}")
 
 
-def check_checkpoint(saved, state: "TrainState", callbacks: int, where: str) -> None:
+def check_checkpoint(saved, state: "TrainState", where: str) -> None:
     """Raise a one-line :class:`~pracset.errors.RunFileError` unless ``saved`` has the structure
     :meth:`~pracset.train.loop.Trainer._save_checkpoint` writes for this stage's model, optimizer and callbacks.
 
     Every key; the model's tensors (names and shapes, :func:`check_state_dict`); the optimizer's groups and
     the shapes of its per-parameter state; the scheduler's keys and counts; epoch and step counts; a list of
-    history rows; one callback state per callback (their contents are checked as they are restored).
+    history rows; callback states by name (their contents are checked as they are restored).
     """
     if not isinstance(saved, dict):
         raise RunFileError(f"{where} must hold a dict, got {type(saved).__name__}")
@@ -60,10 +60,14 @@ def check_checkpoint(saved, state: "TrainState", callbacks: int, where: str) -> 
         raise RunFileError(f"{where}: stop_requested must be true or false")
     if not isinstance(saved["history"], list) or not all(isinstance(row, dict) for row in saved["history"]):
         raise RunFileError(f"{where}: history must be a list of per-epoch metrics")
-    # One state per callback, in order (a resumed stage may have one more or fewer, e.g. --tensorboard's
-    # logger at the end: the states are paired in order as before; each is checked as it is restored).
-    if not isinstance(saved["callbacks"], list) or not all(isinstance(s, dict) for s in saved["callbacks"]):
-        raise RunFileError(f"{where}: callbacks must be a list of callback states")
+    # One state per callback, by name (a list, paired by position, in checkpoints written before names were
+    # saved); which callback each belongs to is decided, and its contents checked, as it is restored.
+    states = saved["callbacks"]
+    if isinstance(states, dict):
+        if not all(isinstance(k, str) and isinstance(v, dict) for k, v in states.items()):
+            raise RunFileError(f"{where}: callbacks must map callback names to their states")
+    elif not isinstance(states, list) or not all(isinstance(s, dict) for s in states):
+        raise RunFileError(f"{where}: callbacks must map callback names to their states")
     _check_optimizer_state(saved["optimizer"], state.optimizer, f"{where}: its optimizer state")
     scheduler, expected = saved["scheduler"], state.scheduler.state_dict()
     if not isinstance(scheduler, dict) or set(scheduler) - set(expected):

@@ -97,11 +97,37 @@ class Callback:
     def graph_work(self, state: TrainState) -> None:
         """Device work recorded into the CUDA graph after the optimizer step (e.g. a mask multiply); no host sync."""
 
+    @property
+    def state_key(self) -> str:
+        """The name this callback's state is saved under in a checkpoint (its class name by default).
+
+        States are matched by name on resume, never by position, so adding, removing or reordering a
+        callback cannot restore one callback's state into another. Two callbacks of one class are told
+        apart by their order among that class (``Name``, ``Name#2``); override this to name them yourself.
+        """
+        return type(self).__name__
+
     def state_dict(self) -> dict:
         """State saved in checkpoints so that a resumed run continues exactly."""
         return {}
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+def callback_keys(callbacks: Sequence[Callback]) -> list[str]:
+    """Each callback's checkpoint key: its :attr:`~Callback.state_key`, with ``#2``, ``#3``... on repeats."""
+    seen: dict[str, int] = {}
+    keys = []
+    for callback in callbacks:
+        key = callback.state_key
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
+
+def has_state(callback: Callback) -> bool:
+    """Whether ``callback`` keeps state across a resume (it overrides :meth:`Callback.state_dict`)."""
+    return type(callback).state_dict is not Callback.state_dict
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -176,6 +202,30 @@ def raise_if_overflow(exc: RuntimeError, stage: str, epoch: int, lr: float) -> N
     if "without overflow" in str(exc):
         raise TrainingDiverged(f"training diverged: the learning rate {lr:g} overflows the weight update at epoch "
                                f"{epoch} of {stage}; lower --lr") from None
+
+
+def _callback_states(callbacks: Sequence[Callback], saved: dict | list, where: str) -> list[tuple[Callback, dict]]:
+    """Pair each callback with its saved state, by name (:func:`callback_keys`).
+
+    A callback that keeps state (:func:`has_state`) but has none saved is refused in one line: it would
+    continue from a fresh state as if it had seen the epochs before. A saved state no callback claims (a
+    callback dropped since, such as ``--tensorboard``'s logger) is left unused, with a log line. A checkpoint
+    written before states were saved by name holds a list: paired by position, as it was written then.
+    """
+    if isinstance(saved, list):
+        return list(zip(callbacks, saved))
+    keys = callback_keys(callbacks)
+    pairs = []
+    for key, callback in zip(keys, callbacks):
+        if key in saved:
+            pairs.append((callback, saved[key]))
+        elif has_state(callback):
+            raise RunFileError(f"{where} holds no state for the callback {key} (it holds "
+                               f"{', '.join(saved) or 'none'}); remove it to train this stage again")
+    unused = sorted(set(saved) - set(keys))
+    if unused:
+        log.info("%s: the saved state of %s has no callback in this run and is left unused", where, ", ".join(unused))
+    return pairs
 
 
 class Trainer:
@@ -350,7 +400,7 @@ class Trainer:
             "step": state.step,
             "stop_requested": state.stop_requested,
             "history": state.history,
-            "callbacks": [cb.state_dict() for cb in callbacks],
+            "callbacks": {key: cb.state_dict() for key, cb in zip(callback_keys(callbacks), callbacks) if has_state(cb)},
             "ledger": self.ledger.to_dict(),
         }, self.checkpoint)
 
@@ -366,13 +416,13 @@ class Trainer:
             raise ConfigError(f"{self.checkpoint} is not a checkpoint pracset can load safely ({first}); "
                               "remove it to train this stage again") from None
         where = f"checkpoint {self.checkpoint}"
-        check_checkpoint(saved, state, len(callbacks), where)
+        check_checkpoint(saved, state, where)
         restored = IterationLedger.from_dict(saved["ledger"], where=f"{where}: its ledger")
         try:
             state.model.load_state_dict(saved["model"])
             state.optimizer.load_state_dict(saved["optimizer"])
             state.scheduler.load_state_dict(saved["scheduler"])
-            for callback, cb_state in zip(callbacks, saved["callbacks"]):
+            for callback, cb_state in _callback_states(callbacks, saved["callbacks"], where):
                 callback.load_state_dict(cb_state)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__

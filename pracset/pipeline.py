@@ -83,6 +83,10 @@ class ReportConfig(ConfigBase):
     tolerance: float = option(0.003, "with one seed, a PrAC ticket 'matches' the full-data ticket within this "
                                      "accuracy (with several seeds: within one standard deviation)")
     plots: bool = option(True, "draw the PNG plots")
+    sparsity_axis: str = option("auto", "the plots' sparsity axis: linear (percent of weights pruned), log (percent "
+                                        "of weights remaining on a log axis, as lottery-ticket papers plot it), or "
+                                        "auto (log once a run goes past 90% sparsity)",
+                                choices=("auto", "linear", "log"), added_later=True)
 
 
 #: The sets the transfer runs train on (besides full data): PrAC-IMP's own, the build's, a random one.

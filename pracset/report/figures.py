@@ -1,6 +1,6 @@
 """The numbers of a report: accuracy curves over seeds and the training cost of finding each mask.
 
-How savings are counted (DESIGN 2.2a). Round 0 is the dense training and round
+How savings are counted (the README's *How savings are counted*). Round 0 is the dense training and round
 r (r >= 1) the training that follows the r-th prune. The mask at sparsity s_r
 comes from rounds 0..r-1, so:
 

@@ -20,7 +20,7 @@ def ticket_files(layout: TicketLayout, mask_stage: StageFiles, weights_stage: St
 
 
 def split_costs(layout, stages: dict, num_rounds: int) -> dict:
-    """A ticket run's ledger split as DESIGN 2.2a counts it: search (rounds 0..R-1), evaluation, controls, probes.
+    """A ticket run's ledger split as the README's *How savings are counted* counts it: search (rounds 0..R-1), evaluation, controls, probes.
 
     Evaluation is the full-split training of tickets (IMP's round R, PrAC-IMP's
     ``ticket-RR`` and its dense reference); controls are reported apart.

@@ -84,7 +84,7 @@ class IMP(TicketMethod):
 
 
 class PracIMP(IMP):
-    """PrAC-IMP (Zhang et al. 2021, DESIGN 2.2): IMP whose rounds train on the PrAC set, then full-data tickets."""
+    """PrAC-IMP (Zhang et al. 2021): IMP whose rounds train on the PrAC set, then full-data tickets."""
 
     name = "prac-imp"
 

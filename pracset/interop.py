@@ -51,8 +51,9 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
         raise ConfigError(f"mask entry {name!r} names no module of the model") from None
 
 
-def to_torch_prune(model: nn.Module, mask: Mask) -> nn.Module:
-    """Apply ``mask`` to ``model`` with ``torch.nn.utils.prune.custom_from_mask``; returns ``model``.
+def to_torch_prune(model: nn.Module, mask: "Mask | LoadedTicket") -> nn.Module:
+    """Apply ``mask`` (a :class:`Mask`, or the :class:`LoadedTicket` :func:`load_ticket` returns) to ``model``
+    with ``torch.nn.utils.prune.custom_from_mask``; returns ``model``.
 
     Every masked weight becomes PyTorch's standard pruning reparametrisation:
     the module gets a ``weight_orig`` parameter and a ``weight_mask`` buffer,
@@ -63,6 +64,10 @@ def to_torch_prune(model: nn.Module, mask: Mask) -> nn.Module:
     weight survives only where both keep it. Undo with ``prune.remove`` or
     :func:`make_permanent`; read back with :func:`from_torch_prune`.
     """
+    if isinstance(mask, LoadedTicket):
+        mask = mask.mask
+    if not isinstance(mask, Mask):
+        raise ConfigError(f"to_torch_prune takes a Mask or the LoadedTicket of load_ticket, got {type(mask).__name__}")
     targets = []
     for name, keep in mask.items():
         module, attr = _owner(model, name)

@@ -132,6 +132,22 @@ def test_load_ticket_gives_the_reported_accuracy_and_the_mask_zeros(ticket_run, 
         assert evaluate(model, test_loader)["accuracy"] == row["test_accuracy"] == ticket.test_accuracy
 
 
+def test_to_torch_prune_takes_the_loaded_ticket_itself(ticket_run, digits):
+    """``to_torch_prune(model, load_ticket(...))``: the ticket's mask becomes weight_mask buffers, and anything
+    else than a Mask or a LoadedTicket is one line, before the model changes."""
+    from pracset.errors import ConfigError
+    from pracset.interop import from_torch_prune, to_torch_prune
+
+    model = build_model("mlp", input_spec(digits), seed=99)
+    ticket = load_ticket(model, ticket_run)
+    to_torch_prune(model, ticket)
+    assert from_torch_prune(model) == ticket.mask
+    fresh = build_model("mlp", input_spec(digits), seed=99)
+    with pytest.raises(ConfigError, match="^to_torch_prune takes a Mask or the LoadedTicket of load_ticket, got dict$"):
+        to_torch_prune(fresh, {"net.1.weight": torch.ones(3, dtype=torch.bool)})
+    assert not any(name.endswith("_mask") for name, _ in fresh.named_buffers())
+
+
 def test_load_ticket_refuses_a_model_of_another_shape_in_one_line(ticket_run, digits):
     model = build_model("lenet300", input_spec(digits), seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}

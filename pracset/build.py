@@ -36,21 +36,21 @@ from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.device import environment
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save, atomic_write_bytes, naming, require_regular_file
+from pracset.ledger import IterationLedger
 from pracset.manifest import ManifestError, read_manifest, write_manifest
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
+from pracset.mask import PRUNABLE_CHOICES, Mask
 from pracset.models import has_convolutions
 from pracset.models.custom import ArchitectureLike, resolve_architecture
 from pracset.runs import BuildLayout, RunDirectory, TicketLayout, check_output_parent, refuse_changed
 from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs, check_size, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
-from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets import IMPConfig, find_tickets
 from pracset.tickets.config import MIN_KEPT_FRACTION, kept_fraction, max_rounds
 from pracset.tickets.health import chance_threshold, majority_rate, near_chance, warn
 from pracset.train.config import TrainConfig
-from pracset.train.ledger import IterationLedger
 from pracset.train.optim import check_names
 from pracset.train.run import (check_loader_settings, make_loaders, new_model, resolve_data, split_labels, train_stage,
                                unaugmented_train_loader)

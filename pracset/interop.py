@@ -4,33 +4,26 @@
   :func:`from_torch_prune`, :func:`make_permanent`;
 * a ticket run's weights and mask loaded into a user's model in one call: :func:`load_ticket`;
 * a manifest's subset as a Hugging Face ``datasets`` folder with a dataset card: :func:`save_hf_dataset`, and
-  (on request, online) :func:`push_to_hub`. ``datasets`` is imported only inside these functions.
+  (on request, online) :func:`push_to_hub`, from :mod:`pracset.hf`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
 from pracset.errors import ConfigError
+from pracset.hf import dataset_card, push_to_hub, save_hf_dataset  # noqa: F401  (re-exported)
+from pracset.mask import Mask
 from pracset.runs import TicketLayout
-from pracset.sparse.mask import Mask
-
-if TYPE_CHECKING:
-    import datasets
-
-    from pracset.manifest.schema import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -241,163 +234,7 @@ def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | 
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
-
-_SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))
-
-
-def _file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def dataset_card(manifest: "Manifest", *, source_license: str | None = None, id_column: str | None = None) -> str:
-    """A Hugging Face dataset card (``README.md``) for ``manifest``'s subset: YAML front matter, then how it was chosen.
-
-    ``source_license`` is the source data's license text, if known (the front
-    matter then says ``other`` and the prose quotes it; else ``unknown``).
-    """
-    import yaml  # a dependency of datasets, which a card is written for
-
-    data, selection, provenance = manifest.dataset, manifest.selection, manifest.provenance
-    rule = selection.get("rule")
-    front = {"license": "other" if source_license else "unknown", "task_categories": ["image-classification"],
-             "size_categories": [next((label for limit, label in _SIZE_CATEGORIES if manifest.num_selected < limit),
-                                      "n>100M")],
-             "pretty_name": f"{data['name']} subset selected by pracset ({rule})",
-             "tags": ["pracset", "data-subset", "lottery-ticket"]}
-    params = {k: v for k, v in selection.items() if k not in ("rule", "selected", "total", "reasons")}
-    version = provenance.get("pracset_version") or (provenance.get("versions") or {}).get("pracset")
-    epochs = provenance.get("epochs_run", provenance.get("epochs"))
-    digest = _file_digest(Path(manifest.path))
-    show = lambda value: "not recorded" if value is None else f"`{value}`"  # noqa: E731
-    lines = [
-        f"# {data['name']}: {manifest.num_selected} of {manifest.size} training examples selected by pracset",
-        "",
-        f"This is a subset of the training split of the data set `{data['name']}`, chosen by "
-        f"pracset with the selection rule `{rule}`: the examples a network needs to find "
-        "a lottery ticket (sparse, trainable subnetwork) on less data. It was written from a pracset manifest, "
-        "which records, for every training example, whether it was kept and why.",
-        "",
-        "## How the subset was selected",
-        "",
-        f"- selection rule: `{rule}`, parameters `{json.dumps(params, default=str)}`",
-        f"- kept: {manifest.num_selected} of {manifest.size} training examples "
-        f"({100 * manifest.fraction_selected:.2f}%)",
-        f"- kept per reason: `{json.dumps(manifest.reason_counts())}`",
-        f"- architecture the statistics were recorded on: {show(provenance.get('arch'))}, "
-        f"seed {show(provenance.get('seed'))}, epochs {show(epochs)}",
-        f"- pracset version: {show(version)}",
-        f"- data set fingerprint (of its class names and example content hashes): {show(data['fingerprint'])}",
-        f"- manifest: `{Path(manifest.path).name}`" + (f", sha256 `{digest}`" if digest else ""),
-        "",
-        "Rows are in `example_id` order (the example's position in pracset's canonical training split"
-        + (f": {data['id_order']}" if data.get("id_order") else "") + ")"
-        + (f"; the column `{id_column}` holds it." if id_column else "."),
-        "",
-        "## Kept per class",
-        "",
-        "| label | kept | of |",
-        "|---|---|---|",
-        *(f"| {label} | {c['selected']} | {c['total']} |" for label, c in manifest.per_class_counts().items()),
-        "",
-        "## License and loading",
-        "",
-        (f"The examples keep the license of the source data set: {source_license}." if source_license else
-         "The license of the source data set applies; it was not recorded with the data.")
-        + " Load the folder with `datasets.load_from_disk(PATH)` (or `datasets.load_dataset(REPO_ID)` once pushed).",
-        "",
-    ]
-    return f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n" + "\n".join(lines)
-
-
-def _refuse_nonempty(target: Path) -> None:
-    if target.is_symlink() or (target.exists() and not (target.is_dir() and not any(target.iterdir()))):
-        raise ConfigError(f"{target} exists and is not an empty directory; choose another directory")
-
-
-def save_hf_dataset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dataset",
-                    directory: str | os.PathLike, *, card: bool = True, match: str = "auto",
-                    image_column: str | None = None, label_column: str | None = None,
-                    id_column: str | None = None) -> Path:
-    """Write ``manifest``'s subset of ``dataset`` as a Hugging Face dataset folder; returns the folder.
-
-    The subset is :func:`pracset.load_subset` (``match``, ``image_column`` and
-    ``label_column`` are passed on): exactly the selected examples, in
-    example_id order. It is written with ``Dataset.save_to_disk`` (read it
-    with ``datasets.load_from_disk``), with a ``README.md`` dataset card
-    (:func:`dataset_card`) unless ``card=False``; with ``id_column`` a column
-    of that name holds each row's example_id. ``directory`` must not exist or
-    be empty (else a one-line :class:`ConfigError`). Everything is written into
-    a temporary sibling that is renamed into place, so a failure leaves no
-    half-written folder.
-    """
-    from pracset.manifest import Manifest, load_subset, read_manifest
-
-    if not isinstance(manifest, Manifest):
-        manifest = read_manifest(manifest)
-    target = Path(directory)
-    _refuse_nonempty(target)
-    subset = load_subset(manifest, dataset, match=match, image_column=image_column, label_column=label_column)
-    if id_column is not None:
-        if id_column in subset.column_names:
-            raise ConfigError(f"the dataset already has a column {id_column!r}; choose another id_column")
-        subset = subset.flatten_indices().add_column(id_column, manifest.selected_ids.tolist())
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
-    try:
-        subset.save_to_disk(str(staging))
-        if card:
-            text = dataset_card(manifest, source_license=getattr(dataset.info, "license", None) or None,
-                                id_column=id_column)
-            (staging / "README.md").write_text(text)
-        _refuse_nonempty(target)  # again: something may have appeared while the subset was written
-        os.replace(staging, target)  # onto an absent or empty directory: atomic
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, OSError):
-            raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from None
-        raise
-    log.info("wrote %d of %d examples (manifest %s) to %s", len(subset), len(dataset), manifest.path, target)
-    return target
-
-
-def push_to_hub(directory: str | os.PathLike, repo_id: str, *, card: bool = True, private: bool = True,
-                token: str | None = None) -> None:
-    """Upload a folder :func:`save_hf_dataset` wrote to the Hugging Face Hub as dataset ``repo_id`` (needs internet).
-
-    Nothing is uploaded unless this is called. The rows go up with
-    ``Dataset.push_to_hub`` (a ``private`` repository by default); with
-    ``card`` the folder's ``README.md`` then replaces the card it wrote,
-    keeping that card's YAML keys (the data files it lists) that ours lacks.
-    A failure (offline, no token, no rights) is a one-line :class:`ConfigError`.
-    """
-    import datasets
-    import yaml
-
-    folder = Path(directory)
-    try:
-        subset = datasets.load_from_disk(str(folder))
-    except (OSError, ValueError) as exc:  # FileNotFoundError, or not a save_to_disk folder
-        raise ConfigError(f"{folder} is not a saved dataset folder: {_reason(exc)}") from None
-    readme = folder / "README.md"
-    try:
-        subset.push_to_hub(repo_id, private=private, token=token)
-        if card and readme.is_file():
-            from huggingface_hub import DatasetCard
-
-            ours = DatasetCard(readme.read_text())
-            merged = {**DatasetCard.load(repo_id, token=token).data.to_dict(), **ours.data.to_dict()}
-            merged_card = DatasetCard(f"---\n{yaml.safe_dump(merged, sort_keys=False)}---\n{ours.text}")
-            merged_card.push_to_hub(repo_id, token=token)
-    except Exception as exc:  # network, authentication and hub errors come in many types
-        raise ConfigError(f"could not push {folder} to the Hugging Face Hub as {repo_id}: {_reason(exc)}") from None
-    log.info("pushed %s to the Hugging Face Hub as %s", folder, repo_id)
+# in pracset/hf.py; named here too, where the README and older code import them from
 
 
 __all__ = ["LoadedTicket", "dataset_card", "from_torch_prune", "load_ticket", "make_permanent", "push_to_hub",

@@ -11,11 +11,50 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from pracset.errors import ConfigError
+from pracset.errors import ConfigError, RunFileError
 from pracset.fileio import make_directory
-from pracset.runfiles import check_metrics, read_json
+from pracset.ledger import IterationLedger
+from pracset.runfiles import is_count, is_number, kind, read_json, shown
+
+#: Numbers of an epoch's metrics (``final`` and every ``history`` row) that the run reads back.
+_EPOCH_NUMBERS = ("lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "mask_distance")
+#: Counts of a stage's metrics (``None`` allowed where a stage has none, e.g. no Early-Bird stop).
+_STAGE_COUNTS = ("epochs", "epochs_run", "examples", "set_size", "next_set", "cep", "early_bird_epoch", "packed_with")
+
+
+def check_metrics(value: Any, path: Path) -> dict:
+    """``value`` if it has the structure :meth:`pracset.runs.RunDirectory.complete_stage` writes to
+    ``metrics.json``, else a one-line :class:`~pracset.errors.RunFileError` naming ``path`` and what is wrong.
+
+    An object with ``final`` (the last epoch's metrics: an object) and ``history`` (a list of such objects),
+    whose epoch and step are non-negative integers and whose losses, accuracies, learning rate and seconds
+    are numbers; the stage's counts are non-negative integers (or null) and its ``ledger`` row is one
+    :meth:`~pracset.ledger.IterationLedger.from_dict` accepts. Other keys are kept as they are.
+    """
+    where = f"stage metrics {path}"
+    if not isinstance(value, dict):
+        raise RunFileError(f"{where} must be a JSON object, got {kind(value)}")
+    history = value.get("history", [])
+    if not isinstance(history, list):
+        raise RunFileError(f"{where}: 'history' must be a list of epochs, got {kind(history)}")
+    for label, epoch in [("final", value.get("final")), *((f"history[{i}]", h) for i, h in enumerate(history))]:
+        if not isinstance(epoch, dict):
+            raise RunFileError(f"{where}: '{label}' must be an object of an epoch's metrics, got {kind(epoch)}")
+        for key in ("epoch", "step"):
+            if key in epoch and not is_count(epoch[key]):
+                raise RunFileError(f"{where}: {label}.{key} must be a non-negative integer, got {shown(epoch[key])}")
+        for key in _EPOCH_NUMBERS:
+            if epoch.get(key) is not None and not is_number(epoch[key]):
+                raise RunFileError(f"{where}: {label}.{key} must be a number, got {shown(epoch[key])}")
+    for key in _STAGE_COUNTS:
+        if value.get(key) is not None and not is_count(value[key]):
+            raise RunFileError(f"{where}: {key} must be a non-negative integer, got {shown(value[key])}")
+    if "ledger" in value:
+        IterationLedger.from_dict({"stages": {"this stage": value["ledger"]}}, where=where)
+    return value
+
 
 @dataclass(frozen=True)
 class StageFiles:

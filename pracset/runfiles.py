@@ -5,8 +5,9 @@ pipeline's output): :func:`read_json` turns every way such a file can be
 unreadable (missing, too large, truncated, not JSON, nested without end) into
 one :class:`~pracset.errors.RunFileError` naming the file. What the parsed
 value must look like is checked next to the code that writes each kind of
-file (:meth:`pracset.train.ledger.IterationLedger.from_dict`), or here for a stage's ``metrics.json``
-(:func:`check_metrics`, read through :meth:`pracset.runs.StageFiles.read_metrics`), with the small helpers below.
+file (:meth:`pracset.ledger.IterationLedger.from_dict`, :func:`pracset.layouts.check_metrics` for a stage's
+``metrics.json``), with the small helpers below. This module sits below both: it imports no part of pracset
+but the errors and the file checks.
 """
 
 from __future__ import annotations
@@ -69,44 +70,4 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-#: Numbers of an epoch's metrics (``final`` and every ``history`` row) that the run reads back.
-_EPOCH_NUMBERS = ("lr", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "mask_distance")
-#: Counts of a stage's metrics (``None`` allowed where a stage has none, e.g. no Early-Bird stop).
-_STAGE_COUNTS = ("epochs", "epochs_run", "examples", "set_size", "next_set", "cep", "early_bird_epoch", "packed_with")
-
-
-def check_metrics(value: Any, path: Path) -> dict:
-    """``value`` if it has the structure :meth:`pracset.runs.RunDirectory.complete_stage` writes to
-    ``metrics.json``, else a one-line :class:`~pracset.errors.RunFileError` naming ``path`` and what is wrong.
-
-    An object with ``final`` (the last epoch's metrics: an object) and ``history`` (a list of such objects),
-    whose epoch and step are non-negative integers and whose losses, accuracies, learning rate and seconds
-    are numbers; the stage's counts are non-negative integers (or null) and its ``ledger`` row is one
-    :meth:`~pracset.train.ledger.IterationLedger.from_dict` accepts. Other keys are kept as they are.
-    """
-    where = f"stage metrics {path}"
-    if not isinstance(value, dict):
-        raise RunFileError(f"{where} must be a JSON object, got {kind(value)}")
-    history = value.get("history", [])
-    if not isinstance(history, list):
-        raise RunFileError(f"{where}: 'history' must be a list of epochs, got {kind(history)}")
-    for label, epoch in [("final", value.get("final")), *((f"history[{i}]", h) for i, h in enumerate(history))]:
-        if not isinstance(epoch, dict):
-            raise RunFileError(f"{where}: '{label}' must be an object of an epoch's metrics, got {kind(epoch)}")
-        for key in ("epoch", "step"):
-            if key in epoch and not is_count(epoch[key]):
-                raise RunFileError(f"{where}: {label}.{key} must be a non-negative integer, got {shown(epoch[key])}")
-        for key in _EPOCH_NUMBERS:
-            if epoch.get(key) is not None and not is_number(epoch[key]):
-                raise RunFileError(f"{where}: {label}.{key} must be a number, got {shown(epoch[key])}")
-    for key in _STAGE_COUNTS:
-        if value.get(key) is not None and not is_count(value[key]):
-            raise RunFileError(f"{where}: {key} must be a non-negative integer, got {shown(value[key])}")
-    if "ledger" in value:
-        from pracset.train.ledger import IterationLedger  # here: the ledger module reads its file with read_json
-
-        IterationLedger.from_dict({"stages": {"this stage": value["ledger"]}}, where=where)
-    return value
-
-
-__all__ = ["MAX_JSON_BYTES", "check_metrics", "is_count", "is_number", "kind", "read_json", "shown"]
+__all__ = ["MAX_JSON_BYTES", "is_count", "is_number", "kind", "read_json", "shown"]

@@ -31,13 +31,15 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from pracset.config import upgrade_keys
+from pracset.device import environment
+from pracset.distributed import is_main
 from pracset.errors import ConfigError, DataError
 from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_directory, find_linked_folder,
                             holds_only_temporaries, linked_folder_message, locked_output_directory,
                             remove_temporaries, remove_temporaries_of, require_regular_file)
 from pracset import runfiles
 from pracset.layouts import BuildLayout, PipelineLayout, StageFiles, TicketLayout  # noqa: F401  (re-exported)
-from pracset.train.ledger import IterationLedger
+from pracset.ledger import IterationLedger
 
 _ABSENT = object()
 _OPEN_RUNS: list["RunDirectory"] = []  # the run directories this process has open, outermost first
@@ -163,10 +165,8 @@ class RunDirectory:
         The directory held nothing but temporaries when it was claimed and the lock kept other pracset runs
         out, so everything in it is this run's; the lock itself goes with the directory on exit.
         """
-        from pracset.distributed import is_main  # rank 0 wrote everything (under torch.distributed)
-
         try:
-            entries = list(self.root.iterdir()) if is_main() else []
+            entries = list(self.root.iterdir()) if is_main() else []  # rank 0 wrote everything (torch.distributed)
         except OSError:  # the failure being reported matters more than a clean-up
             entries = []
         for entry in entries:
@@ -227,8 +227,6 @@ class RunDirectory:
         """
         check = data_check(data) if data is not None else None
         if self.status == "new" and not self.record.exists():
-            from pracset.device import environment  # here: runs.py stays free of torch at import
-
             self._previous = {"identity": self.identity, "environment": environment(),
                               **({"data_check": check} if check else {}), **(extra_record or {})}
             atomic_write_json(self.record, self._previous)

@@ -277,7 +277,7 @@ _SITES = [
      "from pathlib import Path; from pracset.data.readers import FolderTree\n"
      "tree = FolderTree(Path('.')); tree.read({f!r})"),
     ("hf-row-image", "DataError", "image file {f}",
-     "from pracset.data.readers import _blob; _blob({{'bytes': None, 'path': {f!r}}})"),
+     "from pracset.data.hf_readers import _blob; _blob({{'bytes': None, 'path': {f!r}}})"),
 ]
 
 
@@ -292,7 +292,8 @@ def test_read_site_refuses_a_fifo(runner, tmp_path, site, error, what, code):
 def test_an_image_a_hugging_face_row_names_by_path_is_read_only_as_a_regular_file_of_a_sane_size(tmp_path):
     """A row's ``path`` comes from a stranger's data set: a link is not followed and a file larger than any
     image data set's file is refused by its size, before it is read."""
-    from pracset.data.readers import MAX_FILE_BYTES, _blob
+    from pracset.data.hf_readers import _blob
+    from pracset.data.readers import MAX_FILE_BYTES
     from pracset.errors import DataError
 
     real = tmp_path / "a.png"

@@ -666,7 +666,7 @@ def test_a_kill_between_the_ledger_and_a_stage_s_metrics_counts_the_probe_once(t
     (tmp_path / "killed").mkdir()
     assert in_process(argv, tmp_path / "ref").returncode == 0
     # ledger.json is saved after round-00, then after round-01 (with its probe) and before its metrics.json
-    done = killed_inside("pracset.train.ledger.atomic_write_json", "out/ledger.json#2", argv, tmp_path / "killed")
+    done = killed_inside("pracset.ledger.atomic_write_json", "out/ledger.json#2", argv, tmp_path / "killed")
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert not (tmp_path / "killed" / "out" / "round-01" / "metrics.json").exists()
     done = in_process(argv + ["--resume"], tmp_path / "killed")

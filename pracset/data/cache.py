@@ -26,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 
+from pracset.files import atomic_write_in_process
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "PRACSET_CACHE_DIR"
@@ -43,11 +45,9 @@ def cache_dir() -> Path:
 def _write(path: Path, payload: bytes) -> None:
     # Each process writes for itself (a temporary file renamed into place), with no collective: under torchrun
     # the ranks may each find or miss the entry (a cache folder per node), and must not wait for one another.
-    from pracset.fileio import _atomic_write  # here: fileio imports torch.distributed helpers
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda handle: handle.write(payload))
+        atomic_write_in_process(path, lambda handle: handle.write(payload))
     except OSError as exc:  # a read-only home, a full disk: the cache is an optimisation only
         log.warning("could not cache %s (%s); it will be computed again next time", path.name, exc.strerror or exc)
 

@@ -9,23 +9,16 @@ and a subset of example ids is just an index tensor over the shared copy.
 from __future__ import annotations
 
 import copy
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pracset.data.base import ImageSplit
+from pracset.data.protocol import Batch
 from pracset.distributed import is_distributed, rank, shard_bounds, world_size
 from pracset.errors import ConfigError
-
-
-class Batch(NamedTuple):
-    """One mini-batch: normalised inputs, labels, and the examples' ids."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

@@ -6,21 +6,29 @@
 :class:`~pracset.data.loader.DeviceLoader` and
 :class:`~pracset.data.stream_loader.StreamingLoader`. Code that trains,
 records, probes or writes manifests reads only these members, so it takes
-either kind. Both protocols are ``runtime_checkable``; note that before
-Python 3.12 ``isinstance`` evaluates properties, so on a streamed data set it
-runs the decoding passes behind ``train_hashes`` and ``normalization`` (they
-are cached afterwards).
+either kind; a loader yields :class:`Batch` tuples. This module sits below the
+data sets and loaders that implement it and imports none of them. Both
+protocols are ``runtime_checkable``; note that before Python 3.12
+``isinstance`` evaluates properties, so on a streamed data set it runs the
+decoding passes behind ``train_hashes`` and ``normalization`` (they are cached
+afterwards).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, NamedTuple, Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # annotations only: loader.py imports base.py, which imports this module
+if TYPE_CHECKING:  # annotations only: this module loads neither numpy nor torch
     import numpy as np
     import torch
 
-    from pracset.data.loader import Batch
+
+class Batch(NamedTuple):
+    """One mini-batch: normalised inputs, labels, and the examples' ids (what every :class:`BatchLoader` yields)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor
 
 
 @runtime_checkable

@@ -12,9 +12,7 @@ file (or row) whichever path loads it:
 * **image folders**: :func:`list_image_folder` finds the classes and the
   train and test (or val, Tiny ImageNet's annotated val too) files of a tree
   in canonical id order.
-* **Hugging Face** ``datasets``: :func:`load_hf_splits` opens a DatasetDict,
-  :func:`open_hf_split` finds a split's image and label columns and returns an
-  :class:`HFReader` over its rows with the labels and class names.
+* **Hugging Face** ``datasets``: in :mod:`pracset.data.hf_readers`.
 """
 
 from __future__ import annotations
@@ -55,6 +53,15 @@ def _member_name(member: tarfile.TarInfo) -> str:
     return member.name[2:] if member.name.startswith("./") else member.name
 
 
+def read_image_file(path: Path | str, *, follow_symlinks: bool = True) -> bytes:
+    """The bytes of an image file: a regular file (a FIFO would block forever) no larger than
+    :data:`MAX_FILE_BYTES`, both checked before anything is read."""
+    path = require_regular_file(path, "image file", error=DataError, follow_symlinks=follow_symlinks)
+    with open(path, "rb") as handle:
+        _check_size(str(path), os.fstat(handle.fileno()).st_size)
+        return handle.read(MAX_FILE_BYTES + 1)
+
+
 def _check_size(where: str, size: int) -> None:
     """Refuse a file or tar member over :data:`MAX_FILE_BYTES` by the size it claims, before reading any of it."""
     if size > MAX_FILE_BYTES:
@@ -70,11 +77,8 @@ class FolderTree:
         self.paths = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
     def read(self, rel: str) -> bytes:
-        """The bytes of file ``rel`` (one larger than :data:`MAX_FILE_BYTES` is refused unread)."""
-        path = require_regular_file(self.root / rel, "image file", error=DataError)  # a FIFO would block forever
-        with open(path, "rb") as handle:
-            _check_size(str(path), os.fstat(handle.fileno()).st_size)
-            return handle.read(MAX_FILE_BYTES + 1)
+        """The bytes of file ``rel`` (:func:`read_image_file`)."""
+        return read_image_file(self.root / rel)
 
     def signature(self, files: Sequence[str], times: bool = True) -> str:
         """What ``files`` hold, cheaply: each name, size and (``times``) modification time."""
@@ -318,106 +322,3 @@ class TreeReader:
     def signature(self, times: bool = True) -> str:
         """A cheap summary of the split's files that changes when one is added, removed or (``times``) rewritten."""
         return f"tree:{self.tree.root}\n" + self.tree.signature(self.files, times)
-
-
-# ----------------------------------------------------------------------------- Hugging Face datasets
-def load_hf_splits(target: str, train_split: str, test_split: str):
-    """The ``datasets.DatasetDict`` at ``target`` (a ``save_to_disk`` directory, else a hub name) with both splits."""
-    import datasets  # optional dependency: only the hf data set needs it
-
-    try:
-        loaded = datasets.load_from_disk(target) if Path(target).exists() else datasets.load_dataset(target)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
-        raise DataError(f"cannot load Hugging Face dataset {target!r}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(loaded, datasets.DatasetDict):
-        raise DataError(f"{target} is a single split; save a DatasetDict with {train_split!r} and {test_split!r} splits")
-    for split in (train_split, test_split):
-        if split not in loaded:
-            raise DataError(f"{target} has no split {split!r}; it has {', '.join(loaded)}")
-    return loaded
-
-
-def _blob(row: dict) -> bytes:
-    if row.get("bytes") is not None:
-        return row["bytes"]
-    # an image the row names by path, a file from a stranger: a FIFO or a device there would block or read
-    # forever, a link could point anywhere, and its size is checked before it is read
-    path = require_regular_file(row["path"], "image file", error=DataError, follow_symlinks=False)
-    with open(path, "rb") as handle:
-        _check_size(str(path), os.fstat(handle.fileno()).st_size)
-        return handle.read()
-
-
-class HFReader:
-    """Reads rows of a ``datasets`` split's image column: encoded bytes (``kind="encoded"``) or arrays (``"array"``)."""
-
-    def __init__(self, split, column: str, kind: str):
-        self.split = split
-        self.column = column
-        self.kind = kind
-
-    def read_many(self, ids: Sequence[int]) -> list:
-        """The images of rows ``ids``, in that order."""
-        if len(ids) == 0:
-            return []
-        rows = self.split[[int(i) for i in ids]][self.column]
-        if self.kind == "array":
-            return [np.asarray(r) for r in rows]
-        return [_blob(r) for r in rows]
-
-    def read_all(self):
-        """Every row's image: a list of encoded images, or one array of the whole column."""
-        column = self.split[self.column]
-        return column if self.kind == "array" else [_blob(r) for r in column]
-
-    def describe(self, i: int) -> str:
-        """Where row ``i`` comes from, for error messages."""
-        return f"row {i} of column {self.column!r}"
-
-    def signature(self, times: bool = True) -> str:
-        """The split's own ``datasets`` fingerprint (it changes with every edit) and the image column."""
-        fingerprint = getattr(self.split, "_fingerprint", None)
-        return None if fingerprint is None else f"hf:{fingerprint}:{len(self.split)}:{self.column}"
-
-
-def open_hf_split(split, image_column: str | None, label_column: str | None,
-                  what: str) -> tuple[HFReader, np.ndarray, list[str]]:
-    """A reader of a ``datasets.Dataset``'s images, its int64 labels and its class names.
-
-    Without ``image_column``: the first Image feature, else ``image``, ``img``
-    or ``pixel_values``. Without ``label_column``: the first ClassLabel
-    feature, else ``label``. Class names are the ClassLabel's, else ``"0"``
-    up to the largest label.
-    """
-    import datasets  # optional dependency: only the hf data set needs it
-
-    features = split.features
-    if image_column is None:
-        image_column = next((k for k, f in features.items() if isinstance(f, datasets.Image)), None)
-        image_column = image_column or next((k for k in ("image", "img", "pixel_values") if k in features), None)
-    if label_column is None:
-        label_column = next((k for k, f in features.items() if isinstance(f, datasets.ClassLabel)), None)
-        label_column = label_column or ("label" if "label" in features else None)
-    if image_column is None or label_column is None or image_column not in features or label_column not in features:
-        raise DataError(f"{what}: cannot find the image/label columns among {sorted(features)}; "
-                        "pass --image-column and --label-column")
-    raw = np.asarray(split[label_column])
-    if raw.ndim != 1 or not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.bool_)):
-        raise DataError(f"{what}: labels in column {label_column!r} must be integers (class indices), got "
-                        f"{raw.dtype} values; map them to a ClassLabel first")
-    labels = raw.astype(np.int64)
-    if len(labels) and labels.min() < 0:
-        raise DataError(f"{what}: labels in column {label_column!r} must not be negative, got {int(labels.min())}")
-    if len(labels) == 0:
-        raise DataError(f"{what}: the split is empty")
-    if isinstance(features[image_column], datasets.Image):
-        reader = HFReader(split.cast_column(image_column, datasets.Image(decode=False)), image_column, "encoded")
-    else:
-        reader = HFReader(split.with_format("numpy"), image_column, "array")
-    label_feature = features[label_column]
-    if not isinstance(label_feature, datasets.ClassLabel) and labels.max() >= MAX_CLASSES:  # before "0".."N" is built
-        raise DataError(f"{what}: labels in column {label_column!r} go up to {int(labels.max())}; without class "
-                        f"names (a ClassLabel feature) labels must be below {MAX_CLASSES}")
-    classes = (list(label_feature.names) if isinstance(label_feature, datasets.ClassLabel)
-               else [str(c) for c in range(int(labels.max()) + 1)])
-    return reader, labels, classes  # labels past the classes: refused by the caller (sources.check_labels)

@@ -1,6 +1,6 @@
 """Streaming data: image sets that do not fit in memory, decoded by DataLoader workers.
 
-The in-memory path (:mod:`pracset.data.sources` + :class:`DeviceLoader`)
+The in-memory path (:mod:`pracset.data.catalog` + :class:`DeviceLoader`)
 decodes a whole split once and keeps its uint8 pixels on the training device.
 For ImageNet-size sets that does not fit; here the images stay encoded
 (image files in a directory, members of an uncompressed tar, rows of a
@@ -32,9 +32,9 @@ from pracset.data.base import content_hashes, fingerprint
 from pracset.data.cache import cached_hashes, cached_normalization
 from pracset.data.decode import detect_mode
 from pracset.data.protocol import describe_dataset
-from pracset.data.readers import (TreeReader, extract_archive, list_image_folder, load_hf_splits, open_hf_split,
-                                  open_tree)
-from pracset.data.sources import SOURCES, DataConfig, ImageFolderSource, check_labels
+from pracset.data.hf_readers import load_hf_splits, open_hf_split
+from pracset.data.readers import TreeReader, extract_archive, list_image_folder, open_tree
+from pracset.data.catalog import SOURCES, DataConfig, ImageFolderSource, check_labels
 from pracset.data.stream_loader import (ShardedBatchSampler, StreamingDataset, StreamingLoader, augment,
                                         decoded_batches)
 from pracset.errors import ConfigError, DataError

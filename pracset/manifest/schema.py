@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pracset.errors import ConfigError
+from pracset.files import require_regular_file
 from pracset.fingerprints import fingerprint as compute_fingerprint
 from pracset.manifest.columns import (  # noqa: F401  (REASONS, REQUIRED_METADATA, SCHEMA: re-exported)
     COLUMNS, COMPRESSION, METADATA_KEY, REASONS, REQUIRED_METADATA, SCHEMA, SCHEMA_VERSION, ManifestError,
@@ -129,8 +130,6 @@ def _open(path: Path) -> pa.Table:
         raise ManifestError(f"manifest {path} does not exist")
     if path.is_dir():
         raise ManifestError(f"manifest {path} is a directory, not a Parquet file")
-    from pracset.fileio import require_regular_file  # here: importing pracset.manifest stays light (no torch)
-
     try:
         require_regular_file(path, "manifest", error=ManifestError)  # a FIFO or a device would block or never end
         size = path.stat().st_size
@@ -153,7 +152,7 @@ def _open(path: Path) -> pa.Table:
 
 
 def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
-                  dataset_name: str | None = None) -> Manifest:
+                  dataset_name: str | None = None, image_size: Sequence[int] | None = None) -> Manifest:
     """Read and validate a manifest.
 
     Raises :class:`ManifestError`, with a one-line message naming the problem,
@@ -163,8 +162,10 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
     missing or out-of-range example ids, an unknown ``reason``, a
     ``selected``/``reason`` disagreement, or no selected row; and when
     ``fingerprint`` or ``dataset_name`` is given and differs from the data set
-    the manifest was built for. Columns are cast to the :data:`COLUMNS` types
-    and rows sorted by ``example_id``; extra columns are kept.
+    the manifest was built for (naming both image sizes when ``image_size``, the
+    data's (height, width), differs from the one the manifest was built at: a
+    data set loaded at another ``--image-size``). Columns are cast to the
+    :data:`COLUMNS` types and rows sorted by ``example_id``; extra columns are kept.
     """
     path = Path(path)
     table = _open(path)
@@ -190,6 +191,13 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
         this = " ".join(x for x in (
             dataset_name if dataset_name not in (None, data["name"]) else None,
             f"{fingerprint[:12]}..." if fingerprint is not None else None) if x)
+        built_at = data.get("image_size")
+        if (fingerprint is not None and image_size is not None and isinstance(built_at, list) and len(built_at) == 2
+                and [int(v) for v in image_size] != built_at and dataset_name in (None, data["name"])):
+            h, w = built_at
+            raise ManifestError(f"{where} was built from {h}x{w} images of {data['name']}, and this data set's are "
+                                f"{image_size[0]}x{image_size[1]}: load it at --image-size {h} (image_size={h} in "
+                                "Python), or build a manifest at this size")
         raise ManifestError(f"{where} was built for data set {data['name']} with fingerprint "
                             f"{data['fingerprint'][:12]}..., not this one ({this})")
     return Manifest(path=path, table=table, metadata=meta)

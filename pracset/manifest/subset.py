@@ -1,8 +1,10 @@
 """Select the kept examples of a manifest out of a Hugging Face dataset.
 
-Everything heavy (numpy, pyarrow, datasets, torch) is imported inside
-:func:`load_subset`, so that ``from pracset.manifest import load_subset`` (and
-hence ``import pracset``) costs nothing.
+Everything heavy (numpy, pyarrow, datasets, torch, and the parts of pracset
+that load them: the manifest schema, the data decoding and hashing) is
+imported inside :func:`load_subset` and its helpers, so that ``from
+pracset.manifest import load_subset`` (and hence ``import pracset``) costs
+nothing; ``tests/test_layers.py`` lists these imports as the allowed ones.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import TYPE_CHECKING
+
+from pracset.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     import datasets
@@ -50,7 +54,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
       other examples; a copy reordered only within classes keeps every label
       and passes, so use ``"auto"`` or ``"hash"`` when the order is in doubt.
     - ``"hash"``: the images and labels of ``dataset`` are decoded (with
-      :func:`pracset.data.sources.hf_split_arrays`: ``image_column`` and
+      :func:`pracset.data.catalog.hf_split_arrays`: ``image_column`` and
       ``label_column`` default to its guesses) and hashed with
       :func:`pracset.data.base.content_hashes`; each selected example is found
       by its ``content_hash``, whatever the order of ``dataset`` or however many
@@ -81,8 +85,7 @@ def load_subset(manifest: "str | os.PathLike | Manifest", dataset: "datasets.Dat
     """
     import datasets  # lazily: importing datasets takes most of a second
 
-    from pracset.data.decode import MAX_IMAGE_SIZE
-    from pracset.errors import ConfigError  # with the lines below: see the module docstring
+    from pracset.data.decode import MAX_IMAGE_SIZE  # with the line below: see the module docstring
     from pracset.manifest.schema import Manifest, ManifestError, read_manifest
 
     if match not in MATCH_MODES:
@@ -154,12 +157,10 @@ def _count_label_disagreements(dataset: "datasets.Dataset", label_column: str | 
 
     Reads the label column only. Without ``label_column`` it is the first
     ClassLabel feature, else ``label``: the rule
-    :func:`pracset.data.readers.open_hf_split` uses when a manifest is built.
+    :func:`pracset.data.hf_readers.open_hf_split` uses when a manifest is built.
     """
     import datasets  # see the module docstring
     import numpy as np
-
-    from pracset.errors import DataError
 
     if label_column is None:
         label_column = next((name for name, feature in dataset.features.items()
@@ -180,8 +181,7 @@ def _dataset_hashes(dataset: "datasets.Dataset", image_column: str | None, label
     import torch
 
     from pracset.data.base import content_hashes
-    from pracset.data.sources import hf_split_arrays
-    from pracset.errors import DataError
+    from pracset.data.catalog import hf_split_arrays
 
     try:
         images, labels, _ = hf_split_arrays(dataset, image_column, label_column, image_size,

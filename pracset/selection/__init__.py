@@ -112,11 +112,15 @@ class SelectionInputs:
 
     @classmethod
     def from_manifest(cls, manifest) -> "SelectionInputs":
-        """From a manifest (a :class:`~pracset.manifest.Manifest` or its path): select again with another rule."""
-        if not hasattr(manifest, "column"):
-            from pracset.manifest import read_manifest  # here: the manifest package loads pyarrow
+        """From a manifest (a :class:`~pracset.manifest.Manifest`, as :func:`pracset.read_manifest` gives):
+        select again with another rule.
 
-            manifest = read_manifest(manifest)
+        The manifest package builds on this one (a manifest records a selection), so this takes a manifest
+        already read, never its path.
+        """
+        if not callable(getattr(manifest, "column", None)):
+            raise ConfigError(f"SelectionInputs.from_manifest takes a Manifest, got {type(manifest).__name__}; "
+                              "read a manifest file with pracset.read_manifest(path)")
         cep = manifest.column("cep_disagreements")
         return cls(labels=manifest.column("label"), forgetting_events=manifest.column("forgetting_events"),
                    presentations=manifest.column("presentations"), never_learned=manifest.column("never_learned"),

@@ -1,9 +1,11 @@
 """Masks, layer-wise densities, magnitude pruning and the sparse training methods.
 
-The package's modules, from the bottom up:
+The mask type and which weights are prunable (:class:`Mask`,
+:data:`PRUNABLE_CHOICES`) live below this package, in :mod:`pracset.mask`
+(training, packed jobs and the TensorBoard writer use them too), and are
+re-exported here and from ``pracset.sparse.mask``. The package's modules, from
+the bottom up:
 
-* :mod:`~pracset.sparse.mask`: the :class:`Mask` type and which weights are
-  prunable (:data:`PRUNABLE_CHOICES`);
 * :mod:`~pracset.sparse.distributions`: layer-wise densities (uniform, ERK)
   and random masks with exact per-layer counts;
 * :mod:`~pracset.sparse.pruning`: magnitude pruning, with the weights ranked
@@ -17,12 +19,12 @@ The package's modules, from the bottom up:
   own training loop.
 """
 
+from pracset.mask import PRUNABLE_CHOICES, Mask, check_prunable, prunable_names
 from pracset.registry import Registry
 from pracset.sparse.base import DynamicSparseConfig, DynamicSparseMethod, SparseMethod, StaticMask, drop_and_grow
 from pracset.sparse.distributions import (DISTRIBUTIONS, erk_densities, kept_count, layer_shapes, random_mask,
                                           uniform_densities)
 from pracset.sparse.granet import GraNet, GraNetConfig
-from pracset.sparse.mask import PRUNABLE_CHOICES, Mask, check_prunable, prunable_names
 from pracset.sparse.pruning import RANKING_CHOICES, check_ranking, magnitude_prune, prune_to_sparsity, smallest_k
 from pracset.sparse.rigl import RigL, RigLConfig
 from pracset.sparse.stepper import SparseStepper

@@ -1,6 +1,6 @@
 """The sparse-training callback base: masked weights held at exactly zero, and the shared parts of RigL and GraNet.
 
-A :class:`SparseMethod` owns a :class:`~pracset.sparse.mask.Mask` and keeps
+A :class:`SparseMethod` owns a :class:`~pracset.mask.Mask` and keeps
 the masked weights exactly zero: after every optimizer step it multiplies the
 masked weights *and* every optimizer state tensor of the same shape (SGD's
 ``momentum_buffer``, AdamW's ``exp_avg`` / ``exp_avg_sq``) by the mask, with
@@ -54,8 +54,8 @@ import torch.nn as nn
 from pracset.config import ConfigBase, option, require, to_dict
 from pracset.distributed import check_same_mask
 from pracset.errors import ConfigError
+from pracset.mask import PRUNABLE_CHOICES, Mask, prunable_names
 from pracset.sparse.distributions import DISTRIBUTIONS, layer_shapes, random_mask
-from pracset.sparse.mask import PRUNABLE_CHOICES, Mask, prunable_names
 from pracset.sparse.pruning import smallest_k
 from pracset.train.loop import Callback, StepOutput, TrainState
 

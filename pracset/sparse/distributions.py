@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 
 from pracset.errors import ConfigError
+from pracset.mask import Mask
 from pracset.registry import Registry
-from pracset.sparse.mask import Mask
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Callable
 import torch.nn as nn
 
 from pracset.config import ConfigBase, option, require
-from pracset.sparse.mask import Mask
+from pracset.mask import Mask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.train.loop import Callback, TrainState
 

@@ -21,8 +21,8 @@ import torch
 
 from pracset.config import option, require
 from pracset.errors import ConfigError
+from pracset.mask import Mask
 from pracset.sparse.base import DynamicSparseConfig, DynamicSparseMethod, drop_and_grow
-from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.sparse.schedules import cosine_regrow_fraction, cubic_sparsity, step_at_fraction
 from pracset.train.loop import StepOutput, TrainState

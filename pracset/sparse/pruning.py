@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 
 from pracset.errors import ConfigError
-from pracset.sparse.mask import Mask
+from pracset.mask import Mask
 
 #: How magnitude pruning ranks the weights (the ``ranking`` choice): ``global``
 #: ranks all masked tensors together (the LTH papers' and PrAC's choice);
 #: ``layerwise`` ranks, and prunes the same fraction of, each tensor on its own.
 #: Which weights may be pruned at all is another choice,
-#: :data:`~pracset.sparse.mask.PRUNABLE_CHOICES`.
+#: :data:`~pracset.mask.PRUNABLE_CHOICES`.
 RANKING_CHOICES = ("global", "layerwise")
 
 

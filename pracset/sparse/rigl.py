@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from pracset.config import option, require
 from pracset.errors import ConfigError
+from pracset.mask import Mask
 from pracset.sparse.base import DynamicSparseConfig, DynamicSparseMethod, drop_and_grow
-from pracset.sparse.mask import Mask
 from pracset.sparse.schedules import rigl_drop_fraction, step_at_fraction
 from pracset.train.loop import StepOutput, TrainState
 

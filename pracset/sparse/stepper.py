@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 
 from pracset.errors import ConfigError
+from pracset.mask import Mask
 from pracset.sparse.base import SparseMethod, StaticMask
-from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.loop import StepOutput, TrainState
 

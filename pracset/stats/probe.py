@@ -26,9 +26,9 @@ from pracset.data.base import ImageSplit
 from pracset.data.loader import DeviceLoader
 from pracset.data.torch_data import read_examples
 from pracset.errors import ConfigError
-from pracset.sparse.mask import Mask
+from pracset.ledger import IterationLedger
+from pracset.mask import Mask
 from pracset.sparse.pruning import check_ranking, prune_to_sparsity
-from pracset.train.ledger import IterationLedger
 from pracset.train.loop import model_device, use_bf16_for
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ from pracset.data import ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json
 from pracset.manifest import read_manifest
+from pracset.mask import Mask
 from pracset.models.custom import ArchitectureLike, resolve_architecture
 from pracset.runs import RunDirectory, TicketLayout, read_json
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
-from pracset.sparse.mask import Mask
 from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.lockstep import train_imp_rounds_packed
@@ -67,7 +67,8 @@ def _prepare(method: str, data, arch: ArchitectureLike, *, train: TrainConfig, s
     check_loader_settings(dataset, train, device)
     fixed_ids, manifest_info = None, None
     if manifest is not None:
-        m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name)
+        m = read_manifest(manifest, fingerprint=dataset.fingerprint, dataset_name=dataset.name,
+                          image_size=getattr(dataset, "image_size", None))
         hashes = np.asarray(m.column("content_hash")).astype("U16")
         if m.size != len(dataset.train) or not np.array_equal(hashes, dataset.train_hashes):
             raise ConfigError(f"{manifest}: its rows do not hold this data set's examples (the sizes or the content "

@@ -10,7 +10,7 @@ from typing import Mapping
 from pracset.config import ConfigBase, option, require
 from pracset.data.loader import num_batches
 from pracset.errors import ConfigError
-from pracset.sparse.mask import PRUNABLE_CHOICES, Mask
+from pracset.mask import PRUNABLE_CHOICES, Mask
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.train.config import TrainConfig
 

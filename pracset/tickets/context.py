@@ -13,10 +13,10 @@ import torch.nn as nn
 from pracset.data import DeviceLoader, ImageDataset
 from pracset.errors import RunFileError
 from pracset.fileio import atomic_np_save, atomic_torch_save, naming, require_regular_file
+from pracset.mask import Mask
 from pracset.models import has_convolutions
 from pracset.models.custom import Architecture, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
-from pracset.sparse.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, StepOutput, TrainState, check_state_dict
 from pracset.train.run import StageResult, make_loaders, new_model, train_stage, unaugmented_train_loader

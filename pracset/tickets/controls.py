@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pracset.mask import Mask
 from pracset.registry import Registry
 from pracset.runs import StageFiles
 from pracset.sparse import StaticMask
 from pracset.sparse.distributions import random_mask
-from pracset.sparse.mask import Mask
 from pracset.tickets.context import TicketContext
 from pracset.tickets.packing import PackedStage, started
 

@@ -27,7 +27,7 @@ import logging
 from functools import partial
 from typing import Sequence
 
-from pracset.sparse.mask import Mask
+from pracset.mask import Mask
 from pracset.tickets.config import IMPConfig
 from pracset.tickets.context import TicketContext
 from pracset.tickets.controls import CONTROLS, control_jobs

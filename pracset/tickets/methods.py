@@ -14,11 +14,11 @@ import numpy as np
 from pracset.config import to_dict
 from pracset.data import num_batches
 from pracset.errors import ConfigError
+from pracset.mask import Mask
 from pracset.registry import Registry
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNet, GraNetConfig, RigL, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
-from pracset.sparse.mask import Mask
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
 from pracset.tickets.accounting import ticket_files

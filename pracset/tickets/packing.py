@@ -22,10 +22,12 @@ import torch.nn as nn
 from pracset.distributed import is_distributed
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save, atomic_torch_save
+from pracset.mask import Mask
 from pracset.runs import StageFiles
-from pracset.sparse.mask import Mask
+from pracset.sparse import StaticMask
 from pracset.tickets.config import IMPConfig
 from pracset.tickets.context import TicketContext
+from pracset.train.packed import fit_packed
 
 
 #: ``auto`` packs models up to this size: small models are launch-bound on a GPU (ResNet-20: 0.27M
@@ -109,8 +111,6 @@ def train_packed(jobs: Sequence[PackedStage], *, start_step: int, snapshot_step:
     after every epoch. Nothing is marked done here: :func:`complete_packed`
     does that per job.
     """
-    from pracset.train.packed import fit_packed  # here: torch.func is needed only when packing
-
     recipes = {replace(job.ctx.train, seed=0) for job in jobs}
     if len(recipes) != 1:
         raise ConfigError("packed stages must share their recipe (all but the seed)")
@@ -151,8 +151,6 @@ def chunks(jobs: Sequence[PackedStage]) -> list[list[PackedStage]]:
 
 def train_and_complete_packed(jobs: Sequence[PackedStage], *, start_step: int) -> None:
     """Train every job (packed, :func:`chunks` of them) and complete each; a model left alone trains alone."""
-    from pracset.sparse import StaticMask
-
     for chunk in chunks(jobs):
         if len(chunk) == 1:  # one model trains faster with the Trainer than as a packed job of one
             job = chunk[0]

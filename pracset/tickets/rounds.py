@@ -19,16 +19,17 @@ import numpy as np
 import torch
 
 from pracset import __version__
+from pracset.ledger import IterationLedger
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
 from pracset.errors import ConfigError, RunFileError
 from pracset.fileio import atomic_np_save, naming, require_regular_file
 from pracset.manifest import write_manifest
+from pracset.mask import Mask
 from pracset.runs import StageFiles
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse import StaticMask
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
-from pracset.sparse.mask import Mask
 from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.config import IMPConfig, check_layers_kept, round_budget
@@ -38,7 +39,6 @@ from pracset.tickets.accounting import ticket_files
 from pracset.tickets.controls import control_jobs, train_and_complete_controls, verdict
 from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
 from pracset.train.config import TrainConfig
-from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback
 from pracset.train.run import split_labels
 

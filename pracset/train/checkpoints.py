@@ -15,7 +15,7 @@ from pracset.errors import RunFileError
 from pracset.runfiles import shown
 
 if TYPE_CHECKING:
-    from pracset.train.loop import TrainState
+    from pracset.train.step import TrainState
 
 
 def check_state_dict(saved, expected: dict, where: str) -> None:

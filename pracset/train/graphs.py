@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from pracset.data.loader import Batch
 from pracset.train.config import TrainConfig
-from pracset.train.loop import Callback, TrainState, forward_losses
+from pracset.train.step import Callback, TrainState, forward_losses
 
 log = logging.getLogger(__name__)
 

@@ -51,11 +51,11 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
-from pracset.sparse.mask import Mask
+from pracset.ledger import IterationLedger
+from pracset.mask import Mask
 from pracset.train.config import TrainConfig
 from pracset.data.loader import Batch
 from pracset.train.graphs import CapturedStep, unsupported_reason
-from pracset.train.ledger import IterationLedger
 from pracset.train.packed_checkpoints import load_checkpoints, restore_checkpoints, save_checkpoints
 from pracset.train.loop import check_finite_loss, raise_if_overflow, use_bf16, use_bf16_for
 from pracset.train.optim import OPTIMIZERS, make_scheduler, start_schedule_at

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import torch
 
@@ -19,10 +19,18 @@ from pracset.errors import RunFileError
 from pracset.fileio import atomic_torch_save
 from pracset.train.checkpoints import check_state_dict
 
-if TYPE_CHECKING:
-    from pracset.train.packed import _Packed
-
 log = logging.getLogger(__name__)
+
+
+class StackedModels(Protocol):
+    """What the checkpoints read and write of a packed job's models (``pracset.train.packed``'s stacked models,
+    which build on this module): the stacked tensors and one model's slice of them."""
+
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+
+    def state_of(self, k: int) -> dict[str, torch.Tensor]:
+        """Model k's whole state (weights and buffers) as a host copy."""
 
 
 #: The ``format`` of a packed job's per-model checkpoint file.
@@ -30,7 +38,7 @@ CHECKPOINT_FORMAT = "pracset-packed-checkpoint"
 _KEYS = ("state", "optimizer", "scheduler", "epoch", "step", "history", "ledger", "snapshot")
 
 
-def save_checkpoints(paths: Sequence[Path], packed: "_Packed", optimizer, scheduler, *, epoch: int, step: int,
+def save_checkpoints(paths: Sequence[Path], packed: StackedModels, optimizer, scheduler, *, epoch: int, step: int,
                      histories, ledgers, snapshots) -> None:
     """Model k's slice of the job's state into ``paths[k]`` (the schedule and the job's signature in each)."""
     full = optimizer.state_dict()
@@ -71,7 +79,7 @@ def load_checkpoints(paths: Sequence[Path], device: torch.device) -> list[dict] 
 
 
 @torch.no_grad()
-def restore_checkpoints(saved: list[dict], packed: "_Packed", optimizer, scheduler) -> None:
+def restore_checkpoints(saved: list[dict], packed: StackedModels, optimizer, scheduler) -> None:
     """Put the checkpoints' slices back into the stacked weights, buffers and optimizer state, and the schedule.
 
     A run directory may come from anyone: each file's weights are checked against one model's slice (names

@@ -19,11 +19,11 @@ from pracset.data.streaming import StreamingSplits, make_streaming_loaders
 from pracset.data.torch_data import as_dataset
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_torch_save
+from pracset.ledger import IterationLedger
 from pracset.models import InputSpec, has_convolutions
 from pracset.models.custom import Architecture, ArchitectureLike, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.train.config import TrainConfig
-from pracset.train.ledger import IterationLedger
 from pracset.train.loop import Callback, Trainer, evaluate
 from pracset.train.optim import check_names
 from pracset.train.tensorboard import TensorBoardLogger, require_tensorboard

@@ -17,7 +17,7 @@ import torch
 
 from pracset.errors import ConfigError
 from pracset.fileio import make_directory
-from pracset.sparse.mask import prunable_names
+from pracset.mask import prunable_names
 from pracset.train.loop import Callback, TrainState
 
 log = logging.getLogger(__name__)

@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pracset {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
-    common.add_argument("-v", "--verbose", action="store_true", help="more detail")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="more detail: a log line per epoch of every stage (by default one line per stage)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -358,8 +359,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pracset`` command line; returns the exit code (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else (logging.DEBUG if args.verbose else logging.INFO),
+    # INFO: a line per stage (its result); -v adds pracset's per-epoch lines (DEBUG), never other libraries' debug
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.verbose and not args.quiet:
+        log.setLevel(logging.DEBUG)
     # The log already says each of these, and the results repeat them: Python's copy would say it a third time.
     warnings.filterwarnings("ignore", category=DegenerateTrainingWarning)
     quiet_rank = False

@@ -150,7 +150,7 @@ class SparseMethod(Callback):
         check_same_mask(self.mask, f"the {self.name} mask at the start of training")  # distributed only
         self.enforce(state.optimizer)
         self.setup(state)
-        log.info("%s: %d masked tensors, sparsity %.4f", self.name, len(self.mask), self.mask.sparsity())
+        log.debug("%s: %d masked tensors, sparsity %.4f", self.name, len(self.mask), self.mask.sparsity())
 
     def before_optimizer_step(self, state: TrainState, out: StepOutput) -> None:
         if self.update_phase == "before" and self.should_update(out.step):

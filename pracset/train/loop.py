@@ -266,7 +266,8 @@ class Trainer:
             state.history.append(metrics)
             if self.metrics_log is not None:  # one more line per epoch as it goes; rewritten whole, so never torn
                 self._write_metrics_log(state.history)
-            log.info("%s epoch %d/%d: %s", self.stage, state.epoch, config.epochs,
+            # one line per epoch: shown with -v (the stage's summary line is INFO); metrics.jsonl keeps every one
+            log.debug("%s epoch %d/%d: %s", self.stage, state.epoch, config.epochs,
                      ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step")))
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.items() if "accuracy" in k})

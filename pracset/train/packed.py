@@ -364,7 +364,7 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
             histories[i].append(metrics)
             if metrics_logs is not None and metrics_logs[i] is not None:
                 atomic_write_bytes(metrics_logs[i], "".join(json.dumps(h) + "\n" for h in histories[i]).encode())
-        log.info("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
+        log.debug("packed %s epoch %d/%d: test accuracy %s", "+".join(stages), epoch, config.epochs,
                  ", ".join(f"{h[-1].get('test_accuracy', float('nan')):.4f}" for h in histories))
         if checkpoints is not None:
             save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,

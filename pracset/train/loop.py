@@ -203,7 +203,7 @@ class Trainer:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.int64)
             first_step, seen = state.epoch * steps_per_epoch, 0
-            epoch_lr = optimizer.param_groups[0]["lr"]
+            epoch_lr, lr_sum, lr_steps = optimizer.param_groups[0]["lr"], 0.0, 0
             for position, batch in enumerate(train_loader):
                 if first_step + position < state.step:  # a run that starts mid-epoch (rewinding to step k)
                     continue
@@ -211,6 +211,7 @@ class Trainer:
                 if replayed is not None:  # forward, loss, backward, update and the callbacks' graph_work: one graph
                     out = StepOutput(batch.index, batch.y, *replayed, state.step, state.epoch)
                     epoch_lr = optimizer.param_groups[0]["lr"]
+                    lr_sum, lr_steps = lr_sum + epoch_lr, lr_steps + 1
                     scheduler.step()
                 else:
                     logits, losses = forward_losses(forward, batch.x, batch.y, bf16=bf16,
@@ -225,6 +226,7 @@ class Trainer:
                     for callback in callbacks:
                         callback.before_optimizer_step(state, out)
                     epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a host float: no sync)
+                    lr_sum, lr_steps = lr_sum + epoch_lr, lr_steps + 1
                     if not state.skip_step:  # a callback may skip this update (RigL's mask-update steps)
                         try:
                             optimizer.step()
@@ -252,8 +254,9 @@ class Trainer:
                 seen = int(seen)
                 ddp.sync_buffers(model)
             n = max(seen, 1)
-            # the rate the epoch's last step trained with, not the one the scheduler has moved on to
-            metrics = {"epoch": state.epoch, "step": state.step, "lr": epoch_lr,
+            # lr: the mean of the rates the epoch's steps trained with (the rate itself, unless it moves per step:
+            # warm-up, cosine), never the one the scheduler has moved on to after the last step
+            metrics = {"epoch": state.epoch, "step": state.step, "lr": lr_sum / lr_steps if lr_steps else epoch_lr,
                        "train_loss": float(loss_sum) / n, "train_accuracy": int(correct) / n}
             check_finite_loss(metrics["train_loss"], self.stage, state.epoch)  # the sync above: no extra one
             last = state.epoch == config.epochs
@@ -290,7 +293,8 @@ class Trainer:
             "step": state.step,
             "stop_requested": state.stop_requested,
             "history": state.history,
-            "callbacks": {key: cb.state_dict() for key, cb in zip(callback_keys(callbacks), callbacks) if has_state(cb)},
+            "callbacks": {key: cb.state_dict() for key, cb in zip(callback_keys(callbacks), callbacks)
+                          if has_state(cb)},
             "ledger": self.ledger.to_dict(),
         }, self.checkpoint)
 

@@ -322,12 +322,13 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         batches.set_epoch(epoch)
         loss_sum = torch.zeros(count, device=device)
         correct = torch.zeros(count, device=device, dtype=torch.int64)
-        seen, epoch_lr = 0, optimizer.param_groups[0]["lr"]
+        seen, epoch_lr, lr_sum, lr_steps = 0, optimizer.param_groups[0]["lr"], 0.0, 0
         for position, step_batches in enumerate(batches):
             if epoch * steps_per_epoch + position < step:  # a run that starts mid-epoch (rewinding to step k)
                 continue
             x, y, size = batches.combine(step_batches)
             epoch_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains with
+            lr_sum, lr_steps = lr_sum + epoch_lr, lr_steps + 1
             replayed = graph.replay(Batch(x, y, None), _AtStep(step), ()) if graph is not None else None
             # forward, losses, backward, update and mask multiply: the graph's replay, or the same work eagerly
             try:
@@ -356,7 +357,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         for stage, total in zip(stages, losses_host):  # before anything of this epoch is written
             check_finite_loss(total, stage, epoch)
         for i in range(count):
-            metrics = {"epoch": epoch, "step": step, "lr": epoch_lr, "train_loss": losses_host[i] / max(seen, 1),
+            metrics = {"epoch": epoch, "step": step, "lr": lr_sum / lr_steps if lr_steps else epoch_lr,
+                       "train_loss": losses_host[i] / max(seen, 1),
                        "train_accuracy": correct_host[i] / max(seen, 1)}
             if results is not None:
                 metrics.update(test_loss=results[i]["loss"], test_accuracy=results[i]["accuracy"])

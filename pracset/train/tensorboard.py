@@ -2,10 +2,13 @@
 
 Needs the optional ``tensorboard`` package (``pip install 'pracset[tensorboard]'``).
 Per epoch, at the global step it ended on, the writer adds the epoch's
-metrics (losses, accuracies, the learning rate it trained with), the
+metrics (losses, accuracies, the mean learning rate of its steps), the
 sparsity of the model's conv and linear weights and, when the caller gives
-it, the number of examples an epoch trains on (a PrAC round's set size). Everything it reads is on the
-host once per epoch; nothing is synchronised per step.
+it, the number of examples an epoch trains on (a PrAC round's set size).
+Every ``log_every_n_steps`` steps (50, Lightning's default) it also adds the
+step's mean training loss as ``train/loss_step``, at that step: those losses
+stay on the device as the epoch runs and are copied to the host with the
+epoch's other numbers, so nothing is synchronised per step.
 """
 
 from __future__ import annotations
@@ -44,11 +47,19 @@ def weight_sparsity(model: torch.nn.Module) -> float:
 class TensorBoardLogger(Callback):
     """Writes a stage's per-epoch scalars into ``log_dir`` (one event file per fit)."""
 
-    def __init__(self, log_dir: str | Path, examples_per_epoch: int | None = None):
+    def __init__(self, log_dir: str | Path, examples_per_epoch: int | None = None, log_every_n_steps: int = 50):
         require_tensorboard()
+        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 1:
+            raise ConfigError(f"log_every_n_steps must be a positive integer, got {log_every_n_steps!r}")
         self.log_dir = Path(log_dir)
         self.examples_per_epoch = examples_per_epoch
+        self.log_every_n_steps = log_every_n_steps
         self._writer = None
+        self._step_losses: list[tuple[int, torch.Tensor]] = []  # (step, mean loss on the device) of this epoch
+
+    def on_batch_end(self, state: TrainState, out) -> None:
+        if out.step % self.log_every_n_steps == 0:
+            self._step_losses.append((out.step, out.losses.float().mean()))  # stays on the device: no sync
 
     def on_fit_start(self, state: TrainState) -> None:
         from torch.utils.tensorboard import SummaryWriter  # here: an optional dependency
@@ -57,6 +68,11 @@ class TensorBoardLogger(Callback):
         self._writer = SummaryWriter(log_dir=str(self.log_dir))
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
+        if self._step_losses:
+            values = torch.stack([loss for _, loss in self._step_losses]).tolist()  # one copy for the epoch
+            for (at, _), value in zip(self._step_losses, values):
+                self._writer.add_scalar("train/loss_step", value, at)
+            self._step_losses.clear()
         step = state.step
         for key, value in metrics.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -54,12 +54,23 @@ class DataConfig(ConfigBase):
                                  "training split in memory (imagefolder, tiny-imagenet, hf: data larger than memory)")
     workers: int | None = option(None, "--stream: decoding processes (default: one per CPU, up to 8; 0 decodes in "
                                        "the training process)", metavar="N")
+    limit: int | None = option(None, "a quick trial: use only N training examples (the first N, or N drawn with "
+                                     "--limit-seed), renumbered 0..N-1; part of the run's identity, and a manifest "
+                                     "built so describes those N only", metavar="N", added_later=True)
+    limit_seed: int | None = option(None, "with --limit: draw the N examples uniformly at random with this seed "
+                                          "(kept in their canonical order) instead of taking the first N",
+                                    metavar="SEED", added_later=True)
 
     def __post_init__(self) -> None:
         require(self.image_size is None or self.image_size > 0, f"image_size must be a positive integer, got {self.image_size}")
         require(self.image_size is None or self.image_size <= MAX_IMAGE_SIZE,
                 f"image_size must be at most {MAX_IMAGE_SIZE}, got {self.image_size}")
         require(self.workers is None or self.workers >= 0, f"workers must not be negative, got {self.workers}")
+        require(self.limit is None or self.limit >= 1, f"limit must be a positive integer, got {self.limit}")
+        require(self.limit_seed is None or self.limit is not None, "limit_seed needs limit (how many examples)")
+        require(self.limit_seed is None or self.limit_seed >= 0,
+                f"limit_seed must not be negative, got {self.limit_seed}")
+        require(self.limit is None or not self.stream, "limit works on data held in memory, not with stream")
 
     def identity(self) -> dict:
         """The settings that make two runs' data the same: all but ``workers`` (decoding processes change
@@ -67,6 +78,9 @@ class DataConfig(ConfigBase):
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "workers"}
         if not self.stream:
             del settings["stream"]
+        for name in ("limit", "limit_seed"):  # only a trial's: runs from before they existed keep their identity
+            if settings[name] is None:
+                del settings[name]
         return settings
 
     def resolved_data_dir(self) -> Path | None:

@@ -30,6 +30,7 @@ from pracset.runs import PipelineLayout
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
+from pracset.export import EXPORT_FORMATS, export_ticket
 from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
 from pracset.train import TrainConfig
 from pracset.train.run import train_dense
@@ -218,6 +219,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = export_ticket(args.run, args.out, format=args.format, sparsity=args.sparsity)
+    record = json.loads((out / "ticket.json").read_text())
+    print(f"exported {record['stage']} of {args.run} (sparsity {record['sparsity']:.4f}) as {args.format} to {out}")
+    return 0
+
+
 def format_summary(s: dict) -> str:
     """A manifest summary as a few readable lines."""
     d, sel, prov = s["dataset"], s["selection"], s["provenance"]
@@ -311,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest", metavar="MANIFEST", help="a .parquet manifest")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("export", parents=[common], help="write a ticket's mask, trained and rewind weights",
+                       description="Write one ticket of a ticket run for other tools: its mask, trained weights and "
+                                   "rewind weights (torch.nn.utils.prune state dicts, or safetensors).")
+    p.add_argument("run", metavar="RUN", help="a directory pracset ticket wrote")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="torch-prune", help="the files' format")
+    p.add_argument("--sparsity", type=float, help="the ticket nearest this sparsity (default: the final one)")
+    p.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

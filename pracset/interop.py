@@ -184,20 +184,34 @@ def _check_fits(model: nn.Module, saved: Mapping[str, torch.Tensor], shown: Path
         raise ConfigError(f"the model does not fit the ticket in {shown}: {problem}")
 
 
-def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | None = None) -> LoadedTicket:
-    """Load a ticket of the run in ``run_dir`` into ``model``: its trained weights, with the pruned ones zero.
+@dataclass(frozen=True)
+class TicketFiles:
+    """A ticket of a run read from disk (:func:`read_ticket`): its row, mask, trained weights and rewind point."""
 
-    ``run_dir`` is a directory :func:`~pracset.tickets.find_tickets` (``pracset
-    ticket``) wrote; its ``tickets.json`` lists the tickets. The one whose
-    sparsity is closest to ``sparsity`` is loaded (default: the final ticket).
-    ``model`` must have the same tensors (names and shapes) as the ticket's
-    weights, e.g. ``build_model(arch, spec)``; otherwise a one-line
-    :class:`ConfigError` names the first difference, before ``model`` is
-    changed. A ticket that was not trained on the full split (no weights) is
-    refused. Files are read with ``torch.load(..., weights_only=True)``, and a
-    path or link that leads outside ``run_dir`` is refused, never followed.
-    Returns the ticket's mask (apply it with :func:`to_torch_prune` to keep
-    the pruned weights at zero while fine-tuning), sparsity and accuracy.
+    run_dir: Path
+    row: dict
+    mask: Mask
+    trained: dict[str, torch.Tensor]
+    rewind: dict[str, torch.Tensor] | None  # the whole state at the rewind step; None for RigL / GraNet runs
+
+
+def _load_state(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged file
+        raise ConfigError(f"cannot read {what} {path}: {_reason(exc)}") from None
+    if not isinstance(saved, Mapping) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        raise ConfigError(f"{path} holds no state dict")
+    return dict(saved)
+
+
+def read_ticket(run_dir: str | os.PathLike, sparsity: float | None = None) -> TicketFiles:
+    """Read the ticket of the run in ``run_dir`` whose sparsity is closest to ``sparsity`` (default: the final
+    one), without a model: its ``tickets.json`` row, mask, trained weights and (IMP, PrAC-IMP) the rewind point.
+
+    The files are read with ``torch.load(..., weights_only=True)``; a path or link that leads outside
+    ``run_dir`` is refused, never followed; a ticket not trained on the full split (no weights) is refused;
+    the mask must name tensors of the weights, of the same shapes. Every refusal is one :class:`ConfigError`.
     """
     shown = Path(run_dir)
     if not shown.is_dir():
@@ -216,20 +230,52 @@ def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | 
         raise ConfigError(f"{shown}: the ticket at sparsity {row['sparsity']} ({row['stage']}) was not trained on "
                           f"the full split, so it has no weights; tickets with weights: "
                           f"{', '.join(map(str, evaluated)) or 'none'}")
-    weights_path = _inside(root, shown, weights_file, "weights file")
-    try:
-        saved = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a damaged file
-        raise ConfigError(f"cannot read weights file {weights_path}: {_reason(exc)}") from None
-    if not isinstance(saved, Mapping):
-        raise ConfigError(f"{weights_path} holds no state dict")
+    trained = _load_state(_inside(root, shown, weights_file, "weights file"), "weights file")
     mask = Mask.load(_inside(root, shown, mask_file, "mask file"))
-    _check_fits(model, saved, shown)
-    mask.check_model(model)
-    model.load_state_dict(saved)
-    mask.apply_(model)
-    log.info("loaded ticket %s of %s: sparsity %.4f", row["stage"], shown, row["sparsity"])
-    return LoadedTicket(mask=mask, sparsity=float(row["sparsity"]), test_accuracy=row.get("test_accuracy"),
+    for name in mask:
+        if name not in trained or tuple(trained[name].shape) != tuple(mask[name].shape):
+            raise ConfigError(f"{shown}: the mask's {name} is not a tensor of the ticket's weights of its shape")
+    rewind_path = root / TicketLayout("").rewind.name
+    rewind = None
+    if rewind_path.exists() or rewind_path.is_symlink():
+        rewind = _load_state(_inside(root, shown, rewind_path.name, "rewind point"), "rewind point")
+        if set(rewind) != set(trained) or any(rewind[k].shape != trained[k].shape for k in trained):
+            raise ConfigError(f"{shown}: its rewind point {rewind_path.name} is not a state of the ticket's model")
+    return TicketFiles(shown, row, mask, trained, rewind)
+
+
+def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | None = None, *,
+                weights: str = "trained") -> LoadedTicket:
+    """Load a ticket of the run in ``run_dir`` into ``model``, with the pruned weights zero.
+
+    ``run_dir`` is a directory :func:`~pracset.tickets.find_tickets` (``pracset
+    ticket``) wrote; its ``tickets.json`` lists the tickets. The one whose
+    sparsity is closest to ``sparsity`` is loaded (default: the final ticket).
+    ``weights="trained"`` loads its trained weights; ``"rewind"`` the weights it
+    started from (the run's rewind point, masked: the ticket itself, to train
+    again; IMP and PrAC-IMP runs). ``model`` must have the same tensors (names
+    and shapes) as the ticket's weights, e.g. ``build_model(arch, spec)``;
+    otherwise a one-line :class:`ConfigError` names the first difference,
+    before ``model`` is changed. Files are read as :func:`read_ticket` reads
+    them. Returns a :class:`LoadedTicket`: the mask (apply it with
+    :func:`to_torch_prune`, which takes the ticket itself, to keep the pruned
+    weights at zero while training), sparsity, stage and reported accuracy.
+    """
+    if weights not in ("trained", "rewind"):
+        raise ConfigError(f"weights must be one of trained, rewind, got {weights!r}")
+    ticket = read_ticket(run_dir, sparsity)
+    state = ticket.trained if weights == "trained" else ticket.rewind
+    if state is None:
+        raise ConfigError(f"{ticket.run_dir}: the run has no rewind point (RigL and GraNet runs have none); "
+                          "load its trained weights")
+    _check_fits(model, state, ticket.run_dir)
+    ticket.mask.check_model(model)
+    model.load_state_dict(state)
+    ticket.mask.apply_(model)
+    row = ticket.row
+    log.info("loaded ticket %s of %s (%s weights): sparsity %.4f", row["stage"], ticket.run_dir, weights,
+             row["sparsity"])
+    return LoadedTicket(mask=ticket.mask, sparsity=float(row["sparsity"]), test_accuracy=row.get("test_accuracy"),
                         stage=row["stage"])
 
 
@@ -237,5 +283,5 @@ def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | 
 # in pracset/hf.py; named here too, where the README and older code import them from
 
 
-__all__ = ["LoadedTicket", "dataset_card", "from_torch_prune", "load_ticket", "make_permanent", "push_to_hub",
-           "save_hf_dataset", "to_torch_prune"]
+__all__ = ["LoadedTicket", "TicketFiles", "dataset_card", "from_torch_prune", "load_ticket", "make_permanent",
+           "push_to_hub", "read_ticket", "save_hf_dataset", "to_torch_prune"]

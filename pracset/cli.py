@@ -24,6 +24,7 @@ from pracset.device import MAX_THREADS, resolve_device, set_threads
 from pracset.distributed import init_from_env, is_main, leave
 from pracset.errors import ConfigError, DegenerateTrainingWarning, PracsetError
 from pracset.manifest import read_manifest
+from pracset.manifest.describe import format_summary
 from pracset.models import MODELS, torchvision_names
 from pracset.pipeline import load_pipeline, load_toml, run_pipeline
 from pracset.runs import PipelineLayout
@@ -226,27 +227,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_summary(s: dict) -> str:
-    """A manifest summary as a few readable lines."""
-    d, sel, prov = s["dataset"], s["selection"], s["provenance"]
-    lines = [
-        f"manifest   {s['path']}",
-        f"data set   {d['name']} ({d['split']} split, {d['size']} examples, fingerprint {d['fingerprint'][:16]})",
-        f"selected   {s['selected']} of {s['size']} ({100 * s['fraction']:.2f}%) by rule {sel.get('rule')} "
-        f"{json.dumps(sel.get('params', {}), sort_keys=True)}",
-        "reasons    " + ", ".join(f"{k} {v}" for k, v in sorted(s["reasons"].items())),
-        "per class  " + ", ".join(f"{d['class_names'][int(c)] if 'class_names' in d else c}: {v['selected']}/{v['total']}"
-                                  for c, v in sorted(s["per_class"].items(), key=lambda kv: int(kv[0]))),
-    ]
-    if prov:
-        bits = [f"{k} {prov[k]}" for k in ("command", "arch", "seed", "epochs_run", "iterations") if k in prov]
-        if prov.get("dense_test_accuracy") is not None:
-            bits.append(f"dense test accuracy {prov['dense_test_accuracy']:.4f}")
-        bits += [f"pracset {prov.get('pracset_version')}", f"torch {prov.get('torch_version')}", str(prov.get("created"))]
-        lines.append("provenance " + ", ".join(bits))
-    return "\n".join(lines)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``pracset`` argument parser: one subcommand per task, flags generated from the configs."""
     parser = _Parser(prog="pracset", description="Find lottery tickets on less data with Pruning-Aware Critical sets.")
@@ -376,11 +356,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pracset`` command line; returns the exit code (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    # INFO: a line per stage (its result); -v adds pracset's per-epoch lines (DEBUG), never other libraries' debug
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    if args.verbose and not args.quiet:
-        log.setLevel(logging.DEBUG)
+    # The console: INFO, a line per stage; -v adds pracset's per-epoch lines (DEBUG, never other libraries'); -q
+    # warnings. pracset's logger lets everything through, for the run directory's pracset.log.
+    level, before = logging.WARNING if args.quiet else logging.INFO, set(logging.getLogger().handlers)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in set(logging.getLogger().handlers) - before:  # the console handler made here, not a host's
+        handler.setLevel(logging.DEBUG if args.verbose and not args.quiet else level)
+    log.setLevel(logging.DEBUG)
     # The log already says each of these, and the results repeat them: Python's copy would say it a third time.
     warnings.filterwarnings("ignore", category=DegenerateTrainingWarning)
     quiet_rank = False

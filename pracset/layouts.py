@@ -128,6 +128,7 @@ class TicketLayout:
     ::
 
         run.json                 what was asked (compared on resume)
+        pracset.log              every log line while the run was open (:attr:`RunDirectory.log_path`)
         rewind.pt                the whole state (BN statistics included) at the rewind step
         round-RR/                IMP round RR (00 = dense): mask.pt, model.pt, metrics.json, [ids.npy, next_ids.npy]
         STAGE/ids.npy            the example ids a stage trained on, when it trained on a subset

@@ -24,8 +24,11 @@ run's file names.
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import stat
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -136,6 +139,7 @@ class RunDirectory:
         self._fresh = False  # this process wrote the identity record into a directory that held nothing
         self._previous: dict = {}  # the identity record found on opening
         self._locked = None
+        self._log_handler: logging.Handler | None = None
 
     def __enter__(self) -> "RunDirectory":
         self._locked = locked_output_directory(self.root)
@@ -151,12 +155,47 @@ class RunDirectory:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         _OPEN_RUNS.remove(self)
+        self._close_log()
         try:
             # A failure (not an interruption: Ctrl-C keeps the checkpoint for --resume) before any result
             if exc_type is not None and issubclass(exc_type, Exception) and self._fresh and not self.holds_results:
                 self._roll_back()
         finally:
             self._locked.__exit__(exc_type, exc, traceback)
+
+    @property
+    def log_path(self) -> Path:
+        """``pracset.log``: every log line of pracset (per-epoch lines too) while this run is open, appended."""
+        return self.root / "pracset.log"
+
+    def _open_log(self) -> None:
+        """Copy pracset's log into :attr:`log_path` (rank 0; runs, not a build's work directory): every level
+        the ``pracset`` logger lets through (the command line lets everything through, per-epoch lines too,
+        and shows its console only its own level). The file is opened without following a link: a stranger's
+        ``pracset.log`` that is a link is refused, never appended to."""
+        if self._log_handler is not None or self.finished is None or not is_main():
+            return
+        try:
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ConfigError(f"{self.log_path} is a symbolic link; pracset never writes through one") from None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{self.log_path} is not a regular file; pracset writes its log only to one")
+        handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("pracset").addHandler(handler)
+        self._log_handler = handler
+
+    def _close_log(self) -> None:
+        if self._log_handler is None:
+            return
+        logging.getLogger("pracset").removeHandler(self._log_handler)
+        self._log_handler.close()
+        self._log_handler = None
 
     def _roll_back(self) -> None:
         """Remove what this run wrote into the directory it found empty, as it failed before any result (a
@@ -241,6 +280,7 @@ class RunDirectory:
                 changes = "; ".join(describe_changes(previous, check))
                 raise DataError(f"the data changed since {self.root} started ({changes}); restore it, or choose "
                                 "another --out")
+        self._open_log()  # after the record: a directory never holds a log without the run it belongs to
 
     def check_outputs(self, paths: Sequence[Path]) -> None:
         """Refuse, naming it, a file among ``paths`` (this run's outputs outside its directory, e.g. a build's

@@ -29,3 +29,24 @@ def test_one_line_per_stage_by_default_and_a_line_per_epoch_with_v(tmp_path):
     epochs = [line for line in verbose if "DEBUG pracset.train.loop: dense epoch" in line]
     assert [line.split("dense epoch ")[1].split(":")[0] for line in epochs] == ["1/3", "2/3", "3/3"]
     assert all(" pracset" in line.split("DEBUG", 1)[1][:9] for line in verbose if "DEBUG" in line)  # pracset's only
+
+
+def test_the_run_directory_keeps_every_line_in_pracset_log(tmp_path):
+    out, console = _train(tmp_path)
+    logged = (out / "pracset.log").read_text().splitlines()
+    assert [line.split("dense epoch ")[1].split(":")[0] for line in logged if "dense epoch" in line] == [
+        "1/3", "2/3", "3/3"]  # the per-epoch lines the console left out
+    assert any("pracset.train.run: dense: test accuracy" in line for line in logged)
+
+
+def test_a_pracset_log_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("mine\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "pracset.log").symlink_to(target)
+    done = subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "mlp", "--epochs",
+                           "1", "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == 2 and target.read_text() == "mine\n"
+    assert done.stderr.strip().splitlines()[-1].startswith("pracset train: error: ")

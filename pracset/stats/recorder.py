@@ -17,8 +17,17 @@ Definitions (per example, over its presentations in order):
 - ``times_correct``, ``presentations``, ``last_correct``, ``last_loss`` and
   ``margin`` (true-class logit minus the best other logit) at the last
   presentation.
+- ``aum`` (area under the margin, Pleiss et al. 2020): that margin averaged
+  over every presentation.
+- data maps (Swayamdipta et al. 2020): ``confidence``, the mean over the
+  presentations of the softmax probability of the true class, and
+  ``variability``, its standard deviation (the population's, as in their
+  code); their ``correctness`` is ``times_correct / presentations``.
 
-Memory: 25 bytes per example (see :data:`BYTES_PER_EXAMPLE`), plus
+All three come from the same logits as the forgetting events, accumulated on
+the device with the same index ops: no extra pass, no host sync.
+
+Memory: 37 bytes per example (see :data:`BYTES_PER_EXAMPLE`), plus
 ``ceil(N/8)`` bytes per epoch with ``keep_history=True``.
 """
 
@@ -35,9 +44,9 @@ from pracset.errors import ConfigError
 from pracset.train.loop import Callback, StepOutput, TrainState
 
 #: Device bytes per example: last_correct int8 (1), forgetting_events,
-#: presentations, times_correct, first_learned_epoch int32 (4 x 4), last_loss
-#: and margin float32 (2 x 4).
-BYTES_PER_EXAMPLE = 1 + 4 * 4 + 2 * 4
+#: presentations, times_correct, first_learned_epoch int32 (4 x 4), last_loss,
+#: margin and the sums of margins, confidences and squared confidences float32 (5 x 4).
+BYTES_PER_EXAMPLE = 1 + 4 * 4 + 5 * 4
 
 _NOT_PRESENTED = -1
 
@@ -56,6 +65,9 @@ class ExampleStatistics:
     margin: np.ndarray               # float32, NaN if never presented
     history: np.ndarray | None = None  # uint8 (epochs, ceil(N/8)) bit-packed correctness, or None
     presented_history: np.ndarray | None = None  # same layout: was the example presented that epoch
+    aum: np.ndarray | None = None          # float32 mean margin over presentations, NaN if never presented
+    confidence: np.ndarray | None = None   # float32 mean true-class probability, NaN if never presented
+    variability: np.ndarray | None = None  # float32 its standard deviation, NaN if never presented
 
     def __len__(self) -> int:
         return len(self.forgetting_events)
@@ -71,6 +83,8 @@ class ExampleStatistics:
             "last_correct": self.last_correct,
             "last_loss": self.last_loss,
             "margin": self.margin,
+            **{name: values for name, values in (("aum", self.aum), ("confidence", self.confidence),
+                                                 ("variability", self.variability)) if values is not None},
         }
 
     def correctness_history(self) -> np.ndarray:
@@ -128,6 +142,9 @@ class ExampleRecorder(Callback):
         self.first_learned_epoch = torch.full((n,), -1, dtype=torch.int32, device=device)
         self.last_loss = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
         self.margin = torch.full((n,), float("nan"), dtype=torch.float32, device=device)
+        self.margin_sum = torch.zeros(n, dtype=torch.float32, device=device)
+        self.confidence_sum = torch.zeros(n, dtype=torch.float32, device=device)
+        self.confidence_sq_sum = torch.zeros(n, dtype=torch.float32, device=device)
         self._epoch_correct = torch.zeros(n, dtype=torch.bool, device=device) if self.keep_history else None
         self._epoch_presented = torch.zeros(n, dtype=torch.bool, device=device) if self.keep_history else None
         self._history: list[torch.Tensor] = []
@@ -139,25 +156,26 @@ class ExampleRecorder(Callback):
     # -- the update, usable without a Trainer (tests, custom loops)
     @staticmethod
     @torch.no_grad()
-    def _observe(labels: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Correctness and margin (true-class logit minus the best other) of one batch."""
+    def _observe(labels: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Correctness, margin (true-class logit minus the best other) and true-class probability of one batch."""
         logits = logits.float()
         top2 = logits.topk(2, dim=1)
         true_logit = logits.gather(1, labels[:, None]).squeeze(1)
         correct = top2.indices[:, 0] == labels
         # The best other logit is the runner-up when the prediction is right, the winner otherwise.
         best_other = torch.where(correct, top2.values[:, 1], top2.values[:, 0])
-        return correct, true_logit - best_other
+        confidence = (true_logit - logits.logsumexp(1)).exp()  # softmax at the true class, without the whole softmax
+        return correct, true_logit - best_other, confidence
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
                losses: torch.Tensor | None, epoch: int) -> None:
         """Record one presentation of the examples ``index`` (all tensors on the recorder's device)."""
-        correct, margin = self._observe(labels, logits)
-        self._apply(index, correct, margin, losses, epoch)
+        correct, margin, confidence = self._observe(labels, logits)
+        self._apply(index, correct, margin, confidence, losses, epoch)
 
     @torch.no_grad()
-    def _apply(self, index: torch.Tensor, correct: torch.Tensor, margin: torch.Tensor,
+    def _apply(self, index: torch.Tensor, correct: torch.Tensor, margin: torch.Tensor, confidence: torch.Tensor,
                losses: torch.Tensor | None, epoch: int) -> None:
         previous = self.last_correct[index]
         self.forgetting_events.index_add_(0, index, ((previous == 1) & ~correct).to(torch.int32))
@@ -167,6 +185,9 @@ class ExampleRecorder(Callback):
         self.first_learned_epoch[index] = torch.where(correct & (first < 0), torch.full_like(first, epoch), first)
         self.last_correct[index] = correct.to(torch.int8)
         self.margin[index] = margin
+        self.margin_sum.index_add_(0, index, margin)
+        self.confidence_sum.index_add_(0, index, confidence)
+        self.confidence_sq_sum.index_add_(0, index, confidence * confidence)
         if losses is not None:
             self.last_loss[index] = losses.float()
         if self.keep_history:
@@ -196,13 +217,14 @@ class ExampleRecorder(Callback):
         self._pending = []
         losses = None if any(p is None for p in parts[3]) else torch.cat(parts[3])
         if self._stash_logits:  # parts hold labels and logits: observe the whole epoch at once
-            correct, margin = self._observe(torch.cat(parts[1]), torch.cat(parts[2]))
+            correct, margin, confidence = self._observe(torch.cat(parts[1]), torch.cat(parts[2]))
         else:
-            correct, margin = torch.cat(parts[1]), torch.cat(parts[2])
+            correct, margin, confidence = torch.cat(parts[1]), torch.cat(parts[2]), torch.cat(parts[4])
         index = torch.cat(parts[0])
         if is_distributed():  # under torch.distributed: apply the whole job's presentations on every rank
-            index, correct, margin, losses = all_gather_cat_many([index, correct, margin, losses])
-        self._apply(index, correct, margin, losses, epoch)
+            index, correct, margin, confidence, losses = all_gather_cat_many([index, correct, margin, confidence,
+                                                                              losses])
+        self._apply(index, correct, margin, confidence, losses, epoch)
 
     def end_epoch(self) -> None:
         """Close an epoch: apply the stashed presentations and record the history (``keep_history``)."""
@@ -222,10 +244,10 @@ class ExampleRecorder(Callback):
             # Keeping an epoch of raw logits is the cheapest per step; above the cap, observe per step.
             self._stash_logits = self.num_examples * out.logits.shape[1] * 4 <= self.STASH_LOGITS_BYTES
         if self._stash_logits:
-            self._pending.append((out.index, out.labels, out.logits, out.losses))
+            self._pending.append((out.index, out.labels, out.logits, out.losses, None))
         else:
-            correct, margin = self._observe(out.labels, out.logits)
-            self._pending.append((out.index, correct, margin, out.losses))
+            correct, margin, confidence = self._observe(out.labels, out.logits)
+            self._pending.append((out.index, correct, margin, out.losses, confidence))
         self._pending_epoch = out.epoch
 
     def on_epoch_end(self, state: TrainState, metrics: dict) -> None:
@@ -243,7 +265,18 @@ class ExampleRecorder(Callback):
         if self.keep_history and self._history:
             history = torch.stack(self._history).cpu().numpy()
             presented_history = torch.stack(self._presented).cpu().numpy()
+        count = self.presentations.float()
+        seen = count.clamp_min(1)
+        mean_confidence = self.confidence_sum / seen
+        spread = (self.confidence_sq_sum / seen - mean_confidence * mean_confidence).clamp_min(0).sqrt()
+        unseen = torch.tensor(float("nan"), device=self.device)
+
+        def per_example(values: torch.Tensor) -> np.ndarray:  # NaN where never presented
+            return torch.where(presented, values, unseen).cpu().numpy()
+
         return ExampleStatistics(
+            aum=per_example(self.margin_sum / seen), confidence=per_example(mean_confidence),
+            variability=per_example(spread),
             forgetting_events=self.forgetting_events.cpu().numpy(),
             presentations=self.presentations.cpu().numpy(),
             times_correct=self.times_correct.cpu().numpy(),
@@ -258,10 +291,13 @@ class ExampleRecorder(Callback):
 
     _STATE = ("last_correct", "forgetting_events", "presentations", "times_correct",
               "first_learned_epoch", "last_loss", "margin")
+    #: Added later: a checkpoint written before them lacks them (its sums then read as NaN: unknown, never
+    #: averaged over fewer presentations than counted).
+    _SUMS = ("margin_sum", "confidence_sum", "confidence_sq_sum")
 
     def state_dict(self) -> dict:
         self.flush()
-        state = {name: getattr(self, name).cpu() for name in self._STATE}
+        state = {name: getattr(self, name).cpu() for name in (*self._STATE, *self._SUMS)}
         state["history"] = [h.cpu() for h in self._history]
         state["presented"] = [h.cpu() for h in self._presented]
         return state
@@ -269,5 +305,9 @@ class ExampleRecorder(Callback):
     def load_state_dict(self, state: dict) -> None:
         for name in self._STATE:
             setattr(self, name, state[name].to(self.device))
+        for name in self._SUMS:
+            saved = state.get(name)
+            setattr(self, name, saved.to(self.device) if saved is not None else
+                    torch.full((self.num_examples,), float("nan"), dtype=torch.float32, device=self.device))
         self._history = [h.to(self.device) for h in state.get("history", [])]
         self._presented = [h.to(self.device) for h in state.get("presented", [])]

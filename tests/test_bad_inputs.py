@@ -5,7 +5,7 @@ pracset answers to bad input. Each row is a :class:`Case`: what is wrong, how
 it is run (a ``pracset`` command line, or a Python callable for the library
 API), and the exact message (``exact=False``: a precise fragment of it).
 
-For a command line, run in a real process (see ``_CliRunner``),
+For a command line, run in a real process (the ``cli`` fixture: a forked child),
 ``test_command_line`` checks:
 
 * exit code 2;
@@ -16,7 +16,9 @@ For a command line, run in a real process (see ``_CliRunner``),
 
 and ``test_refused_command_writes_nothing`` that no new file or directory
 appeared (a refused command must not leave half-made output that trips the
-next, corrected, command).
+next, corrected, command). These command-line tests are marked ``slow`` (some
+90 commands, most of a minute together): ``-m "not slow"`` runs the Python
+API table alone.
 
 For a Python callable ``test_python_api`` checks that it raises the given
 :class:`~pracset.errors.PracsetError` subclass whose ``str`` is the one-line
@@ -37,7 +39,6 @@ argv appear as such in the messages; ``setup`` puts the user's files there.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import struct
@@ -53,6 +54,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from commands import ForkRunner, command_env
 
 from pracset.errors import ConfigError, DataError, PracsetError, UnknownNameError
 from pracset.manifest.schema import ManifestError
@@ -754,87 +756,9 @@ CASES: list[Case] = [
 
 
 # ----------------------------------------------------------------------------- running command lines
-# A command line is run in a real process: one helper process imports pracset once, then forks a child
-# per case that runs ``python -m pracset ARGV`` (runpy, exactly as the interpreter does: an uncaught
-# exception prints its traceback and exits 1) with its own cwd, stdout and stderr files. This keeps
-# 30+ processes within a few seconds on a small machine; test_runner_matches_a_real_process checks that
-# it answers as ``python -m pracset`` does.
-_RUNNER = r"""
-import json, os, signal, sys
-import pracset.cli, pracset.build, pracset.tickets, pracset.pipeline, pracset.manifest.schema  # warm imports
-import sklearn.datasets  # digits
-for line in sys.stdin:
-    job = json.loads(line)
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(job["cwd"])
-            for fd, name in ((1, job["stdout"]), (2, job["stderr"])):
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(target, fd)
-                os.close(target)
-            signal.alarm(job["timeout"])
-            sys.argv = ["pracset", *job["argv"]]
-            import runpy, traceback
-            try:
-                runpy.run_module("pracset", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                if exc.code is None or isinstance(exc.code, int):
-                    code = exc.code or 0
-                else:
-                    print(exc.code, file=sys.stderr)
-                    code = 1
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-        finally:
-            try:
-                sys.stdout.flush(); sys.stderr.flush()
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    print(json.dumps({"rc": code}), flush=True)
-"""
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PRACSET_DATA_DIR"}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return env
-
-
-class _CliRunner:
-    def __init__(self, streams: Path):
-        self.streams = streams  # where the children's stdout and stderr go
-        self.count = 0
-        self.proc = subprocess.Popen([sys.executable, "-c", _RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=_env())
-
-    def run(self, argv: list[str], cwd: Path, timeout: int = 60) -> tuple[int, str, str]:
-        """``python -m pracset ARGV`` in ``cwd``: (exit code, stdout, stderr)."""
-        self.count += 1
-        out, err = self.streams / f"{self.count}.stdout", self.streams / f"{self.count}.stderr"
-        job = {"argv": argv, "cwd": str(cwd), "stdout": str(out), "stderr": str(err), "timeout": timeout}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        assert reply, "the CLI runner process died"
-        return json.loads(reply)["rc"], out.read_text(), err.read_text()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    runner = _CliRunner(tmp_path_factory.mktemp("streams"))
-    yield runner
-    runner.close()
+# A command line is run in a real process: the ``cli`` fixture (conftest.py, commands.ForkRunner) forks a child
+# per case of one process that imported pracset once. This keeps 30+ processes within a few seconds on a small
+# machine; test_runner_matches_a_real_process checks that it answers as ``python -m pracset`` does.
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -969,7 +893,7 @@ class _Outcome:
 
 
 @pytest.fixture(scope="module")
-def outcomes(cli: _CliRunner, shared: Path, tmp_path_factory) -> Callable[[Case], _Outcome]:
+def outcomes(cli: ForkRunner, shared: Path, tmp_path_factory) -> Callable[[Case], _Outcome]:
     """Runs each CLI case once (in its own working directory) and remembers what happened."""
     done: dict[str, _Outcome] = {}
 
@@ -990,6 +914,7 @@ def outcomes(cli: _CliRunner, shared: Path, tmp_path_factory) -> Callable[[Case]
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c.param(c.xfail) for c in CLI_CASES])
 def test_command_line(case: Case, outcomes, shared: Path):
     """Exit code 2, exactly one line on stderr (the expected message), no traceback, the user's files kept."""
@@ -1011,6 +936,7 @@ def test_command_line(case: Case, outcomes, shared: Path):
     assert not result.changed, f"the user's files changed: {result.changed}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c.param(c.leaves) for c in CLI_CASES])
 def test_refused_command_writes_nothing(case: Case, outcomes):
     """A refused command leaves the file system as it found it (no half-made output to trip the next run)."""
@@ -1022,6 +948,7 @@ def test_refused_command_writes_nothing(case: Case, outcomes):
 CHOICE_CASES = [c for c in CLI_CASES if "choice-typo" in c.id]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c.param(None) for c in CHOICE_CASES])
 def test_a_misspelt_choice_is_refused_before_training(case: Case, outcomes):
     """A value outside a setting's choices stops the command before its (hours-long) dense training: well
@@ -1050,26 +977,28 @@ def test_python_api(case: Case, shared: Path):
     assert _snapshot(shared) == before
 
 
-def test_runner_matches_a_real_process(cli: _CliRunner, shared: Path, tmp_path: Path):
+def test_runner_matches_a_real_process(cli: ForkRunner, shared: Path, tmp_path: Path):
     """The forking runner answers as ``python -m pracset`` does (exit code, stdout, stderr)."""
     argv = ["inspect", str(shared / "truncated.parquet")]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     forked = cli.run(argv, tmp_path / "a")
-    real = subprocess.run([sys.executable, "-m", "pracset", *argv], cwd=tmp_path / "b", env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    real = subprocess.run([sys.executable, "-m", "pracset", *argv], cwd=tmp_path / "b",
+                          env=command_env(unbuffered=True), capture_output=True, text=True, timeout=120)
     assert forked == (real.returncode, real.stdout, real.stderr)
 
 
 # ----------------------------------------------------------------------------- what a leftover costs the user
-def test_a_refused_build_does_not_block_the_corrected_one(cli: _CliRunner, tmp_path: Path):
+@pytest.mark.slow
+def test_a_refused_build_does_not_block_the_corrected_one(cli: ForkRunner, tmp_path: Path):
     code, _, err = cli.run(["build", "--data", "digts", "--arch", "mlp", "--out", "m.parquet", *TINY], tmp_path)
     assert code == 2 and "unknown data set 'digts'" in err
     code, _, err = cli.run(["build", "--data", "digits", "--arch", "mlp", "--out", "m.parquet", *TINY], tmp_path)
     assert code == 0, err
 
 
-def test_a_refused_ticket_run_does_not_block_the_corrected_one(cli: _CliRunner, tmp_path: Path):
+@pytest.mark.slow
+def test_a_refused_ticket_run_does_not_block_the_corrected_one(cli: ForkRunner, tmp_path: Path):
     code, _, err = cli.run(["ticket", "--method", "imp", "--arch", "lenet5", "--rounds", "1", "--out", "t", *TINY],
                            tmp_path)
     assert code == 2 and "model lenet5 needs images of at least 12x12" in err
@@ -1078,7 +1007,7 @@ def test_a_refused_ticket_run_does_not_block_the_corrected_one(cli: _CliRunner, 
     assert code == 0, err
 
 
-def test_inspect_of_a_manifest_with_a_huge_label(cli: _CliRunner, shared: Path, tmp_path: Path):
+def test_inspect_of_a_manifest_with_a_huge_label(cli: ForkRunner, shared: Path, tmp_path: Path):
     """A label of 2**40 (it once sized a bincount) is refused in one line: every label must be one of the classes
     the header's dataset.class_names names (issue 23 item 6; the plain `inspect` indexed the names with it)."""
     path = str(shared / "huge-label.parquet")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every benchmark run in its own process: about 1.5 minutes
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "pipelines" / "benchmarks"
 NAMES = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem not in ("__init__", "common"))

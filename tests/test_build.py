@@ -14,15 +14,6 @@ from pracset.cli import main
 BUILD = ["build", "--data", "digits", "--arch", "mlp", "--epochs", "6", "-q", "--probe-sparsity", "0.8", "0.9"]
 
 
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     path = tmp_path_factory.mktemp("build") / "digits-mlp.parquet"
@@ -61,30 +52,30 @@ def test_statistics_are_written_next_to_the_manifest(built):
     assert not built.with_name(built.name + ".partial").exists()
 
 
-def test_inspect_prints_a_summary_and_json(built, capsys):
-    code, out, _ = run_cli(capsys, "inspect", str(built))
+def test_inspect_prints_a_summary_and_json(built, run_cli):
+    code, out, _ = run_cli("inspect", str(built))
     table = pq.read_table(built)
     kept = int(table.column("selected").to_numpy(zero_copy_only=False).sum())
     assert code == 0 and f"selected   {kept} of 1438" in out and "data set   digits" in out
     assert "rule prac" in out and "arch mlp" in out
-    code, out, _ = run_cli(capsys, "inspect", str(built), "--json")
+    code, out, _ = run_cli("inspect", str(built), "--json")
     summary = json.loads(out)
     assert code == 0 and summary["selected"] == kept and summary["dataset"]["name"] == "digits"
     assert sum(v["selected"] for v in summary["per_class"].values()) == kept
 
 
-def test_same_build_is_skipped_and_another_is_refused(built, capsys):
+def test_same_build_is_skipped_and_another_is_refused(built, run_cli):
     before = built.read_bytes()
-    code, out, _ = run_cli(capsys, *BUILD, "--out", str(built), "--keep-history")
+    code, out, _ = run_cli(*BUILD, "--out", str(built), "--keep-history")
     assert code == 0 and out.startswith("already built")
-    code, _, err = run_cli(capsys, *BUILD, "--out", str(built), "--seed", "3")
+    code, _, err = run_cli(*BUILD, "--out", str(built), "--seed", "3")
     assert code == 2 and "exists and was built with other settings" in err and "Traceback" not in err
     assert built.read_bytes() == before
 
 
-def test_same_seed_gives_identical_selection(built, tmp_path, capsys):
+def test_same_seed_gives_identical_selection(built, tmp_path, run_cli):
     again = tmp_path / "again.parquet"
-    code, _, err = run_cli(capsys, *BUILD, "--out", str(again), "--keep-history")
+    code, _, err = run_cli(*BUILD, "--out", str(again), "--keep-history")
     assert code == 0, err
     a, b = pq.read_table(built), pq.read_table(again)
     for column in ("selected", "forgetting_events", "cep_disagreements", "content_hash"):
@@ -97,23 +88,23 @@ def test_same_seed_gives_identical_selection(built, tmp_path, capsys):
     (["--rule", "nope"], "unknown selection rule 'nope'; valid names: cep, cet, prac, random, topk-forgetting"),
     (["--epochs", "0"], "must be a positive integer"),
 ])
-def test_bad_build_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
+def test_bad_build_input_is_one_line_exit_2(tmp_path, run_cli, extra, message):
     out = tmp_path / "m.parquet"
-    code, _, err = run_cli(capsys, *BUILD, "--out", str(out), *extra)
+    code, _, err = run_cli(*BUILD, "--out", str(out), *extra)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
-def test_out_must_be_parquet_and_inspect_rejects_non_manifests(tmp_path, capsys):
-    code, _, err = run_cli(capsys, *BUILD, "--out", str(tmp_path / "m.csv"))
+def test_out_must_be_parquet_and_inspect_rejects_non_manifests(tmp_path, run_cli):
+    code, _, err = run_cli(*BUILD, "--out", str(tmp_path / "m.csv"))
     assert code == 2 and "must end in .parquet" in err
     junk = tmp_path / "junk.parquet"
     junk.write_bytes(b"not parquet at all")
-    code, _, err = run_cli(capsys, "inspect", str(junk))
+    code, _, err = run_cli("inspect", str(junk))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_build_whose_work_directory_another_process_holds_is_refused(capsys, tmp_path):
+def test_a_build_whose_work_directory_another_process_holds_is_refused(run_cli, tmp_path):
     """Two `pracset build --resume` of one manifest: the second is refused and writes nothing."""
     from pracset.fileio import DirectoryLock
 
@@ -121,10 +112,10 @@ def test_a_build_whose_work_directory_another_process_holds_is_refused(capsys, t
     work = tmp_path / "m.parquet.partial"
     work.mkdir()
     with DirectoryLock(work):  # as a first build still running
-        code, _, err = run_cli(capsys, *BUILD, "--out", str(out), "--resume")
+        code, _, err = run_cli(*BUILD, "--out", str(out), "--resume")
         assert code == 2 and f"{work} is in use by another pracset run" in err
         assert sorted(p.name for p in tmp_path.rglob("*")) == [".lock", "m.parquet.partial"]
-    code, _, err = run_cli(capsys, *BUILD, "--out", str(out), "--resume")
+    code, _, err = run_cli(*BUILD, "--out", str(out), "--resume")
     assert code == 0, err
     assert out.exists() and not work.exists()
 
@@ -220,9 +211,9 @@ def test_the_build_keeps_its_dense_model_and_records_the_thread_count(built, tmp
     assert meta["provenance"]["cpu_threads"] == torch.get_num_threads()
 
 
-def test_a_random_subset_of_a_given_size_trains_nothing(capsys, tmp_path):
+def test_a_random_subset_of_a_given_size_trains_nothing(run_cli, tmp_path):
     out = tmp_path / "random.parquet"
-    code, _, err = run_cli(capsys, "build", "--data", "digits", "--arch", "mlp", "-q", "--rule", "random",
+    code, _, err = run_cli("build", "--data", "digits", "--arch", "mlp", "-q", "--rule", "random",
                            "--fraction", "0.25", "--random-seed", "3", "--out", str(out))
     assert code == 0, err
     table = pq.read_table(out)
@@ -237,16 +228,16 @@ def test_a_random_subset_of_a_given_size_trains_nothing(capsys, tmp_path):
     assert not out.with_name("random.dense.pt").exists() and not out.with_name("random.parquet.partial").exists()
 
 
-def test_threads_are_a_setting_recorded_in_the_run(capsys, tmp_path):
+def test_threads_are_a_setting_recorded_in_the_run(run_cli, tmp_path):
     import torch
 
     before = torch.get_num_threads()
     try:
-        code, _, err = run_cli(capsys, "train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "-q",
+        code, _, err = run_cli("train", "--data", "digits", "--arch", "mlp", "--epochs", "1", "-q",
                                "--threads", "1", "--out", str(tmp_path / "run"))
         assert code == 0, err
         assert json.loads((tmp_path / "run" / "run.json").read_text())["environment"]["cpu_threads"] == 1
     finally:
         torch.set_num_threads(before)
-    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--threads", "0", "--out", str(tmp_path / "x"))
+    code, _, err = run_cli("train", "--arch", "mlp", "--threads", "0", "--out", str(tmp_path / "x"))
     assert code == 2 and "--threads: must be a positive integer, got '0'" in err

@@ -7,34 +7,25 @@ import pytest
 from pracset.cli import main
 
 
-def run_cli(capsys, *argv):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse errors and --help
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_datasets_and_models_list_every_name(capsys):
+def test_datasets_and_models_list_every_name(run_cli):
     from pracset.data import SOURCES
     from pracset.models import MODELS
 
-    code, out, _ = run_cli(capsys, "datasets")
+    code, out, _ = run_cli("datasets")
     assert code == 0 and all(f"\n{n} " in "\n" + out for n in SOURCES.names())
-    code, out, _ = run_cli(capsys, "models")
+    code, out, _ = run_cli("models")
     assert code == 0 and all(f"\n{n} " in "\n" + out for n in MODELS.names()) and "torchvision/" in out
 
 
-def test_train_writes_a_run_and_does_not_redo_it(capsys, tmp_path):
+def test_train_writes_a_run_and_does_not_redo_it(run_cli, tmp_path):
     out_dir = tmp_path / "run"
     args = ["train", "--data", "digits", "--arch", "mlp", "--epochs", "2", "--out", str(out_dir), "-q"]
-    code, out, err = run_cli(capsys, *args)
+    code, out, err = run_cli(*args)
     assert code == 0, err
     assert "trained mlp on digits: test accuracy" in out
     # the per-epoch checkpoint goes once the run is finished, as in every stage of a run
     assert {p.name for p in out_dir.iterdir()} == {"run.json", "model.pt", "metrics.json", "metrics.jsonl",
-                                                   "ledger.json"}
+                                                   "ledger.json", "pracset.log"}
     lines = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert lines == json.loads((out_dir / "metrics.json").read_text())["history"]  # one line per epoch
     metrics = json.loads((out_dir / "metrics.json").read_text())
@@ -42,7 +33,7 @@ def test_train_writes_a_run_and_does_not_redo_it(capsys, tmp_path):
     assert len(metrics["history"]) == 2 and metrics["ledger"]["train_iterations"] == 2 * 12
     assert ledger["total"]["train_iterations"] == 2 * 12
     before = (out_dir / "model.pt").stat().st_mtime_ns
-    code, out, _ = run_cli(capsys, *args)
+    code, out, _ = run_cli(*args)
     assert code == 0 and out.startswith("already trained")
     assert (out_dir / "model.pt").stat().st_mtime_ns == before
 
@@ -62,29 +53,30 @@ BAD = [
 
 
 @pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a[1:5]) for a, _ in BAD])
-def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, argv, message):
+def test_bad_input_is_one_line_and_exit_code_2(run_cli, tmp_path, argv, message):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(tmp_path / "out"), "-q"]
-    code, out, err = run_cli(capsys, *argv)
+    code, out, err = run_cli(*argv)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert message.replace("{tmp}", str(tmp_path)) in err
     assert not (tmp_path / "out").exists()
 
 
-def test_out_dir_holding_another_run_is_refused_and_kept(capsys, tmp_path):
+def test_out_dir_holding_another_run_is_refused_and_kept(run_cli, tmp_path):
     out_dir = tmp_path / "run"
-    assert run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
+    assert run_cli("train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
-    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--epochs", "2", "--out", str(out_dir), "-q")
+    code, _, err = run_cli("train", "--arch", "mlp", "--epochs", "2", "--out", str(out_dir), "-q")
     assert code == 2 and f"{out_dir} holds another run (changed train.epochs: 1 -> 2); choose another --out" in err
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
-    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--out", str(tmp_path / "junk"), "-q")
+    code, _, err = run_cli("train", "--arch", "mlp", "--out", str(tmp_path / "junk"), "-q")
     assert code == 2 and "is not empty and holds no pracset run" in err
     assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "nope",
                            "--out", str(tmp_path / "o"), "--epochs", "1"], capture_output=True, text=True)
@@ -94,11 +86,12 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["datasets", "models", "train"])
-def test_every_subcommand_has_help(capsys, command):
-    code, out, _ = run_cli(capsys, command, "--help")
+def test_every_subcommand_has_help(run_cli, command):
+    code, out, _ = run_cli(command, "--help")
     assert code == 0 and "usage: pracset " + command in out
 
 
+@pytest.mark.slow
 def test_a_closed_output_pipe_ends_quietly():
     """`pracset models | head -1`: the reader closes the pipe; no BrokenPipeError traceback, exit 141."""
     process = subprocess.Popen([sys.executable, "-m", "pracset", "models"], stdout=subprocess.PIPE,
@@ -121,7 +114,7 @@ def test_a_broken_pipe_that_is_not_stdout_is_not_hidden(monkeypatch):
         cli.main(["models"])
 
 
-def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_the_retry(capsys, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_the_retry(run_cli, tmp_path, monkeypatch):
     import errno
     import os
 
@@ -134,14 +127,14 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_that_blocks_the_retry(capsys
         raise OSError(errno.ENOSPC, "No space left on device", str(dst))
 
     monkeypatch.setattr(fileio.os, "replace", full)
-    code, _, err = run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")
+    code, _, err = run_cli("train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")
     assert code == 2 and err == f"pracset train: error: No space left on device: {out_dir / 'run.json'}\n"
     assert not out_dir.exists()  # the temporary went with the failed write, and the empty directory too
     monkeypatch.setattr(fileio.os, "replace", real_replace)
-    assert run_cli(capsys, "train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
+    assert run_cli("train", "--arch", "mlp", "--epochs", "1", "--out", str(out_dir), "-q")[0] == 0
 
 
-def test_config_reads_the_toml_tables_and_flags_win(capsys, tmp_path, monkeypatch):
+def test_config_reads_the_toml_tables_and_flags_win(run_cli, tmp_path, monkeypatch):
     """`--config` takes a pipeline file's tables (and its arch); a flag given on the command line overrides them."""
     from pathlib import Path
 
@@ -149,7 +142,7 @@ def test_config_reads_the_toml_tables_and_flags_win(capsys, tmp_path, monkeypatc
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(capsys, "build", "--config", str(root / "pipelines" / "digits.toml"), "--out", "m.parquet",
+    code, out, err = run_cli("build", "--config", str(root / "pipelines" / "digits.toml"), "--out", "m.parquet",
                              "--epochs", "2", "--device", "cpu", "-q")
     assert code == 0, err
     identity = read_manifest(tmp_path / "m.parquet").provenance["build_identity"]
@@ -157,9 +150,9 @@ def test_config_reads_the_toml_tables_and_flags_win(capsys, tmp_path, monkeypatc
     assert (identity["train"]["epochs"], identity["train"]["lr"], identity["train"]["batch_size"]) == (2, 0.05, 64)
     assert identity["build"]["probe_sparsities"] == [0.5, 0.8, 0.9]
     (tmp_path / "bad.toml").write_text("arch = 'mlp'\n[train]\nepoch = 3\n")
-    code, _, err = run_cli(capsys, "train", "--config", "bad.toml", "--out", "r", "-q")
+    code, _, err = run_cli("train", "--config", "bad.toml", "--out", "r", "-q")
     assert code == 2 and err.startswith("pracset train: error: bad.toml: unknown key train.epoch; valid keys: epochs")
-    code, _, err = run_cli(capsys, "train", "--out", "r", "-q")
+    code, _, err = run_cli("train", "--out", "r", "-q")
     assert code == 2 and err == "pracset train: error: give --arch, or an arch in the --config file\n"
     assert not (tmp_path / "r").exists()
 

@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test trains in a real `python -m pracset` process: about 20 s
+
 
 def _train(tmp_path, *flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

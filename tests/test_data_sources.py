@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 import re
 import struct
@@ -33,9 +32,6 @@ from pracset.data.base import fingerprint
 from pracset.data.sources import DATA_DIR_ENV, SOURCES
 from pracset.errors import ConfigError, DataError, UnknownNameError
 
-SHARED_DATA = Path(
-    os.environ.get("PRACSET_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data"
-)
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FASHION_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -119,11 +115,6 @@ def test_data_dir_env_var_is_honoured(monkeypatch):
 
 
 # =========================================================================== digits and content hashes
-@pytest.fixture(scope="module")
-def digits() -> ImageDataset:
-    return load("digits")
-
-
 def test_digits_shape_and_scale(digits):
     assert (len(digits.train), len(digits.test)) == (1438, 359)
     assert digits.num_classes == 10 and digits.class_names == tuple(str(i) for i in range(10))
@@ -982,17 +973,9 @@ def test_hf_uint8_array_column(tmp_path, mnist_arrays):
 
 
 # =========================================================================== real data (../shared/data)
-def shared(path: str) -> Path:
-    full = SHARED_DATA / path
-    if not full.exists():
-        pytest.skip(f"real data not found at {full} (it lives in ../shared/data beside the checkout; "
-                    "set PRACSET_SHARED_DATA to point elsewhere)")
-    return full
-
-
 @pytest.mark.shared_data
-def test_real_mnist():
-    folder = shared("mnist")
+def test_real_mnist(shared_file):
+    folder = shared_file("mnist")
     dataset = load("mnist", folder)
     assert (len(dataset.train), len(dataset.test)) == (60000, 10000)
     assert dataset.train.images.shape[1:] == (1, 28, 28)
@@ -1003,10 +986,11 @@ def test_real_mnist():
     assert len(set(dataset.train_hashes.tolist())) == 60000
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
-def test_real_cifar10_jpeg_imagefolder():
-    """About 25 s on a 2-core machine (decoding 60,000 JPEGs), so it stays on by default."""
-    archive = shared("cifar10-jpeg/cifar10_jpeg_q75.tar.gz")
+def test_real_cifar10_jpeg_imagefolder(shared_file):
+    """About 25 s on a 2-core machine (decoding 60,000 JPEGs): marked slow, it still runs by default."""
+    archive = shared_file("cifar10-jpeg/cifar10_jpeg_q75.tar.gz")
     start = time.perf_counter()
     dataset = load("imagefolder", archive)
     elapsed = time.perf_counter() - start

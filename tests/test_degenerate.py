@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from pracset.build import BuildConfig, build_manifest
 from pracset.cli import main
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.errors import DegenerateTrainingWarning
 from pracset.manifest import read_manifest
 from pracset.manifest.assemble import write_random_manifest
@@ -23,11 +23,6 @@ from pracset.tickets.health import chance_threshold, dense_collapsed, majority_r
 from pracset.train import TrainConfig
 
 DATA = DataConfig(name="digits")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
 
 
 # --- the near-chance rule, by hand, for 2, 3 and 10 classes --------------------------------------------------

@@ -244,6 +244,7 @@ def test_collectives_are_identities_in_one_process():
     assert [ddp.shard_bounds(1, r, 3) for r in range(3)] == [(0, 1), (1, 1), (1, 1)]
 
 
+@pytest.mark.slow
 def test_collectives_across_ranks(ranks):
     _, (r0, r1) = ranks
     for r in (r0, r1):
@@ -258,6 +259,7 @@ def test_collectives_across_ranks(ranks):
 
 
 # ----------------------------------------------------------------------------- data and statistics
+@pytest.mark.slow
 def test_ranks_split_each_one_process_batch_bitwise(ranks):
     """Step k's slices of both ranks, joined, are one process's batch k: ids and augmented pixels."""
     _, (r0, r1) = ranks
@@ -272,6 +274,7 @@ def test_ranks_split_each_one_process_batch_bitwise(ranks):
     assert len(r1["epoch0_batches"][-1][0]) == 0  # the last global batch holds one example
 
 
+@pytest.mark.slow
 def test_recorder_equals_one_process_over_the_same_presentations(ranks):
     _, (r0, r1) = ranks
     _assert_statistics_equal(r0["statistics"], r1["statistics"])
@@ -288,6 +291,7 @@ def test_recorder_equals_one_process_over_the_same_presentations(ranks):
     assert r0["statistics"].presentations.sum() == EPOCHS * SUBSET
 
 
+@pytest.mark.slow
 def test_gradients_are_the_global_batch_mean(ranks):
     """Both ranks end with the weights of one process trained on the same batches (no BatchNorm in the MLP)."""
     from pracset.models import build_model
@@ -308,6 +312,7 @@ def test_gradients_are_the_global_batch_mean(ranks):
     assert torch.equal(r0["weights_again"], r1["weights_again"])
 
 
+@pytest.mark.slow
 def test_ledger_counts_the_whole_job(ranks):
     _, (r0, r1) = ranks
     assert r0["ledger"] == r1["ledger"]
@@ -317,6 +322,7 @@ def test_ledger_counts_the_whole_job(ranks):
 
 
 # ----------------------------------------------------------------------------- masks
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["rigl", "granet"])
 def test_dynamic_masks_agree_on_both_ranks(ranks, method):
     _, (r0, r1) = ranks
@@ -335,6 +341,7 @@ def test_dynamic_masks_agree_on_both_ranks(ranks, method):
         assert zero[~final[name]].all()  # masked weights are held at zero on both ranks
 
 
+@pytest.mark.slow
 def test_imp_masks_agree_and_one_rank_writes(ranks):
     from pracset.sparse.mask import Mask
 
@@ -348,6 +355,7 @@ def test_imp_masks_agree_and_one_rank_writes(ranks):
     assert (tmp / "imp" / "tickets.json").exists()
 
 
+@pytest.mark.slow
 def test_one_manifest_is_written_and_valid(ranks):
     from pracset.manifest import read_manifest
 
@@ -370,6 +378,7 @@ def test_one_manifest_is_written_and_valid(ranks):
     assert provenance["ledger"]["stages"]["probe"]["probe_examples"] == 3 * 1438
 
 
+@pytest.mark.slow
 def test_streaming_loader_under_ddp_matches_the_device_loader(ranks):
     _, (r0, r1) = ranks
     for r in (r0, r1):
@@ -419,6 +428,7 @@ def _sync_batchnorm_worker(rank: int, tmp: str) -> None:
     torch.save(seen, Path(tmp) / f"syncbn{rank}.pt")
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_is_refused_on_cpu_ranks_before_any_step(tmp_path):
     ddp.spawn(_sync_batchnorm_worker, WORLD, str(tmp_path), backend="gloo", timeout_minutes=2)
     message = ("sync_batchnorm needs CUDA devices under torch.distributed (torch's SyncBatchNorm has no cpu "

@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils import prune
 
 from pracset.cli import main
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.errors import ConfigError
 from pracset.export import export_ticket, load_exported
 from pracset.interop import load_ticket, to_torch_prune
@@ -25,12 +25,11 @@ TRAIN = TrainConfig(epochs=2, batch_size=128, lr=0.05)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    dataset = load_dataset(DataConfig(name="digits"))
+def run(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("tickets") / "imp"
     find_tickets("imp", DataConfig(name="digits"), "mlp", out, train=TRAIN, imp=IMPConfig(rounds=2, rewind="5it"),
-                 dataset=dataset)
-    return out, input_spec(dataset)
+                 dataset=digits)
+    return out, input_spec(digits)
 
 
 def _model(spec):

@@ -91,6 +91,7 @@ def float_build(pixels, tmp_path_factory):
     return path, said, records
 
 
+@pytest.mark.slow
 def test_a_manifest_of_float_tensors_warns_and_says_so(float_build):
     path, said, records = float_build
     warned = [w for w in said if issubclass(w.category, FloatHashesWarning)]
@@ -102,6 +103,7 @@ def test_a_manifest_of_float_tensors_warns_and_says_so(float_build):
     assert read_manifest(path).dataset["hash_form"] == "float-tensor"
 
 
+@pytest.mark.slow
 def test_a_float_manifest_is_not_found_in_uint8_images_and_the_error_says_why(float_build, pixels, tmp_path):
     path, _, _ = float_build
     (train_x, train_y), _ = pixels
@@ -148,6 +150,7 @@ def test_a_built_in_data_set_records_uint8_pixels(tmp_path):
     assert read_manifest(tmp_path / "d.parquet").dataset["hash_form"] == "uint8-pixels"
 
 
+@pytest.mark.slow
 def test_an_older_manifest_without_hash_form_is_read_and_its_error_names_both_causes(float_build, pixels, tmp_path):
     path, _, _ = float_build
     (train_x, train_y), _ = pixels

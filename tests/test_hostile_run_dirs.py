@@ -17,7 +17,7 @@
   temporaries only; a read error names its file.
 
 Everything runs on digits with one epoch of an MLP on the CPU. Commands run
-through ``pracset.cli.main`` in this process (fixture ``cli``), where a full
+through ``pracset.cli.main`` in this process (fixture ``in_process``), where a full
 disk or a read error can be simulated with monkeypatch; one runs as a real
 process to check that its stderr is exactly one line.
 """
@@ -28,11 +28,11 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from commands import pracset
 
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_json, is_temporary, locked_output_directory
@@ -63,38 +63,6 @@ controls = false
 """
 RUN = ["run", "tiny.toml", "--out", "p", "--device", "cpu", "-q"]
 TMP = ".{name}.k7q2x9ab.tmp"  # as tempfile.mkstemp names an atomic write's temporary
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PRACSET_DATA_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def pracset(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pracset", *argv], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=300)
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """``pracset ARGV`` through pracset.cli.main in this process, in directory ``cwd``."""
-    from pracset.cli import main
-
-    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            torch.set_num_threads(threads)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    return run
 
 
 def refused(done: subprocess.CompletedProcess, command: str) -> str:
@@ -159,20 +127,22 @@ def unfinished_ticket_run(ticket_run: Path, cwd: Path) -> Path:
 
 # ----------------------------------------------------------------------------- item 2: linked folders
 
-def test_resume_refuses_a_linked_round_and_leaves_the_folder_it_points_to_untouched(ticket_run, tmp_path, cli):
+@pytest.mark.slow
+def test_resume_refuses_a_linked_round_and_leaves_the_folder_it_points_to_untouched(ticket_run, tmp_path, in_process):
     out = unfinished_ticket_run(ticket_run, tmp_path)
     before = victim(tmp_path / "theirs")
     (out / "round-02").symlink_to(tmp_path / "theirs", target_is_directory=True)
     run_before = snapshot(out)
-    message = refused(cli(TICKET + ["--resume"], tmp_path), "ticket")
+    message = refused(in_process(TICKET + ["--resume"], tmp_path), "ticket")
     assert message == ("out/round-02 is a symbolic link to a folder; pracset never reads or writes a run through a "
                        "link: remove the link or choose another --out")
     assert snapshot(tmp_path / "theirs") == before
     assert snapshot(out) == run_before  # nothing of the run changed either (no temporaries removed, no lock left)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("link", ["p/mlp/imp-s0/round-01", "p/mlp"])
-def test_a_pipeline_resume_refuses_a_linked_stage_or_sub_run(pipeline_run, tmp_path, cli, link):
+def test_a_pipeline_resume_refuses_a_linked_stage_or_sub_run(pipeline_run, tmp_path, in_process, link):
     p = tmp_path / "p"
     shutil.copytree(pipeline_run, p)
     (p / "report.json").unlink()
@@ -183,22 +153,23 @@ def test_a_pipeline_resume_refuses_a_linked_stage_or_sub_run(pipeline_run, tmp_p
     (moved / "notes.txt").write_text("keep me")
     before = snapshot(moved)
     (tmp_path / link).symlink_to(moved, target_is_directory=True)
-    message = refused(cli(RUN + ["--resume"], tmp_path), "run")
+    message = refused(in_process(RUN + ["--resume"], tmp_path), "run")
     assert message.startswith(f"{link} is a symbolic link to a folder; ")
     assert snapshot(moved) == before
 
 
-def test_a_linked_run_directory_or_build_work_directory_is_refused(tmp_path, cli):
+def test_a_linked_run_directory_or_build_work_directory_is_refused(tmp_path, in_process):
     before = victim(tmp_path / "theirs")
     (tmp_path / "out").symlink_to(tmp_path / "theirs", target_is_directory=True)
-    assert refused(cli(TICKET, tmp_path), "ticket").startswith("out is a symbolic link to a folder; ")
+    assert refused(in_process(TICKET, tmp_path), "ticket").startswith("out is a symbolic link to a folder; ")
     (tmp_path / "empty").mkdir()  # an empty folder would otherwise take the whole run
     (tmp_path / "out").unlink()
     (tmp_path / "out").symlink_to(tmp_path / "empty", target_is_directory=True)
-    assert refused(cli(TICKET, tmp_path), "ticket").startswith("out is a symbolic link to a folder; ")
+    assert refused(in_process(TICKET, tmp_path), "ticket").startswith("out is a symbolic link to a folder; ")
     assert os.listdir(tmp_path / "empty") == []
     (tmp_path / "m.parquet.partial").symlink_to(tmp_path / "theirs", target_is_directory=True)
-    assert refused(cli(BUILD, tmp_path), "build").startswith("m.parquet.partial is a symbolic link to a folder; ")
+    message = refused(in_process(BUILD, tmp_path), "build")
+    assert message.startswith("m.parquet.partial is a symbolic link to a folder; ")
     assert snapshot(tmp_path / "theirs") == before  # no .lock, no run.json, nothing
     assert not (tmp_path / "m.parquet").exists()
 
@@ -226,7 +197,7 @@ def test_a_folder_linked_while_a_run_holds_its_directory_is_refused_at_the_write
 # ----------------------------------------------------------------------------- item 3: the user's files
 
 @pytest.mark.parametrize("name", ["m.dense.pt", "m.stats.npz"])
-def test_build_refuses_a_users_file_beside_the_manifest_before_training(tmp_path, cli, monkeypatch, name):
+def test_build_refuses_a_users_file_beside_the_manifest_before_training(tmp_path, in_process, monkeypatch, name):
     from pracset.train.loop import Trainer
 
     def no_training(*args, **kwargs):
@@ -234,14 +205,14 @@ def test_build_refuses_a_users_file_beside_the_manifest_before_training(tmp_path
 
     monkeypatch.setattr(Trainer, "fit", no_training)
     (tmp_path / name).write_bytes(b"the user's own file")
-    message = refused(cli(BUILD, tmp_path), "build")
+    message = refused(in_process(BUILD, tmp_path), "build")
     assert message == (f"{name} exists and pracset did not write it (no unfinished build here records it); "
                        "move it away or choose another --out")
     assert (tmp_path / name).read_bytes() == b"the user's own file"
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no manifest, no work directory
 
 
-def test_a_resumed_build_replaces_the_files_its_record_lists(tmp_path, cli, monkeypatch):
+def test_a_resumed_build_replaces_the_files_its_record_lists(tmp_path, in_process, monkeypatch):
     """Interrupted between its statistics and its manifest, a build resumes over the files it recorded writing
     (and removes its own temporaries beside them, never a user's look-alike)."""
     import pracset.build
@@ -251,14 +222,14 @@ def test_a_resumed_build_replaces_the_files_its_record_lists(tmp_path, cli, monk
 
     with monkeypatch.context() as patch:
         patch.setattr(pracset.build, "_write_new_manifest", interrupted)
-        assert cli(BUILD, tmp_path).returncode == 130
+        assert in_process(BUILD, tmp_path).returncode == 130
     assert (tmp_path / "m.stats.npz").exists() and (tmp_path / "m.dense.pt").exists()
     assert not (tmp_path / "m.parquet").exists()
     ours = tmp_path / TMP.format(name="m.stats.npz")
     ours.write_bytes(b"half the statistics of a killed write")
     theirs = tmp_path / ".m.stats.npz.draft.tmp"
     theirs.write_bytes(b"the user's draft")
-    done = cli(BUILD + ["--resume"], tmp_path)
+    done = in_process(BUILD + ["--resume"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("built m.parquet"), done.stderr
     assert not ours.exists() and theirs.read_bytes() == b"the user's draft"
     assert not (tmp_path / "m.parquet.partial").exists()
@@ -272,16 +243,17 @@ def test_only_pracsets_temporary_names_are_temporaries():
         assert not is_temporary(Path(name)), name
 
 
-def test_a_users_temporary_look_alike_is_not_an_empty_directory(tmp_path, cli):
+def test_a_users_temporary_look_alike_is_not_an_empty_directory(tmp_path, in_process):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / ".draft.tmp").write_bytes(b"the user's draft")
-    message = refused(cli(TICKET, tmp_path), "ticket")
+    message = refused(in_process(TICKET, tmp_path), "ticket")
     assert message == "out is not empty and holds no pracset run; choose another --out"
     assert sorted(os.listdir(tmp_path / "out")) == [".draft.tmp"]
     assert (tmp_path / "out" / ".draft.tmp").read_bytes() == b"the user's draft"
 
 
-def test_resume_removes_pracsets_temporaries_only(ticket_run, tmp_path, cli):
+@pytest.mark.slow
+def test_resume_removes_pracsets_temporaries_only(ticket_run, tmp_path, in_process):
     out = unfinished_ticket_run(ticket_run, tmp_path)
     ours = [out / TMP.format(name="run.json"), out / "round-01" / TMP.format(name="checkpoint.pt")]
     for path in ours:
@@ -289,7 +261,7 @@ def test_resume_removes_pracsets_temporaries_only(ticket_run, tmp_path, cli):
     theirs = [out / ".notes.tmp", out / "round-01" / ".draft.tmp"]
     for path in theirs:
         path.write_bytes(b"the user's")
-    done = cli(TICKET + ["--resume"], tmp_path)
+    done = in_process(TICKET + ["--resume"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert not any(path.exists() for path in ours)
     assert all(path.read_bytes() == b"the user's" for path in theirs)
@@ -297,6 +269,7 @@ def test_resume_removes_pracsets_temporaries_only(ticket_run, tmp_path, cli):
 
 # ----------------------------------------------------------------------------- item 7: failed runs
 
+@pytest.mark.slow
 def test_a_learning_rate_that_overflows_is_one_line_and_the_corrected_command_is_accepted(tmp_path):
     """The original report: a traceback, and run.json left behind so that the sane rate was refused."""
     done = pracset(TICKET + ["--lr", "1e300"], tmp_path)  # a real process: its whole stderr is one line
@@ -308,18 +281,18 @@ def test_a_learning_rate_that_overflows_is_one_line_and_the_corrected_command_is
     assert done.returncode == 0, done.stderr
 
 
-def test_a_non_finite_loss_is_one_line_and_leaves_an_empty_directory_that_is_accepted(tmp_path, cli):
+def test_a_non_finite_loss_is_one_line_and_leaves_an_empty_directory_that_is_accepted(tmp_path, in_process):
     (tmp_path / "out").mkdir()  # the user's empty folder stays (empty)
-    message = refused(cli(TICKET + ["--lr", "1e5"], tmp_path), "ticket")
+    message = refused(in_process(TICKET + ["--lr", "1e5"], tmp_path), "ticket")
     assert message == "training diverged: the loss is not finite at epoch 1 of round-00; lower --lr"
     assert os.listdir(tmp_path / "out") == []
-    done = cli(TICKET + ["--lr", "0.05"], tmp_path)
+    done = in_process(TICKET + ["--lr", "0.05"], tmp_path)
     assert done.returncode == 0, done.stderr
 
 
-def test_a_pipeline_whose_build_diverges_leaves_nothing(tmp_path, cli):
+def test_a_pipeline_whose_build_diverges_leaves_nothing(tmp_path, in_process):
     (tmp_path / "tiny.toml").write_text(PIPELINE)
-    message = refused(cli(RUN + ["--set", "train.lr=1e5"], tmp_path), "run")
+    message = refused(in_process(RUN + ["--set", "train.lr=1e5"], tmp_path), "run")
     assert message == "training diverged: the loss is not finite at epoch 1 of dense; lower --lr"
     assert not (tmp_path / "p").exists()
 
@@ -364,32 +337,32 @@ def full_disk_at(monkeypatch, name: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to tell the files apart")
-def test_a_full_disk_in_the_first_stage_is_one_line_naming_the_file_and_the_retry_is_accepted(tmp_path, cli,
-                                                                                          monkeypatch):
+def test_a_full_disk_in_the_first_stage_is_one_line_naming_the_file_and_the_retry_is_accepted(tmp_path, in_process,
+                                                                                              monkeypatch):
     with monkeypatch.context() as patch:
         full_disk_at(patch, "checkpoint.pt")
-        message = refused(cli(TICKET, tmp_path), "ticket")
+        message = refused(in_process(TICKET, tmp_path), "ticket")
     assert message == "No space left on device: out/round-00/checkpoint.pt"
     assert not (tmp_path / "out").exists()
-    done = cli(TICKET, tmp_path)  # the same command, once there is room
+    done = in_process(TICKET, tmp_path)  # the same command, once there is room
     assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to tell the files apart")
-def test_a_full_disk_after_a_finished_stage_keeps_it_for_resume(tmp_path, cli, monkeypatch):
+def test_a_full_disk_after_a_finished_stage_keeps_it_for_resume(tmp_path, in_process, monkeypatch):
     with monkeypatch.context() as patch:
         full_disk_at(patch, "round-01/mask.pt")  # round 1's first file: round 0 has finished by then
-        message = refused(cli(TICKET, tmp_path), "ticket")
+        message = refused(in_process(TICKET, tmp_path), "ticket")
     assert message == "No space left on device: out/round-01/mask.pt"
     kept = tmp_path / "out" / "round-00" / "metrics.json"
     assert kept.exists() and (tmp_path / "out" / "run.json").exists()
     before = kept.read_bytes()
-    done = cli(TICKET + ["--resume"], tmp_path)
+    done = in_process(TICKET + ["--resume"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert kept.read_bytes() == before  # round 0 was not trained again
 
 
-def test_an_interrupted_first_stage_keeps_its_checkpoint(tmp_path, cli, monkeypatch):
+def test_an_interrupted_first_stage_keeps_its_checkpoint(tmp_path, in_process, monkeypatch):
     from pracset.train.loop import Trainer
 
     save = Trainer._save_checkpoint
@@ -400,14 +373,15 @@ def test_an_interrupted_first_stage_keeps_its_checkpoint(tmp_path, cli, monkeypa
 
     with monkeypatch.context() as patch:
         patch.setattr(Trainer, "_save_checkpoint", save_then_interrupt)
-        assert cli(TICKET, tmp_path).returncode == 130
+        assert in_process(TICKET, tmp_path).returncode == 130
     assert (tmp_path / "out" / "round-00" / "checkpoint.pt").exists()
-    done = cli(TICKET + ["--resume"], tmp_path)
+    done = in_process(TICKET + ["--resume"], tmp_path)
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["model.pt", "checkpoint.pt"])
-def test_a_read_error_names_the_file(ticket_run, tmp_path, cli, monkeypatch, name):
+def test_a_read_error_names_the_file(ticket_run, tmp_path, in_process, monkeypatch, name):
     """``read()`` fails with an OSError that names no file (EIO, EINVAL): the one line must say which file."""
     out = unfinished_ticket_run(ticket_run, tmp_path)
     (out / "round-02").mkdir()
@@ -421,4 +395,4 @@ def test_a_read_error_names_the_file(ticket_run, tmp_path, cli, monkeypatch, nam
 
     monkeypatch.setattr(torch, "load", failing_load)
     shown = {"model.pt": "out/round-01/model.pt", "checkpoint.pt": "out/round-02/checkpoint.pt"}[name]
-    assert refused(cli(TICKET + ["--resume"], tmp_path), "ticket") == f"Invalid argument: {shown}"
+    assert refused(in_process(TICKET + ["--resume"], tmp_path), "ticket") == f"Invalid argument: {shown}"

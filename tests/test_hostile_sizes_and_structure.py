@@ -16,8 +16,8 @@ Python), never a traceback:
   reshaped ``metrics.json``, a truncated ``rewind.pt`` or one of another model, a ``mask.pt`` whose ``masks``
   is a number, a training checkpoint with missing keys or wrong shapes resumed with ``--resume``.
 
-Command lines run in forked children of one process that imported pracset once (as
-``tests/test_bad_inputs.py`` does), so each costs a fork, not an interpreter start.
+Command lines run in forked children of one process that imported pracset once (the ``cli`` fixture of
+``tests/conftest.py``, as ``tests/test_bad_inputs.py`` does), so each costs a fork, not an interpreter start.
 """
 
 from __future__ import annotations
@@ -51,79 +51,9 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="
 
 
 # ----------------------------------------------------------------------------- the command-line runner
-_RUNNER = r"""
-import json, os, resource, signal, sys
-import pracset.cli, pracset.build, pracset.tickets, pracset.pipeline, pracset.manifest.schema  # warm imports
-import sklearn.datasets, datasets, pyarrow.parquet  # digits, hf
-def address_space():
-    with open("/proc/self/status") as status:
-        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmSize:"))
-for line in sys.stdin:
-    job = json.loads(line)
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(job["cwd"])
-            for fd, name in ((1, job["stdout"]), (2, job["stderr"])):
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(target, fd)
-                os.close(target)
-            signal.alarm(job["timeout"])
-            if job["headroom"]:
-                hard = resource.getrlimit(resource.RLIMIT_AS)[1]
-                resource.setrlimit(resource.RLIMIT_AS, (address_space() + job["headroom"], hard))
-            sys.argv = ["pracset", *job["argv"]]
-            import runpy, traceback
-            try:
-                runpy.run_module("pracset", run_name="__main__", alter_sys=True)
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-        finally:
-            try:
-                sys.stdout.flush(); sys.stderr.flush()
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class _Runner:
-    def __init__(self, streams: Path):
-        self.streams, self.count = streams, 0
-        env = {k: v for k, v in os.environ.items() if k not in ("PRACSET_DATA_DIR", "PRACSET_CACHE_DIR")}
-        env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", _RUNNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env)
-
-    def run(self, argv: list[str], cwd: Path, *, headroom: int | None = HEADROOM, timeout: int = 120):
-        """``pracset ARGV`` in ``cwd`` (address space capped at the runner's plus ``headroom``): rc, out, err."""
-        self.count += 1
-        out, err = self.streams / f"{self.count}.out", self.streams / f"{self.count}.err"
-        job = {"argv": [str(a) for a in argv], "cwd": str(cwd), "stdout": str(out), "stderr": str(err),
-               "timeout": timeout, "headroom": headroom}
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        assert reply, "the runner process died"
-        return json.loads(reply)["rc"], out.read_text(), err.read_text()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def cli(tmp_path_factory):
-    runner = _Runner(tmp_path_factory.mktemp("streams"))
-    yield runner
-    runner.close()
+# The ``cli`` fixture (conftest.py, commands.ForkRunner): forked children of one warm process, each capped at
+# what that process had plus HEADROOM unless a call passes ``headroom=None``.
+FORK_RUNNER = {"headroom": HEADROOM, "timeout": 120}
 
 
 def refused(result, *fragments: str) -> str:
@@ -676,6 +606,7 @@ def checkpointed_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     (lambda c: {"model": c["model"], "epoch": 0}, "lacks 'optimizer', 'scheduler', 'step', 'history', 'callbacks', "
                                                   "'ledger'; remove it to train this stage again"),
@@ -705,6 +636,7 @@ def test_a_checkpoint_of_the_wrong_structure_is_refused_on_resume(cli, checkpoin
             "checkpoint run/checkpoint.pt", message.format(first=next(iter(saved["model"]))))
 
 
+@pytest.mark.slow
 def test_the_checkpoint_unchanged_resumes(cli, checkpointed_run, tmp_path):
     """The tests above change one thing of a checkpoint that resumes: their refusals are the change's."""
     copy = _copy_run(checkpointed_run, tmp_path)

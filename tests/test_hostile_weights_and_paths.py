@@ -7,7 +7,7 @@ counts with no natural bound.
   one download test replaces ``torch.hub.download_url_to_file``.
 * Item 4, "hangs": a FIFO, a device or a directory where pracset expects a regular file is refused in one line
   naming it, BEFORE it is opened (opening a FIFO blocks forever). Every such case runs in a child process with
-  a timeout (:class:`_Runner`: a warm process forks one child per case, killed by ``alarm`` if it hangs), so
+  a timeout (the ``cli`` fixture: a warm process forks one child per case, killed by ``alarm`` if it hangs), so
   a regression fails the test instead of hanging the suite. Counts (``--threads``, IMP rounds,
   ``--cep-rounds``) are bounded, refused before any training.
 
@@ -18,112 +18,20 @@ traceback, nothing on stdout, and that the case's directory is unchanged (nothin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import select
 import stat
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from commands import ForkRunner
 from hostile import RunsCode
 
 TINY = ["--epochs", "1", "--batch-size", "64", "--device", "cpu", "-q"]
 
 # ----------------------------------------------------------------------------- a child process per case
-_SERVER = r"""
-import json, os, signal, sys, traceback
-import pracset.cli, pracset.build, pracset.tickets, pracset.pipeline, pracset.manifest.schema  # warm imports
-import pracset.data.readers, pracset.data.sources, pracset.sparse.mask, pracset.tickets.context, pracset.train.loop
-import sklearn.datasets
-from pracset.errors import PracsetError
-for line in sys.stdin:
-    job = json.loads(line)
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(job["cwd"])
-            os.environ.update(job["env"])
-            for fd, name in ((1, job["stdout"]), (2, job["stderr"])):
-                target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                os.dup2(target, fd)
-                os.close(target)
-            signal.alarm(job["timeout"])  # a hang (a FIFO opened) is killed: the test fails, it never hangs
-            if job.get("code") is not None:  # a Python snippet: a PracsetError is one line and exit code 2
-                try:
-                    exec(compile(job["code"], "<case>", "exec"), {})
-                    code = 0
-                except PracsetError as exc:
-                    print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
-                    code = 2
-                except BaseException:
-                    traceback.print_exc()
-                    code = 1
-            else:
-                sys.argv = ["pracset", *job["argv"]]
-                import runpy
-                try:
-                    runpy.run_module("pracset", run_name="__main__", alter_sys=True)
-                    code = 0
-                except SystemExit as exc:
-                    code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-                except BaseException:
-                    traceback.print_exc()
-                    code = 1
-        finally:
-            try:
-                sys.stdout.flush(); sys.stderr.flush()
-            finally:
-                os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
-"""
-
-
-class _Runner:
-    def __init__(self, streams: Path):
-        self.streams, self.count = streams, 0
-        env = {k: v for k, v in os.environ.items() if k != "PRACSET_DATA_DIR"}
-        env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=env, cwd=Path(__file__).parent)
-
-    def _run(self, job: dict, cwd: Path, timeout: int, env: dict | None) -> tuple[int, str, str]:
-        self.count += 1
-        out, err = self.streams / f"{self.count}.out", self.streams / f"{self.count}.err"
-        job.update(cwd=str(cwd), stdout=str(out), stderr=str(err), timeout=timeout, env=env or {})
-        self.proc.stdin.write(json.dumps(job) + "\n")
-        self.proc.stdin.flush()
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout + 60)
-        assert ready, "the case runner did not answer"
-        reply = self.proc.stdout.readline()
-        assert reply, "the case runner died"
-        return json.loads(reply)["rc"], out.read_text(), err.read_text()
-
-    def cli(self, argv: list[str], cwd: Path, *, timeout: int = 30, env: dict | None = None):
-        """``pracset ARGV`` in ``cwd``: (exit code, stdout, stderr)."""
-        return self._run({"argv": argv}, cwd, timeout, env)
-
-    def python(self, code: str, cwd: Path, *, timeout: int = 20):
-        """Run ``code``; a PracsetError is ``TYPE: MESSAGE`` on stderr and exit code 2."""
-        return self._run({"code": textwrap.dedent(code)}, cwd, timeout, None)
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def runner(tmp_path_factory):
-    r = _Runner(tmp_path_factory.mktemp("streams"))
-    yield r
-    r.close()
+# The ``cli`` fixture (conftest.py, commands.ForkRunner): a warm process forks one child per case.
 
 
 def _tree(root: Path) -> dict[str, tuple]:
@@ -152,19 +60,19 @@ def _one_line(rc: int, out: str, err: str, prefix: str) -> str:
     return err[len(prefix):-1]
 
 
-def _refused(runner: _Runner, cwd: Path, argv: list[str], *, env: dict | None = None, timeout: int = 30) -> str:
+def _refused(cli: ForkRunner, cwd: Path, argv: list[str], *, env: dict | None = None, timeout: int = 30) -> str:
     """Run ``pracset ARGV`` in ``cwd``: exit 2, one line, and ``cwd`` exactly as it was; returns the message."""
     before = _tree(cwd)
-    rc, out, err = runner.cli(argv, cwd, env=env, timeout=timeout)
+    rc, out, err = cli.run(argv, cwd, env=env, timeout=timeout)
     message = _one_line(rc, out, err, f"pracset {argv[0]}: error: ")
     assert _tree(cwd) == before, "the refused command changed the directory"
     return message
 
 
-def _python_refused(runner: _Runner, cwd: Path, code: str, error: str) -> str:
+def _python_refused(cli: ForkRunner, cwd: Path, code: str, error: str) -> str:
     """Run ``code`` in a child: it must raise the PracsetError subclass ``error``; returns its message."""
     before = _tree(cwd)
-    rc, out, err = runner.python(code, cwd)
+    rc, out, err = cli.python(code, cwd, timeout=20)
     message = _one_line(rc, out, err, f"{error}: ")
     assert _tree(cwd) == before, "the refused call changed the directory"
     return message
@@ -191,48 +99,48 @@ def test_require_regular_file_refuses_fifo_device_directory_and_returns_a_regula
         require_regular_file(tmp_path / "missing")
 
 
-def test_pipeline_file_that_is_a_fifo(runner, tmp_path):
+def test_pipeline_file_that_is_a_fifo(cli, tmp_path):
     os.mkfifo(tmp_path / "p.toml")
-    message = _refused(runner, tmp_path, ["run", "p.toml"])
+    message = _refused(cli, tmp_path, ["run", "p.toml"])
     assert message == "pipeline file p.toml is a FIFO (named pipe), not a regular file; pracset reads only regular files"
 
 
-def test_config_file_that_is_a_fifo_or_a_directory(runner, tmp_path):
+def test_config_file_that_is_a_fifo_or_a_directory(cli, tmp_path):
     os.mkfifo(tmp_path / "c.toml")
     (tmp_path / "d.toml").mkdir()
     for name, kind in (("c.toml", "a FIFO (named pipe)"), ("d.toml", "a directory")):
-        message = _refused(runner, tmp_path, ["train", "--config", name, "--data", "digits", "--arch", "mlp",
+        message = _refused(cli, tmp_path, ["train", "--config", name, "--data", "digits", "--arch", "mlp",
                                               "--out", "out", *TINY])
         assert message == f"settings file {name} is {kind}, not a regular file; pracset reads only regular files"
 
 
-def test_manifest_that_is_a_fifo(runner, tmp_path):
+def test_manifest_that_is_a_fifo(cli, tmp_path):
     os.mkfifo(tmp_path / "m.parquet")
-    assert _refused(runner, tmp_path, ["inspect", "m.parquet"]) == \
+    assert _refused(cli, tmp_path, ["inspect", "m.parquet"]) == \
         "manifest m.parquet is a FIFO (named pipe), not a regular file; pracset reads only regular files"
 
 
-def test_ticket_manifest_that_is_a_fifo(runner, tmp_path):
+def test_ticket_manifest_that_is_a_fifo(cli, tmp_path):
     os.mkfifo(tmp_path / "m.parquet")
-    message = _refused(runner, tmp_path, ["ticket", "--method", "imp", "--data", "digits", "--arch", "mlp",
+    message = _refused(cli, tmp_path, ["ticket", "--method", "imp", "--data", "digits", "--arch", "mlp",
                                           "--manifest", "m.parquet", "--sparsity", "0.2", "--out", "out", *TINY])
     assert message.startswith("manifest m.parquet is a FIFO (named pipe), not a regular file")
 
 
-def test_run_record_that_is_a_fifo(runner, tmp_path):
+def test_run_record_that_is_a_fifo(cli, tmp_path):
     (tmp_path / "out").mkdir()
     os.mkfifo(tmp_path / "out" / "run.json")
-    message = _refused(runner, tmp_path, ["train", "--data", "digits", "--arch", "mlp", "--out", "out",
+    message = _refused(cli, tmp_path, ["train", "--data", "digits", "--arch", "mlp", "--out", "out",
                                           "--resume", *TINY])
     assert message == ("run record out/run.json is a FIFO (named pipe), not a regular file; pracset reads only "
                        "regular files")
 
 
-def test_data_dir_that_is_a_device_or_a_fifo(runner, tmp_path):
+def test_data_dir_that_is_a_device_or_a_fifo(cli, tmp_path):
     """``tarfile.is_tarfile`` of /dev/zero or of a FIFO never returns: the imagefolder source checked it first."""
     os.mkfifo(tmp_path / "data.tar")
     for where, kind in (("/dev/zero", "a character device"), ("data.tar", "a FIFO (named pipe)")):
-        message = _refused(runner, tmp_path, ["train", "--data", "imagefolder", "--data-dir", where, "--arch", "mlp",
+        message = _refused(cli, tmp_path, ["train", "--data", "imagefolder", "--data-dir", where, "--arch", "mlp",
                                               "--out", "out", *TINY])
         assert message == f"data file {where} is {kind}, not a regular file; pracset reads only regular files"
 
@@ -282,9 +190,9 @@ _SITES = [
 
 
 @pytest.mark.parametrize("site, error, what, code", _SITES, ids=[s[0] for s in _SITES])
-def test_read_site_refuses_a_fifo(runner, tmp_path, site, error, what, code):
+def test_read_site_refuses_a_fifo(cli, tmp_path, site, error, what, code):
     os.mkfifo(tmp_path / "fifo")
-    message = _python_refused(runner, tmp_path, code.format(f="fifo"), error)
+    message = _python_refused(cli, tmp_path, code.format(f="fifo"), error)
     assert message == (f"{what.format(f='fifo')} is a FIFO (named pipe), not a regular file; pracset reads only "
                        "regular files")
 
@@ -310,31 +218,31 @@ def test_an_image_a_hugging_face_row_names_by_path_is_read_only_as_a_regular_fil
 
 
 # ============================================================================ item 4: counts
-def test_threads_beyond_the_bound(runner, tmp_path):
+def test_threads_beyond_the_bound(cli, tmp_path):
     """10**8 threads crash torch (a segmentation fault): refused in one line before anything runs."""
-    message = _refused(runner, tmp_path, ["train", "--data", "digits", "--arch", "mlp", "--out", "out",
+    message = _refused(cli, tmp_path, ["train", "--data", "digits", "--arch", "mlp", "--out", "out",
                                           "--threads", str(10 ** 8), *TINY])
     assert message == "threads must be at most 1024, got 100000000"
 
 
-def test_imp_rounds_beyond_the_bound(runner, tmp_path):
-    message = _refused(runner, tmp_path, ["ticket", "--method", "imp", "--data", "digits", "--arch", "mlp",
+def test_imp_rounds_beyond_the_bound(cli, tmp_path):
+    message = _refused(cli, tmp_path, ["ticket", "--method", "imp", "--data", "digits", "--arch", "mlp",
                                           "--rounds", "62", "--out", "out", *TINY])
     assert message == ("62 IMP rounds at prune_fraction 0.2 would keep 9.81e-07 of the weights; from round 62 on "
                        "the mask keeps under 1e-06 of them (empty for a model under a million weights): at most "
                        "61 rounds at this prune_fraction")
 
 
-def test_imp_rounds_that_would_empty_this_models_mask(runner, tmp_path):
+def test_imp_rounds_that_would_empty_this_models_mask(cli, tmp_path):
     """The MLP on digits has 50,432 prunable weights: halving them 16 times leaves under one."""
-    message = _refused(runner, tmp_path, ["ticket", "--method", "prac-imp", "--data", "digits", "--arch", "mlp",
+    message = _refused(cli, tmp_path, ["ticket", "--method", "prac-imp", "--data", "digits", "--arch", "mlp",
                                           "--rounds", "18", "--prune-fraction", "0.5", "--out", "out", *TINY])
     assert message == ("IMP round 16 of 18 would leave the mask empty: pruning 0.5 per round keeps 0.77 of the "
                        "model's 50432 prunable weights; at most 15 rounds for this model")
 
 
-def test_cep_rounds_beyond_the_bound(runner, tmp_path):
-    message = _refused(runner, tmp_path, ["build", "--data", "digits", "--arch", "mlp", "--out", "m.parquet",
+def test_cep_rounds_beyond_the_bound(cli, tmp_path):
+    message = _refused(cli, tmp_path, ["build", "--data", "digits", "--arch", "mlp", "--out", "m.parquet",
                                           "--cep", "trained", "--cep-rounds", str(10 ** 9), *TINY])
     assert message == ("cep_rounds must be at most 60: 1000000000 rounds of 0.2 pruning (and one more for the "
                        "selected set) would keep 0 of the weights, under 1e-06")
@@ -397,20 +305,20 @@ def _plant(path: Path, obj) -> Path:
     return path
 
 
-def test_planted_code_in_the_hub_cache_is_refused_and_never_runs(runner, tmp_path):
+def test_planted_code_in_the_hub_cache_is_refused_and_never_runs(cli, tmp_path):
     """A pickle that calls os.system, under the exact name torchvision looks for: refused by its hash, unrun."""
     marker = tmp_path / "ran"
     planted = _plant(tmp_path / "torch" / "hub" / "checkpoints" / RESNET18, {"fc.weight": RunsCode(marker)})
     before = _tree(tmp_path)
-    rc, out, err = runner.cli(["train", "--data", "digits", "--arch", "torchvision/resnet18", "--weights",
-                               "IMAGENET1K_V1", "--out", "out", *TINY], tmp_path,
-                              env={"TORCH_HOME": str(tmp_path / "torch")}, timeout=60)
+    rc, out, err = cli.run(["train", "--data", "digits", "--arch", "torchvision/resnet18", "--weights",
+                            "IMAGENET1K_V1", "--out", "out", *TINY], tmp_path,
+                           env={"TORCH_HOME": str(tmp_path / "torch")}, timeout=60)
     assert not marker.exists(), "the planted file ran code"
     message = _one_line(rc, out, err, "pracset train: error: ")
     assert _tree(tmp_path) == before, "the refused command changed the directory"
     assert message.startswith(f"pretrained weights file {planted} does not match the published hash of "
                               "ResNet18_Weights.IMAGENET1K_V1 (its sha256 starts ")
-    assert message.endswith(f"expected f37072fd); refused without loading it: delete it and place the file "
+    assert message.endswith("expected f37072fd); refused without loading it: delete it and place the file "
                             "published at https://download.pytorch.org/models/resnet18-f37072fd.pth there (its "
                             "sha256 must start with f37072fd, the hash in its name, or pracset refuses it)")
 

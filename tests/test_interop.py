@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.errors import ConfigError
 from pracset.interop import (dataset_card, from_torch_prune, load_ticket, make_permanent, push_to_hub,
                              save_hf_dataset, to_torch_prune)
@@ -93,11 +93,6 @@ def test_prune_refuses_a_mask_that_does_not_fit_before_changing_anything():
 
 
 # ----------------------------------------------------------------------------- load_ticket
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
-
 
 @pytest.fixture(scope="module")
 def ticket_run(digits, tmp_path_factory):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pracset.data import DataConfig, DeviceLoader, load_dataset
+from pracset.data import DataConfig, DeviceLoader
 from pracset.errors import ConfigError
 from pracset.pipeline import pipeline_from_dict, run_pipeline
 from pracset.sparse import StaticMask
@@ -73,11 +73,6 @@ def _stage_metrics(path, stage) -> dict:
     return json.loads((path / stage / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataConfig("digits"))
-
-
 def test_imp_seeds_in_lockstep_equal_the_seeds_one_by_one(tmp_path, digits):
     """Two seeds' rounds and controls as packed jobs: the same tickets, controls and ledger as each seed alone,
     and the same rewind point (taken after one epoch, inside the packed job)."""
@@ -135,6 +130,7 @@ def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alon
     assert _stage_metrics(fresh, "round-01")["packed"] is True and _stage_metrics(other, "round-01")["packed"] is True
 
 
+@pytest.mark.slow
 def test_a_pipeline_trains_imp_seeds_in_lockstep_and_reports_what_one_by_one_does(tmp_path):
     base = {"name": "lockstep", "arch": "mlp", "methods": ["imp"], "seeds": [0, 1], "data": {"name": "digits"},
             "train": {"epochs": 2, "batch_size": 128}, "imp": {"rounds": 1, "controls": True}}
@@ -169,6 +165,7 @@ def test_a_prac_imp_ticket_trains_packed_with_its_controls(tmp_path, digits):
     assert results["on"]["ledger"] == results["off"]["ledger"]
 
 
+@pytest.mark.slow
 def test_the_fast_replication_recipe_runs_end_to_end_packed_where_it_can(tmp_path):
     """pipelines/cifar10-resnet20-fast.toml shrunk onto digits: every seed's IMP rounds and controls in lockstep,
     every PrAC-IMP ticket with its controls, and a report over the three seeds."""

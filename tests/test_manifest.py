@@ -383,18 +383,15 @@ def test_writer_stores_numpy_metadata_as_json(tmp_path):
 
 # --------------------------------------------------------------------------- load_subset
 @pytest.fixture(scope="module")
-def digits():
+def digits_head(digits):
     """The first 120 training examples of digits: images (N, 8, 8) uint8, labels, hashes."""
-    from pracset.data.sources import DataConfig, load_dataset
-
-    data = load_dataset(DataConfig(name="digits"))
     n = 120
-    return data.train.images[:n, 0].numpy(), data.train.labels[:n].numpy(), data.train_hashes[:n]
+    return digits.train.images[:n, 0].numpy(), digits.train.labels[:n].numpy(), digits.train_hashes[:n]
 
 
 @pytest.fixture(scope="module")
-def digits_manifest(digits, tmp_path_factory):
-    images, labels, hashes = digits
+def digits_manifest(digits_head, tmp_path_factory):
+    images, labels, hashes = digits_head
     n = len(labels)
     selected = np.random.default_rng(3).random(n) < 0.4
     path = tmp_path_factory.mktemp("manifest") / "digits.parquet"
@@ -428,8 +425,8 @@ def _assert_selected_examples(subset, images, labels, m) -> None:
     np.testing.assert_array_equal(subset["label"], labels[m.selected_ids])
 
 
-def test_load_subset_by_id_and_hash_in_order(digits, digits_manifest):
-    images, labels, _ = digits
+def test_load_subset_by_id_and_hash_in_order(digits_head, digits_manifest):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     ds = pixels_dataset(images, labels)
     for match in ("id", "hash", "auto"):
@@ -440,8 +437,8 @@ def test_load_subset_by_id_and_hash_in_order(digits, digits_manifest):
     assert len(load_subset(digits_manifest, ds, match="id")) == m.num_selected
 
 
-def test_load_subset_on_a_shuffled_copy(digits, digits_manifest, caplog):
-    images, labels, _ = digits
+def test_load_subset_on_a_shuffled_copy(digits_head, digits_manifest, caplog):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     shuffled = pixels_dataset(images, labels).shuffle(seed=7).flatten_indices()
     with caplog.at_level(logging.INFO, logger="pracset.manifest.subset"):
@@ -457,8 +454,8 @@ def test_load_subset_on_a_shuffled_copy(digits, digits_manifest, caplog):
     assert "selected by id (match='auto')" in caplog.text
 
 
-def test_load_subset_with_an_image_feature_and_extra_rows(digits, digits_manifest):
-    images, labels, _ = digits
+def test_load_subset_with_an_image_feature_and_extra_rows(digits_head, digits_manifest):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     # A superset in another order: the examples reversed, plus upside-down copies of ten of them.
     extra = images[:10, ::-1].copy()
@@ -467,8 +464,8 @@ def test_load_subset_with_an_image_feature_and_extra_rows(digits, digits_manifes
     np.testing.assert_array_equal(_pixels(subset, "image"), images[m.selected_ids])
 
 
-def test_load_subset_names_missing_examples(digits, digits_manifest):
-    images, labels, hashes = digits
+def test_load_subset_names_missing_examples(digits_head, digits_manifest):
+    images, labels, hashes = digits_head
     m = read_manifest(digits_manifest)
     dropped = m.selected_ids[[1, 4, 5]]
     keep = np.setdiff1d(np.arange(len(labels)), dropped)
@@ -483,10 +480,10 @@ def test_load_subset_names_missing_examples(digits, digits_manifest):
         load_subset(m, ds, match="id")
 
 
-def test_load_subset_argument_errors(digits, digits_manifest):
+def test_load_subset_argument_errors(digits_head, digits_manifest):
     import datasets
 
-    images, labels, _ = digits
+    images, labels, _ = digits_head
     ds = pixels_dataset(images, labels)
     with pytest.raises(ConfigError, match="match must be one of auto, id, hash"):
         load_subset(digits_manifest, ds, match="position")
@@ -512,8 +509,8 @@ def rows_hashed(monkeypatch):
     return calls
 
 
-def test_auto_on_an_intact_copy_matches_by_id_hashing_only_a_sample(digits, digits_manifest, rows_hashed, caplog):
-    images, labels, _ = digits
+def test_auto_on_an_intact_copy_matches_by_id_hashing_only_a_sample(digits_head, digits_manifest, rows_hashed, caplog):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     with caplog.at_level(logging.INFO, logger="pracset.manifest.subset"):
         subset = load_subset(m, pixels_dataset(images, labels), image_column="pixels")
@@ -522,9 +519,10 @@ def test_auto_on_an_intact_copy_matches_by_id_hashing_only_a_sample(digits, digi
     _assert_selected_examples(subset, images, labels, m)
 
 
-def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits, digits_manifest, rows_hashed, caplog):
+def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits_head, digits_manifest,
+                                                                      rows_hashed, caplog):
     """Every row keeps its label, so only the hashed sample can tell that the rows are other examples."""
-    images, labels, _ = digits
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     order = np.arange(len(labels))
     for label in np.unique(labels):  # reverse the rows of each class among the positions of that class
@@ -538,8 +536,8 @@ def test_auto_on_a_copy_reordered_within_classes_falls_back_to_hashes(digits, di
     _assert_selected_examples(subset, images, labels, m)
 
 
-def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits, digits_manifest, rows_hashed):
-    images, labels, _ = digits
+def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits_head, digits_manifest, rows_hashed):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     permutation = np.random.default_rng(11).permutation(len(labels))
     subset = load_subset(m, pixels_dataset(images[permutation], labels[permutation]), image_column="pixels")
@@ -547,8 +545,9 @@ def test_auto_on_a_shuffled_copy_returns_the_manifests_examples_by_hash(digits, 
     _assert_selected_examples(subset, images, labels, m)
 
 
-def test_id_on_a_shuffled_copy_is_refused_and_on_an_intact_copy_reads_no_image(digits, digits_manifest, rows_hashed):
-    images, labels, _ = digits
+def test_id_on_a_shuffled_copy_is_refused_and_on_an_intact_copy_reads_no_image(digits_head, digits_manifest,
+                                                                               rows_hashed):
+    images, labels, _ = digits_head
     m = read_manifest(digits_manifest)
     permutation = np.random.default_rng(11).permutation(len(labels))
     disagreeing = int((labels[permutation] != labels).sum())
@@ -561,10 +560,10 @@ def test_id_on_a_shuffled_copy_is_refused_and_on_an_intact_copy_reads_no_image(d
     assert rows_hashed == []
 
 
-def test_id_names_a_missing_label_column_as_the_python_argument(digits, digits_manifest):
+def test_id_names_a_missing_label_column_as_the_python_argument(digits_head, digits_manifest):
     import datasets
 
-    images, labels, _ = digits
+    images, labels, _ = digits_head
     ds = datasets.Dataset.from_dict({"pixels": images.tolist(), "target": labels.tolist()})
     with pytest.raises(PracsetError, match=r"^the dataset given to load_subset has no label column 'label' .*; "
                                            r"pass label_column$"):

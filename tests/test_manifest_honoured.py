@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pracset.build import BuildConfig, build_manifest
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.manifest import read_manifest
 from pracset.manifest.assemble import write_random_manifest
 from pracset.sparse import GraNetConfig, RigLConfig
@@ -20,11 +20,6 @@ from pracset.train import TrainConfig
 DATA = DataConfig(name="digits")
 TRAIN = TrainConfig(epochs=2, batch_size=64, lr=0.05)
 SUBSET = 400  # of digits' 1438 training examples
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
 
 
 @pytest.fixture(scope="module")

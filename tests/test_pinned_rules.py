@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.manifest import read_manifest, write_manifest
 from pracset.manifest.assemble import dataset_metadata, write_random_manifest
 from pracset.pipeline import pipeline_from_dict
@@ -43,11 +43,6 @@ DATA = DataConfig(name="digits")
 CPU = torch.device("cpu")
 TRAIN = TrainConfig(epochs=3, batch_size=64, lr=0.05)
 N = 1438  # digits' training split; 23 batches of 64 per epoch
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
 
 
 def context(digits, train: TrainConfig = TRAIN) -> TicketContext:

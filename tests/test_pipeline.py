@@ -51,6 +51,7 @@ def finished(tmp_path_factory):
     return root, pipeline, report
 
 
+@pytest.mark.slow
 def test_a_tiny_pipeline_writes_its_report(finished):
     root, pipeline, report = finished
     out = root / "out"
@@ -78,6 +79,7 @@ def test_a_tiny_pipeline_writes_its_report(finished):
     assert "controls" in report["curves"]["mlp/imp"][1] and "controls" not in report["curves"]["lenet300/imp"][1]
 
 
+@pytest.mark.slow
 def test_a_finished_pipeline_is_not_rerun_and_a_changed_one_is_refused(finished, tmp_path):
     root, pipeline, _ = finished
     out = root / "out"
@@ -89,6 +91,7 @@ def test_a_finished_pipeline_is_not_rerun_and_a_changed_one_is_refused(finished,
         run_pipeline(changed, out, device=torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_cli_run_resumes_an_interrupted_pipeline(finished, tmp_path, capsys):
     root, _, report = finished
     out = tmp_path / "out"

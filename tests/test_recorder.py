@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pracset.data import DeviceLoader, load_dataset
-from pracset.data.sources import DataConfig
+from pracset.data import DeviceLoader
 from pracset.models import InputSpec, build_model
 from pracset.stats import BYTES_PER_EXAMPLE, ExampleRecorder
 from pracset.train import TrainConfig, Trainer
@@ -117,13 +116,9 @@ def test_random_sequences_match_reference(seed):
 
 def test_bytes_per_example_matches_the_state():
     recorder = ExampleRecorder(1000)
-    used = sum(getattr(recorder, name).element_size() * 1000 for name in ExampleRecorder._STATE)
+    names = (*ExampleRecorder._STATE, *ExampleRecorder._SUMS)
+    used = sum(getattr(recorder, name).element_size() * 1000 for name in names)
     assert used == BYTES_PER_EXAMPLE * 1000
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataConfig(name="digits"))
 
 
 def test_recorder_in_the_training_loop_on_a_subset(digits):

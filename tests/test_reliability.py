@@ -48,6 +48,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from commands import command_env, pracset
+
+pytestmark = pytest.mark.slow  # whole runs killed and resumed in real processes: about 2 minutes
 
 SEED = int(os.environ.get("PRACSET_CRASH_SEED", "6"))
 KILLS = int(os.environ.get("PRACSET_CRASH_KILLS", "3"))
@@ -89,41 +92,9 @@ VOLATILE = {"seconds", "created"}
 
 
 # ----------------------------------------------------------------------------- running pracset
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "PRACSET_DATA_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
 def start(argv: list[str], cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pracset", *argv], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def pracset(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pracset", *argv], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=TIMEOUT)
-
-
-@pytest.fixture
-def in_process(monkeypatch, capsys):
-    """``pracset ARGV`` through pracset.cli.main in this process (where no process has to die: faster)."""
-    from pracset.cli import main
-
-    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        monkeypatch.chdir(cwd)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in a command's own process
-        try:
-            code = main(argv)
-        except SystemExit as exc:
-            code = exc.code
-        finally:
-            torch.set_num_threads(threads)
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, out, err)
-
-    return run
+    return subprocess.Popen([sys.executable, "-m", "pracset", *argv], cwd=cwd, env=command_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def workdir(path: Path, kind: str) -> Path:
@@ -168,6 +139,9 @@ def check_file(path: Path) -> None:
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(PNG_END), f"{path}: truncated PNG"
     elif suffix == ".md":
         assert path.read_text().endswith("\n"), f"{path}: truncated text"
+    elif name == "pracset.log":  # append-only, one record a line: a kill may tear the last line, nothing else
+        lines = path.read_text(errors="replace").splitlines()
+        assert all(" pracset" in line for line in lines[:-1]), f"{path}: a line that is no log record"
     elif name == "tiny.toml":
         pass
     else:
@@ -608,7 +582,7 @@ runpy.run_module("pracset", run_name="__main__", alter_sys=True)
 
 
 def killed_inside(what: str, target: str, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", KILL_INSIDE, what, target, *argv], cwd=cwd, env=_env(),
+    return subprocess.run([sys.executable, "-c", KILL_INSIDE, what, target, *argv], cwd=cwd, env=command_env(),
                           capture_output=True, text=True, timeout=TIMEOUT)
 
 

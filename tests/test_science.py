@@ -31,11 +31,6 @@ DATA = DataConfig(name="digits")
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
-
-
 def context(digits, arch="mlp", seed=0):
     return TicketContext(digits, arch, TrainConfig(seed=seed), CPU, run=None, layout=None)
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 
 from pracset.config import add_arguments, from_args, from_dict, to_dict
-from pracset.data import DataConfig, load_dataset
 from pracset.errors import ConfigError, UnknownNameError
 from pracset.models import build_model
 from pracset.sparse import (DISTRIBUTIONS, PRUNABLE_CHOICES, RANKING_CHOICES, SPARSE_METHODS, DynamicSparseConfig,
@@ -18,11 +17,6 @@ from pracset.train import Callback, StepOutput, TrainConfig, Trainer, TrainState
 from pracset.train.run import input_spec, make_loaders
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataConfig(name="digits"))
 
 
 def setup(digits, **overrides):

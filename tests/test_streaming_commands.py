@@ -42,6 +42,7 @@ def tree(tmp_path, monkeypatch) -> Path:
     return write_digits_tree(tmp_path / "digits-tree")
 
 
+@pytest.mark.slow
 def test_a_streamed_build_writes_the_manifest_the_in_memory_build_writes(tree, tmp_path):
     memory = build_manifest(DataConfig("imagefolder", data_dir=str(tree)), "mlp", tmp_path / "memory.parquet",
                             train=RECIPE)
@@ -127,6 +128,7 @@ def test_a_file_gone_mid_run_is_one_line_and_resume_continues(tree, tmp_path, ca
     assert sum(len(b.index) for b in StreamingLoader(splits.train, 16, *splits.normalization, workers=0)) == 48
 
 
+@pytest.mark.slow
 def test_a_resumed_run_refuses_files_added_since_it_started(tree, tmp_path):
     from PIL import Image
 
@@ -180,6 +182,7 @@ def write_tiny_imagenet_tar(path: Path, classes: int = 3, per_class: int = 6, si
     return path
 
 
+@pytest.mark.slow
 def test_the_tiny_imagenet_pipeline_runs_end_to_end_streamed_from_a_tar(tmp_path, monkeypatch, capsys):
     """pipelines/tinyimagenet-resnet18.toml as shipped (ResNet-18, PrAC-IMP against IMP, the transfer), on a
     miniature Tiny ImageNet tar, streamed; only its length is cut."""

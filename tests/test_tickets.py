@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pracset.data import DataConfig, load_dataset
+from pracset.data import DataConfig
 from pracset.errors import ConfigError
 from pracset.sparse import Mask
 from pracset.tickets import IMPConfig, find_tickets
@@ -17,11 +17,6 @@ from pracset.train import loop as loop_module
 
 DATA = DataConfig(name="digits")
 TRAIN = TrainConfig(epochs=3, batch_size=64, lr=0.05)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DATA)
 
 
 def imp(out, digits, **kw):

@@ -23,6 +23,8 @@ import torch
 from pracset.manifest import read_manifest
 from pracset.sparse import Mask
 
+pytestmark = pytest.mark.slow  # whole pipelines under torchrun and in one process: about a minute
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipelines" / "digits.toml"
 SHORT = ["--set", "train.epochs=4", "--set", "imp.rounds=2", "--set", "transfer=[]", "--device", "cpu", "-q"]

@@ -17,11 +17,6 @@ from pracset.train.run import input_spec, make_loaders
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DataConfig(name="digits"))
-
-
 def setup(digits, **overrides):
     config = TrainConfig(**{"epochs": 3, "batch_size": 100, "lr": 0.05, **overrides})
     model = build_model("mlp", input_spec(digits), seed=config.seed)

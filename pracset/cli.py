@@ -352,16 +352,29 @@ def _stdout_reader_gone() -> bool:
         return False
 
 
+class _AtLeast(logging.Filter):
+    """Lets through records at ``level`` or above (the console's level, which the CLI sets)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``pracset`` command line; returns the exit code (2 for bad input, with one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     # The console: INFO, a line per stage; -v adds pracset's per-epoch lines (DEBUG, never other libraries'); -q
     # warnings. pracset's logger lets everything through, for the run directory's pracset.log.
+    # A filter, not a handler level: tqdm's logging_redirect_tqdm copies a handler's filters, not its level.
     level, before = logging.WARNING if args.quiet else logging.INFO, set(logging.getLogger().handlers)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    console = _AtLeast(logging.DEBUG if args.verbose and not args.quiet else level)
     for handler in set(logging.getLogger().handlers) - before:  # the console handler made here, not a host's
-        handler.setLevel(logging.DEBUG if args.verbose and not args.quiet else level)
+        handler.addFilter(console)
     log.setLevel(logging.DEBUG)
     # The log already says each of these, and the results repeat them: Python's copy would say it a third time.
     warnings.filterwarnings("ignore", category=DegenerateTrainingWarning)
@@ -369,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun: join the process group
         if init_from_env() and not is_main():
             logging.getLogger().setLevel(logging.ERROR)  # rank 0 logs the progress and the warnings
+            log.setLevel(logging.ERROR)
+            console.level = logging.ERROR
             quiet_rank = True  # and prints the results: every rank computes them alike
     try:
         # With progress bars on, log lines go through tqdm so that they do not overwrite the bar.

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from pracset.errors import ConfigError
 from pracset.files import require_regular_file
-from pracset.interop import LoadedTicket, read_ticket
+from pracset.interop import LoadedTicket, _load_state, read_ticket
 from pracset.mask import Mask
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,9 @@ def export_ticket(run_dir: str | os.PathLike, out: str | os.PathLike, *, format:
                 writer.save_file({n: v.contiguous() for n, v in rewind.items()}, str(staging / files["rewind"]))
         (staging / "ticket.json").write_text(json.dumps({**record, "files": files}, indent=2) + "\n")
         _refuse_nonempty(target)  # again: something may have appeared meanwhile
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would keep the export from other users
         os.replace(staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -132,7 +135,10 @@ def _read_record(folder: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}") from None
     if not (isinstance(record, dict) and record.get("format") in EXPORT_FORMATS
-            and isinstance(record.get("files"), dict) and isinstance(record.get("masked"), list)):
+            and isinstance(record.get("files"), dict) and isinstance(record.get("masked"), list)
+            and isinstance(record.get("stage"), str) and isinstance(record.get("sparsity"), (int, float))
+            and not isinstance(record.get("sparsity"), bool) and 0 <= record["sparsity"] <= 1
+            and isinstance(record.get("test_accuracy"), (int, float, type(None)))):
         raise ConfigError(f"{path} is not a pracset export record")
     return record
 
@@ -155,12 +161,16 @@ def load_exported(model: nn.Module, folder: str | os.PathLike, *, weights: str =
         raise ConfigError(f"{folder} holds no {weights} weights (RigL and GraNet tickets have no rewind point)")
     if record["format"] == "safetensors":
         reader = _safetensors()
-        mask = Mask(reader.load_file(str(_file(folder, record["files"].get("mask")))))
-        state = reader.load_file(str(_file(folder, name)))
+        mask_path, state_path = _file(folder, record["files"].get("mask")), _file(folder, name)
+        try:
+            mask, state = Mask(reader.load_file(str(mask_path))), reader.load_file(str(state_path))
+        except ConfigError:
+            raise
+        except Exception as exc:  # safetensors raises its own kinds for a damaged file
+            raise ConfigError(f"cannot read the export in {folder}: {str(exc).splitlines()[0] if str(exc) else exc!r}") \
+                from None
     else:
-        saved = torch.load(_file(folder, name), map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict):
-            raise ConfigError(f"{folder / name} holds no state dict")
+        saved = _load_state(_file(folder, name), "export file")  # one line for a damaged file or non-tensors
         masked = [n for n in record["masked"] if isinstance(n, str)]
         try:
             mask = Mask({n: saved[f"{n}_mask"].bool() for n in masked})

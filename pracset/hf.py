@@ -160,7 +160,9 @@ def save_hf_dataset(manifest: "str | os.PathLike | Manifest", dataset: "datasets
     added = {key: values for key, values in added.items() if key[0] is not None}
     names = [name for name, _ in added]
     for name, parameter in added:
-        if name in subset.column_names or names.count(name) > 1:
+        if names.count(name) > 1:
+            raise ConfigError(f"two of id_column, score_column and reason_column are {name!r}; give each its own")
+        if name in subset.column_names:
             raise ConfigError(f"the dataset already has a column {name!r}; choose another {parameter} "
                               "(or None to leave it out)")
     if added:
@@ -179,6 +181,9 @@ def save_hf_dataset(manifest: "str | os.PathLike | Manifest", dataset: "datasets
                                 id_column=id_column)
             (staging / "README.md").write_text(text)
         _refuse_nonempty(target)  # again: something may have appeared while the subset was written
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would keep the folder from other users
         os.replace(staging, target)  # onto an absent or empty directory: atomic
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)

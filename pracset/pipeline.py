@@ -55,6 +55,7 @@ from pracset.data import DataConfig, ImageDataset, load_dataset
 from pracset.errors import ConfigError
 from pracset.manifest import read_manifest
 from pracset.manifest.assemble import write_random_manifest
+from pracset.mask import Mask
 from pracset.models import build_model, check_model_name
 from pracset.report import write_report
 from pracset.runs import PipelineLayout, RunDirectory
@@ -270,8 +271,12 @@ def run_pipeline(pipeline: Pipeline, out: str | Path, *, device: torch.device, r
     with RunDirectory(layout.root, pipeline.to_dict(), resume=resume, finished=layout.report_json.name,
                       record=layout.record.name, kind="pipeline run") as run:
         dataset = load_dataset(pipeline.data)  # before anything is written: missing data leaves no trace
+        imp, uses_imp = pipeline.imp, bool({"imp", "prac-imp"} & set(pipeline.methods))
         for arch in (pipeline.arch, *pipeline.transfer):  # every architecture must fit the data
-            build_model(arch, input_spec(dataset))
+            model = build_model(arch, input_spec(dataset))
+            if uses_imp or arch in pipeline.transfer:  # its IMP rounds must leave weights in every layer they prune
+                full = Mask.ones(model, prunable=imp.prunable, dense=imp.dense_layers)
+                imp.check_rounds_fit(full.num_weights, {name: full[name].numel() for name in full})
         _check_settings(pipeline, len(dataset.train))
         check_loader_settings(dataset, pipeline.train, device)
         run.claim(data=dataset)

@@ -176,14 +176,19 @@ class RunDirectory:
         if self._log_handler is not None or self.finished is None or not is_main():
             return
         try:
-            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            # O_NONBLOCK: a FIFO there fails at once (ENXIO) instead of waiting for a reader forever
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
                 raise ConfigError(f"{self.log_path} is a symbolic link; pracset never writes through one") from None
+            if exc.errno == errno.ENXIO:
+                raise ConfigError(f"{self.log_path} is a FIFO, not a regular file; pracset writes its log only to "
+                                  "one") from None
             raise
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise ConfigError(f"{self.log_path} is not a regular file; pracset writes its log only to one")
+        os.set_blocking(fd, True)
         handler = logging.StreamHandler(os.fdopen(fd, "a", encoding="utf-8"))
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

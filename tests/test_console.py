@@ -54,3 +54,44 @@ def test_a_pracset_log_that_is_a_link_is_refused_and_its_target_untouched(tmp_pa
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert done.returncode == 2 and target.read_text() == "mine\n"
     assert done.stderr.strip().splitlines()[-1].startswith("pracset train: error: ")
+
+
+def test_in_a_terminal_the_console_still_leaves_per_epoch_lines_out(tmp_path):
+    """On a terminal the log goes through tqdm's handler (logging_redirect_tqdm), which keeps the console's
+    filter but not a handler level: per-epoch lines must stay out there too."""
+    import pty
+
+    master, slave = pty.openpty()
+    done = subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "mlp",
+                           "--epochs", "2", "--out", str(tmp_path / "tty")], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.DEVNULL, stderr=slave, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO once the child's side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert done.returncode == 0, text
+    assert "dense: test accuracy" in text and " epoch 1/2" not in text
+
+
+def test_a_pracset_log_that_is_a_fifo_is_refused_without_hanging(tmp_path):
+    out = tmp_path / "run"
+    assert subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "mlp", "--epochs",
+                           "1", "-q", "--out", str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300).returncode == 0
+    (out / "pracset.log").unlink()
+    os.mkfifo(out / "pracset.log")
+    (out / "metrics.json").unlink()  # unfinished again, so that --resume opens the log
+    done = subprocess.run([sys.executable, "-m", "pracset", "train", "--data", "digits", "--arch", "mlp", "--epochs",
+                           "1", "-q", "--out", str(out), "--resume"], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("pracset.log is a FIFO, not a regular file; pracset writes its log only to one")

@@ -103,7 +103,28 @@ def test_refusals_are_one_line_and_leave_nothing(run, tmp_path, capsys):
     assert "is not a ticket run directory" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "ticket.json").write_text(json.dumps({"format": "torch-prune", "masked": [],
+    (tmp_path / "bad" / "ticket.json").write_text(json.dumps({"format": "torch-prune", "masked": [], "stage": "x",
+                                                              "sparsity": 0.5, "test_accuracy": None,
                                                               "files": {"trained": "../../etc/passwd"}}))
     with pytest.raises(ConfigError, match="names a file outside the export"):
         load_exported(_model(run[1]), tmp_path / "bad")
+
+
+def test_a_damaged_export_is_one_line_and_leaves_the_model_as_it_was(run, tmp_path):
+    run_dir, spec = run
+    out = export_ticket(run_dir, tmp_path / "out")
+    model = _model(spec)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    (out / "trained.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"cannot read export file .*trained\.pt"):
+        load_exported(model, out)
+    torch.save({"0.weight": [1, 2]}, out / "trained.pt")
+    with pytest.raises(ConfigError, match=r"trained\.pt holds no state dict"):
+        load_exported(model, out)
+    record = json.loads((out / "ticket.json").read_text())
+    del record["sparsity"]
+    (out / "ticket.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=r"ticket\.json is not a pracset export record"):
+        load_exported(model, out)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name

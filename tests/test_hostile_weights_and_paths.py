@@ -290,7 +290,7 @@ def test_a_mask_with_an_emptied_layer_stops_the_rounds():
 
     check_layers_kept(Mask({"a": torch.tensor([True, False]), "b": torch.tensor([False, True])}), "round-02")
     with pytest.raises(ConfigError, match=r"^the mask pruned from round-02 keeps no weight of layer b \(and 1 more\): "
-                                          "the network could not learn; the rounds stop here"):
+                                          "the network could not learn, so the rounds stop"):
         check_layers_kept(Mask({"a": torch.tensor([True]), "b": torch.zeros(2, dtype=torch.bool),
                                 "c": torch.zeros(1, dtype=torch.bool)}), "round-02")
 
@@ -442,3 +442,17 @@ def test_fails_closed_when_torchvision_has_no_get_state_dict(hub, tmp_path, monk
     monkeypatch.delattr(WeightsEnum, "get_state_dict")
     with pytest.raises(ConfigError, match="in a way pracset cannot check"):
         build_model("torchvision/squeezenet1_1", InputSpec(**SPEC), weights="IMAGENET1K_V1")
+
+
+def test_a_pipeline_refuses_rounds_that_empty_a_layer_before_any_training(tmp_path, capsys):
+    """``pracset run`` checks the rounds against each architecture's layers before the build trains (the IMPConfig
+    alone allows 11 rounds at 0.7; layerwise, MLP's output layer of 640 weights is empty after round 7)."""
+    from pracset.cli import main
+
+    toml = tmp_path / "p.toml"
+    toml.write_text('name = "p"\narch = "mlp"\nmethods = ["imp"]\n[data]\nname = "digits"\n[train]\nepochs = 1\n'
+                    '[imp]\nrounds = 7\nprune_fraction = 0.7\nranking = "layerwise"\nrewind = "2it"\n')
+    assert main(["run", str(toml), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pracset run: error: IMP round ") and "would leave layer " in err and "empty" in err
+    assert not (tmp_path / "out").exists()

@@ -33,7 +33,8 @@ def test_the_first_n_and_a_seeded_n(capsys):
 @pytest.mark.parametrize("settings, message", [
     (dict(limit=0), "limit must be a positive integer, got 0"),
     (dict(limit_seed=3), "limit_seed needs limit (how many examples)"),
-    (dict(limit=10, limit_seed=-1), "limit_seed must not be negative, got -1"),
+    (dict(limit=10, limit_seed=-1), "limit_seed must be an integer from 0 to 4294967295, got -1"),
+    (dict(limit=10, limit_seed=2 ** 70), f"limit_seed must be an integer from 0 to 4294967295, got {2 ** 70}"),
     (dict(limit=10, stream=True, name="imagefolder"), "limit works on data held in memory, not with stream"),
 ])
 def test_bad_limits_are_refused_when_the_config_is_made(settings, message):

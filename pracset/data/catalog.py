@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from pracset.config import ConfigBase, option, require
+from pracset.config import ConfigBase, option, require, require_seed
 from pracset.data.base import ImageDataset, ImageSplit
 from pracset.data.decode import MAX_IMAGE_SIZE, decode_images, match_channels, pixels_as_uint8, to_nchw
 from pracset.data.formats import read_cifar_pickle, read_idx  # noqa: F401  (read_idx: pracset.data's)
@@ -68,8 +68,8 @@ class DataConfig(ConfigBase):
         require(self.workers is None or self.workers >= 0, f"workers must not be negative, got {self.workers}")
         require(self.limit is None or self.limit >= 1, f"limit must be a positive integer, got {self.limit}")
         require(self.limit_seed is None or self.limit is not None, "limit_seed needs limit (how many examples)")
-        require(self.limit_seed is None or self.limit_seed >= 0,
-                f"limit_seed must not be negative, got {self.limit_seed}")
+        if self.limit_seed is not None:
+            require_seed(self.limit_seed, "limit_seed")
         require(self.limit is None or not self.stream, "limit works on data held in memory, not with stream")
 
     def identity(self) -> dict:

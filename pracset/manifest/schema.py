@@ -195,9 +195,10 @@ def read_manifest(path: str | os.PathLike, *, fingerprint: str | None = None,
         if (fingerprint is not None and image_size is not None and isinstance(built_at, list) and len(built_at) == 2
                 and [int(v) for v in image_size] != built_at and dataset_name in (None, data["name"])):
             h, w = built_at
+            how = (f"load it at --image-size {h} (image_size={h} in Python)" if h == w else
+                   "load it at its own size (without --image-size)")
             raise ManifestError(f"{where} was built from {h}x{w} images of {data['name']}, and this data set's are "
-                                f"{image_size[0]}x{image_size[1]}: load it at --image-size {h} (image_size={h} in "
-                                "Python), or build a manifest at this size")
+                                f"{image_size[0]}x{image_size[1]}: {how}, or build a manifest at this size")
         raise ManifestError(f"{where} was built for data set {data['name']} with fingerprint "
                             f"{data['fingerprint'][:12]}..., not this one ({this})")
     return Manifest(path=path, table=table, metadata=meta)

@@ -159,13 +159,15 @@ class IMPConfig(ConfigBase):
 
 def check_layers_kept(mask: Mask, pruned_from: str) -> None:
     """Stop the rounds, in one line, when pruning has emptied a layer (global ranking can): a network with a
-    layer of no weights computes the same output for every input and cannot learn; earlier rounds stay."""
+    layer of no weights computes the same output for every input and cannot learn. The rounds before stay on
+    disk, but the run cannot be finished with these settings (its summary is not written)."""
     empty = [name for name in mask if not bool(mask[name].any())]  # one host sync per layer, once a round
     if empty:
         raise ConfigError(f"the mask pruned from {pruned_from} keeps no weight of layer {empty[0]}"
                           + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
-                          + ": the network could not learn; the rounds stop here (fewer rounds, a lower "
-                          "prune_fraction or ranking = \"layerwise\" keep every layer)")
+                          + ": the network could not learn, so the rounds stop; the rounds so far stay on disk, but "
+                          "this run cannot be continued with these settings: run again in another --out with fewer "
+                          "rounds, a lower prune_fraction or ranking = \"layerwise\" (which keeps every layer)")
 
 
 def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:

@@ -165,7 +165,8 @@ class RunDirectory:
 
     @property
     def log_path(self) -> Path:
-        """``pracset.log``: every log line of pracset (per-epoch lines too) while this run is open, appended."""
+        """``pracset.log``: every log line of pracset (per-epoch lines too) from :meth:`claim` until the run
+        closes, appended (runs open together, as seeds in lockstep, each get every line)."""
         return self.root / "pracset.log"
 
     def _open_log(self) -> None:

@@ -6,7 +6,9 @@ metrics (losses, accuracies, the mean learning rate of its steps), the
 sparsity of the model's conv and linear weights and, when the caller gives
 it, the number of examples an epoch trains on (a PrAC round's set size).
 Every ``log_every_n_steps`` steps (50, Lightning's default) it also adds the
-step's mean training loss as ``train/loss_step``, at that step: those losses
+step's mean training loss as ``train/loss_step``, at that step (under
+torch.distributed, rank 0's share of the batch; the epoch's ``train/loss`` is
+the whole job's): those losses
 stay on the device as the epoch runs and are copied to the host with the
 epoch's other numbers, so nothing is synchronised per step.
 """

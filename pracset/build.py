@@ -203,7 +203,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         columns = manifest_columns(dataset, statistics, disagreements, chosen)
         n = len(labels)
         history = trained.history
-        final = trained.metrics["final"]
+        final = trained.metrics.final
         warnings_said = _dense_warnings(final.get("test_accuracy"), dataset)
         metadata = {
             "dataset": dataset_metadata(dataset),
@@ -214,7 +214,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 "arch": arch,
                 "seed": train.seed,
                 "train": to_dict(train),
-                "epochs_run": trained.metrics["epochs_run"],
+                "epochs_run": trained.metrics.epochs_run,
                 "early_bird": None if bird is None else {**to_dict(bird.config), "stopped_epoch": bird.stopped_epoch,
                                                           "distances": [round(d, 6) for d in bird.distances]},
                 "probe": None if probe_result is None else {

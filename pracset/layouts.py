@@ -9,7 +9,7 @@ lock and life cycle are :class:`pracset.runs.RunDirectory`'s.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -54,6 +54,74 @@ def check_metrics(value: Any, path: Path) -> dict:
     if "ledger" in value:
         IterationLedger.from_dict({"stages": {"this stage": value["ledger"]}}, where=where)
     return value
+
+
+@dataclass(frozen=True)
+class StageMetrics:
+    """A finished stage's metrics: what its ``metrics.json`` holds, typed.
+
+    Written by one constructor (:meth:`of_training`) whichever way the stage
+    trained (eagerly or packed with others); :meth:`to_dict` is the file's
+    JSON, :meth:`from_dict` reads one back (a checked one:
+    :func:`check_metrics`). ``extra`` holds what a stage adds to its
+    training's metrics (an IMP round's ``set_size``, ``next_set``, ``cep``,
+    ``early_bird_epoch``); unknown keys of a file are kept there too.
+    """
+
+    stage: str
+    final: dict
+    history: list = field(default_factory=list)
+    epochs: int | None = None
+    epochs_run: int | None = None
+    examples: int | None = None
+    #: this stage's row of the run's ledger (``train_iterations``, ...)
+    ledger: dict = field(default_factory=dict)
+    #: the model count of the packed job it trained in (``None``: trained alone)
+    packed_with: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    _KEYS = ("stage", "final", "history", "epochs", "epochs_run", "examples", "ledger")
+
+    @classmethod
+    def of_training(cls, stage: str, history: list[dict], *, epochs: int, examples: int, ledger: IterationLedger,
+                    packed_with: int | None = None, final: dict | None = None) -> "StageMetrics":
+        """The metrics of a stage just trained: its per-epoch ``history``, the recipe's ``epochs``, the examples
+        it trained on and its cost (the ``ledger`` row booked under ``stage``)."""
+        last = dict(final if final is not None else (history[-1] if history else {}))
+        return cls(stage, last, list(history), epochs, history[-1]["epoch"] if history else 0, examples,
+                   ledger.to_dict()["stages"].get(stage, {}), packed_with)
+
+    @classmethod
+    def from_dict(cls, value: dict) -> "StageMetrics":
+        """A ``metrics.json`` object (see :func:`check_metrics`) as a :class:`StageMetrics`."""
+        rest = {k: v for k, v in value.items() if k not in cls._KEYS and k not in ("packed", "packed_with")}
+        return cls(value.get("stage", ""), dict(value.get("final") or {}), list(value.get("history") or []),
+                   value.get("epochs"), value.get("epochs_run"), value.get("examples"), dict(value.get("ledger") or {}),
+                   value.get("packed_with"), rest)
+
+    def to_dict(self) -> dict:
+        """The JSON object written to ``metrics.json``."""
+        out = {"stage": self.stage, "final": self.final, "history": self.history, "epochs": self.epochs,
+               "epochs_run": self.epochs_run, "examples": self.examples}
+        if self.packed_with is not None:
+            out.update(packed=True, packed_with=self.packed_with)
+        return {**out, "ledger": self.ledger, **self.extra}
+
+    def with_extra(self, **values) -> "StageMetrics":
+        """These metrics with what the stage adds (``set_size=...``, ...)."""
+        return replace(self, extra={**self.extra, **values})
+
+    def get(self, key: str, default=None):
+        """A value the stage added (``extra``), e.g. ``early_bird_epoch``."""
+        return self.extra.get(key, default)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        return self.final.get("test_accuracy")
+
+    @property
+    def train_iterations(self) -> int | None:
+        return self.ledger.get("train_iterations")
 
 
 @dataclass(frozen=True)

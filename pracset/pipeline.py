@@ -64,7 +64,7 @@ from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
 from pracset.tickets.methods import DynamicSparse
-from pracset.tickets.packing import packs
+from pracset.tickets.stages import packs
 from pracset.tomlfiles import MAX_TOML_DEPTH, load_toml, parse_toml, toml_depth  # noqa: F401  (load_toml: the CLI's)
 from pracset.train.config import TrainConfig
 from pracset.train.run import check_loader_settings, input_spec

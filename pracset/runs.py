@@ -41,7 +41,7 @@ from pracset.fileio import (DirectoryLock, atomic_write_json, check_output_direc
                             holds_only_temporaries, linked_folder_message, locked_output_directory,
                             remove_temporaries, remove_temporaries_of, require_regular_file)
 from pracset import runfiles
-from pracset.layouts import BuildLayout, PipelineLayout, StageFiles, TicketLayout  # noqa: F401  (re-exported)
+from pracset.layouts import BuildLayout, PipelineLayout, StageFiles, StageMetrics, TicketLayout  # noqa: F401  (re-exported)
 from pracset.ledger import IterationLedger
 
 _ABSENT = object()
@@ -312,13 +312,14 @@ class RunDirectory:
     def ledger_path(self) -> Path:
         return self.root / "ledger.json"
 
-    def finished_stage_metrics(self, stage: StageFiles) -> dict | None:
+    def finished_stage_metrics(self, stage: StageFiles) -> StageMetrics | None:
         """The metrics of a finished stage, else ``None``; removes the checkpoint a kill after it left behind."""
         metrics = stage.read_metrics()
-        if metrics is not None:  # checkpoints left by a kill after the stage finished
-            stage.checkpoint.unlink(missing_ok=True)
-            stage.packed_checkpoint.unlink(missing_ok=True)
-        return metrics
+        if metrics is None:
+            return None
+        stage.checkpoint.unlink(missing_ok=True)  # checkpoints left by a kill after the stage finished
+        stage.packed_checkpoint.unlink(missing_ok=True)
+        return StageMetrics.from_dict(metrics)
 
     def book_and_save_ledger(self, ledger: IterationLedger) -> None:
         """Book ``ledger``'s stages into the run's (replacing any earlier entry of a stage) and write ``ledger.json``.
@@ -328,10 +329,10 @@ class RunDirectory:
         self.ledger.stages.update(ledger.stages)
         self.ledger.save(self.ledger_path)
 
-    def complete_stage(self, stage: StageFiles, metrics: dict, ledger: IterationLedger) -> dict:
+    def complete_stage(self, stage: StageFiles, metrics: StageMetrics, ledger: IterationLedger) -> StageMetrics:
         """Book the stage's cost, then write its ``metrics.json`` (which marks it done) and drop its checkpoint."""
         self.book_and_save_ledger(ledger)
-        atomic_write_json(stage.metrics, metrics)
+        atomic_write_json(stage.metrics, metrics.to_dict())
         self._hold_results()
         stage.checkpoint.unlink(missing_ok=True)
         stage.packed_checkpoint.unlink(missing_ok=True)
@@ -343,5 +344,5 @@ def check_output_parent(path: str | Path) -> None:
     check_output_directory(Path(path).parent)
 
 
-__all__ = ["BuildLayout", "PipelineLayout", "RunDirectory", "StageFiles", "TicketLayout", "check_output_parent",
+__all__ = ["BuildLayout", "PipelineLayout", "RunDirectory", "StageFiles", "StageMetrics", "TicketLayout", "check_output_parent",
            "describe_changes", "refuse_changed"]

@@ -701,10 +701,10 @@ def test_a_mask_is_checked_against_the_model_it_is_applied_to():
     from types import SimpleNamespace
 
     from pracset.sparse.mask import Mask
-    from pracset.tickets.context import TicketContext
+    from pracset.tickets.context import RewindPoint, TicketContext
 
     ctx = SimpleNamespace(model=lambda seed=None: torch.nn.Linear(2, 2), device="cpu")
-    rewind = torch.nn.Linear(2, 2).state_dict()
+    rewind = RewindPoint(torch.nn.Linear(2, 2).state_dict(), 0)
     with pytest.raises(ConfigError, match="mask entry 'other.weight' is not a parameter of the model"):
         TicketContext.rewound(ctx, Mask({"other.weight": torch.ones(2, 2, dtype=torch.bool)}), rewind)
     model = TicketContext.rewound(ctx, Mask({"weight": torch.zeros(2, 2, dtype=torch.bool)}), rewind)

@@ -156,7 +156,7 @@ _SITES = [
     ("rewind", "RunFileError", "rewind point {f}",
      "from types import SimpleNamespace as NS; from pathlib import Path; import torch\n"
      "from pracset.tickets.context import TicketContext\n"
-     "TicketContext.load_rewind_point(NS(layout=NS(rewind=Path({f!r})), model=lambda: torch.nn.Linear(2, 2)))"),
+     "TicketContext.load_rewind_point(NS(layout=NS(rewind=Path({f!r})), model=lambda: torch.nn.Linear(2, 2)), 0)"),
     ("stage-model", "RunFileError", "model weights {f}",
      "from types import SimpleNamespace as NS; from pathlib import Path; import torch\n"
      "from pracset.tickets.context import TicketContext\n"

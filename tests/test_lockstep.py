@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,8 +105,14 @@ def test_imp_seeds_in_lockstep_equal_the_seeds_one_by_one(tmp_path, digits):
     assert not all(torch.equal(first[n], second[n]) for n in first)
 
 
-def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alone(tmp_path, digits, monkeypatch):
-    from pracset.tickets import lockstep
+def test_a_stage_started_alone_continues_alone_and_a_finished_run_is_left_alone(tmp_path, digits, monkeypatch):
+    """The executor rule: a stage with a Trainer checkpoint (started one by one, then killed) trains eagerly and
+    resumes from it while the other seeds' stages of its round pack; a finished run is not touched.
+
+    Mutation caught: ``packable`` ignoring ``started_alone`` (the started stage then packs, and its metrics say
+    ``packed``), or the lockstep training a finished run again (its summary changes).
+    """
+    from pracset.tickets import stages
 
     train = TrainConfig(epochs=1, batch_size=256, lr=0.05)
     imp = IMPConfig(rounds=1, pack_controls="on")
@@ -115,19 +122,43 @@ def test_a_run_started_alone_leaves_the_lockstep_and_a_finished_one_is_left_alon
             (other, TrainConfig(**{**train.__dict__, "seed": 3}))]
     find_tickets("imp", DataConfig("digits"), "mlp", done, train=train, imp=imp, dataset=digits)
     summary = (done / "tickets.json").read_text()
+    alone = []
+    eager = stages._train_eagerly
+    monkeypatch.setattr(stages, "_train_eagerly", lambda job: alone.append(str(job.stage.directory)) or eager(job))
+    killed = {"once": True}
+    real_fit = stages.fit_packed
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt
+    def fit_then_die(*args, **kwargs):  # the lockstep's first packed job dies before it trains
+        if killed.pop("once", False):
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(lockstep, "train_packed", killed)  # claims the run, then dies before training
+    monkeypatch.setattr(stages, "fit_packed", fit_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_imp_seeds_packed(DataConfig("digits"), "mlp", runs[1:2], imp=imp, dataset=digits)
-    monkeypatch.undo()
-    (started / "round-00" / "checkpoint.pt").write_bytes(b"")  # as if a one-by-one run had started it since
+        train_imp_seeds_packed(DataConfig("digits"), "mlp", runs[1:], imp=imp, dataset=digits)
+    # As if a one-by-one run had started round 0 of seed 1 since, and been killed after its first epoch:
+    find_tickets_started = TrainConfig(**{**train.__dict__, "seed": 1})
+    (started / "round-00").mkdir(exist_ok=True)
+    with monkeypatch.context() as patch:
+        from pracset.train import loop
+
+        def stop_after_checkpoint(self, state, callbacks):
+            real_save(self, state, callbacks)
+            raise KeyboardInterrupt
+
+        real_save = loop.Trainer._save_checkpoint
+        patch.setattr(loop.Trainer, "_save_checkpoint", stop_after_checkpoint)
+        with pytest.raises(KeyboardInterrupt):
+            find_tickets("imp", DataConfig("digits"), "mlp", started, train=find_tickets_started, imp=imp,
+                         dataset=digits, resume=True)  # round 0 of one run is a group of one: the Trainer
+    assert (started / "round-00" / "checkpoint.pt").is_file()
+    alone.clear()
     train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
     assert (done / "tickets.json").read_text() == summary
-    assert not (started / "round-00" / "metrics.json").exists()
-    assert _stage_metrics(fresh, "round-01")["packed"] is True and _stage_metrics(other, "round-01")["packed"] is True
+    assert alone == [str(started / "round-00")]
+    assert "packed" not in _stage_metrics(started, "round-00")
+    assert _stage_metrics(fresh, "round-00")["packed"] is True and _stage_metrics(other, "round-00")["packed"] is True
+    assert _stage_metrics(started, "round-01")["packed"] is True
 
 
 @pytest.mark.slow
@@ -191,7 +222,7 @@ def test_the_fast_replication_recipe_runs_end_to_end_packed_where_it_can(tmp_pat
 
 
 def test_auto_packs_small_registered_models_on_one_cuda_process_only():
-    from pracset.tickets.packing import AUTO_PACK_MAX_PARAMETERS, packs
+    from pracset.tickets.stages import AUTO_PACK_MAX_PARAMETERS, packs
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     small = torch.nn.Linear(10, 10)  # 110 parameters
@@ -203,12 +234,12 @@ def test_auto_packs_small_registered_models_on_one_cuda_process_only():
 
 
 def test_packed_jobs_are_split_evenly_and_a_model_left_alone_trains_alone(tmp_path, digits, monkeypatch):
-    from pracset.tickets import packing
+    from pracset.tickets import stages
 
-    assert [len(c) for c in packing.chunks(list(range(13)))] == [7, 6]  # 13 > 12: two jobs, not 12 + 1
-    assert [len(c) for c in packing.chunks(list(range(25)))] == [9, 9, 7]
-    assert [len(c) for c in packing.chunks(list(range(12)))] == [12] and packing.chunks([]) == []
-    monkeypatch.setattr(packing, "MAX_MODELS_PER_JOB", 2)
+    assert [len(c) for c in stages.chunks(list(range(13)))] == [7, 6]  # 13 > 12: two jobs, not 12 + 1
+    assert [len(c) for c in stages.chunks(list(range(25)))] == [9, 9, 7]
+    assert [len(c) for c in stages.chunks(list(range(12)))] == [12] and stages.chunks([]) == []
+    monkeypatch.setattr(stages, "MAX_MODELS_PER_JOB", 2)
     train = TrainConfig(epochs=2, batch_size=128, lr=0.05)
     imp = IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear", rewind="1ep", pack_controls="on")
     out = tmp_path / "run"
@@ -226,7 +257,7 @@ def test_packed_jobs_are_split_evenly_and_a_model_left_alone_trains_alone(tmp_pa
 def test_a_ticket_started_alone_resumes_alone_and_its_controls_pack_without_it(tmp_path, digits, monkeypatch):
     """A run killed during ticket-01 (one by one: auto on the CPU), resumed where auto packs (a GPU): ticket-01
     continues from its checkpoint with the Trainer; its unstarted controls train as one packed job."""
-    from pracset.tickets import rounds
+    from pracset.tickets import stages
     from pracset.train.loop import Trainer
 
     save = Trainer._save_checkpoint
@@ -244,7 +275,7 @@ def test_a_ticket_started_alone_resumes_alone_and_its_controls_pack_without_it(t
         find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=train, imp=imp, dataset=digits)
     assert (out / "ticket-01" / "checkpoint.pt").exists()
     monkeypatch.setattr(Trainer, "_save_checkpoint", save)
-    monkeypatch.setattr(rounds, "should_pack", lambda config, ctx: True)
+    monkeypatch.setattr(stages, "run_packs", lambda ctx, choice: True)
     find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=train, imp=imp, dataset=digits, resume=True)
     assert "packed" not in _stage_metrics(out, "ticket-01")
     assert [_stage_metrics(out, s).get("packed") for s in
@@ -355,8 +386,7 @@ def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_p
     imp = IMPConfig(rounds=1, controls=True, pack_controls="on")
     runs = [(tmp_path / f"s{s}", TrainConfig(**{**train.__dict__, "seed": s})) for s in (0, 1)]
     save = packed_module.save_checkpoints
-    round_one = [p / stage / "packed-checkpoint.pt" for p, _ in runs
-                 for stage in ("round-01", "control-round-01-random-mask", "control-round-01-reinit")]
+    round_one = [p / "round-01" / "packed-checkpoint.pt" for p, _ in runs]
 
     def killed_in_round_one(paths, *args, **kwargs):
         save(paths, *args, **kwargs)
@@ -366,14 +396,15 @@ def test_a_lockstep_killed_mid_round_continues_from_its_packed_checkpoints(tmp_p
     monkeypatch.setattr(packed_module, "save_checkpoints", killed_in_round_one)
     with pytest.raises(KeyboardInterrupt):
         train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
-    assert all(path.exists() for path in round_one)  # the 6 models of round 1 (2 seeds x round and controls)
+    assert all(path.exists() for path in round_one)  # round 1 of both seeds: one packed job (controls come later)
     assert all((p / "round-00" / "metrics.json").exists() and not (p / "round-00" / "packed-checkpoint.pt").exists()
                for p, _ in runs)  # a completed stage keeps no checkpoint
     monkeypatch.undo()
     epochs = []
     monkeypatch.setattr(DeviceLoader, "set_epoch", lambda self, e: (epochs.append(e), setattr(self, "epoch", e)))
     train_imp_seeds_packed(DataConfig("digits"), "mlp", runs, imp=imp, dataset=digits)
-    assert set(epochs) == {1}  # round 1 continued at its second epoch
+    # round 1 continued at its second epoch (each seed's loader), then the 4 controls trained both epochs
+    assert epochs == [1, 1, 0, 0, 1, 1]
     assert not any(path.exists() for path in round_one)
     for out, seed_train in runs:
         summary = find_tickets("imp", DataConfig("digits"), "mlp", out, train=seed_train, imp=imp, dataset=digits,
@@ -399,3 +430,33 @@ def test_imp_leaves_the_dense_layers_out_of_every_mask_one_by_one_and_in_lockste
             assert sorted(mask) == ["net.3.weight", "net.5.weight"]
             total = sum(t.numel() for t in mask.values())
             assert sum(int(t.sum()) for t in mask.values()) == round(kept * total)
+
+
+def test_the_executor_rule_groups_jobs_by_recipe_examples_and_steps(tmp_path):
+    """``plan`` by hand: jobs that differ only in their seed pack; another start step, other examples, a callback,
+    a changing mask or a stage started alone each train alone; ``off`` packs nothing; order is kept.
+
+    Mutations caught: ``pack_key`` without the start step or the examples; ``packable`` ignoring callbacks,
+    ``fixed_mask`` or a Trainer checkpoint; a group of one handed to the packed executor.
+    """
+    import numpy as np
+
+    from pracset.runs import StageFiles
+    from pracset.tickets.stages import StageJob, plan
+
+    base = TrainConfig(epochs=1, batch_size=16)
+    ctx = object()
+
+    def job(name, seed=0, lr=base.lr, **kwargs):
+        return StageJob(ctx, StageFiles(name, tmp_path / name), None, recipe=replace(base, seed=seed, lr=lr), **kwargs)
+
+    started = job("started", seed=5)
+    started.stage.create()
+    started.stage.checkpoint.write_bytes(b"")
+    jobs = [job("a"), job("b", seed=1), job("later", start_step=3), job("subset", ids=np.array([1, 2])),
+            job("c", seed=2), job("hooked", seed=3, callbacks=lambda mask: []), job("moving", seed=4, fixed_mask=False),
+            started, job("later-too", seed=6, start_step=3), job("other-lr", lr=1.0)]
+    names = [[j.stage.name for j in group] for group in plan(jobs, True)]
+    assert names == [["a", "b", "c"], ["later", "later-too"], ["subset"], ["hooked"], ["moving"], ["started"],
+                     ["other-lr"]]
+    assert [[j.stage.name for j in group] for group in plan(jobs, "off")] == [[j.stage.name] for j in jobs]

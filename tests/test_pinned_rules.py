@@ -35,7 +35,7 @@ from pracset.sparse.mask import Mask
 from pracset.tickets import IMPConfig, TicketContext, find_tickets, train_imp_seeds_packed
 from pracset.tickets.config import round_budget
 from pracset.tickets.controls import verdict
-from pracset.tickets.packing import PackedStage, _training_loaders
+from pracset.tickets.stages import StageJob, _training_loaders
 from pracset.train import Callback, TrainConfig, Trainer
 from tests.test_manifest import make_columns
 
@@ -174,7 +174,7 @@ def test_every_seed_trains_on_its_own_data_order_packed(digits):
     the old seed).
     """
     contexts = [context(digits, replace(TRAIN, seed=s)) for s in (0, 1, 0)]
-    jobs = [PackedStage(ctx, None, None) for ctx in contexts]
+    jobs = [StageJob(ctx, None, None) for ctx in contexts]
     loaders, _ = _training_loaders(jobs)
     first = [_first_batch_ids(loader) for loader in loaders]
     assert torch.equal(first[0], first[2])

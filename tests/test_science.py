@@ -22,6 +22,7 @@ from pracset.runs import TicketLayout
 from pracset.sparse import GraNet, GraNetConfig, Mask
 from pracset.stats import pruning_probe
 from pracset.tickets import IMPConfig, TicketContext, find_tickets
+from pracset.tickets.context import RewindPoint
 from pracset.tickets.controls import RandomMask, RandomReinit
 from pracset.train import Callback, TrainConfig, Trainer, TrainState
 from pracset.train.run import input_spec, make_loaders
@@ -51,7 +52,7 @@ def test_rewinding_restores_the_whole_state_at_step_k_and_applies_the_mask(digit
         if name.endswith("running_mean"):
             value.normal_()  # BN statistics as training leaves them: they must come back too
     mask = half_mask(ctx.model())
-    model = ctx.rewound(mask, rewind)
+    model = ctx.rewound(mask, RewindPoint(rewind, 0))
     state = model.state_dict()
     for name, value in rewind.items():
         expected = value * mask[name] if name in mask else value
@@ -63,7 +64,7 @@ def test_the_random_mask_control_keeps_each_layer_s_count_on_the_rewind_point(di
     ctx = context(digits)
     rewind = ctx.model(seed=3).state_dict()
     mask = half_mask(ctx.model())
-    model, shuffled = RandomMask().start(ctx, mask, rewind)
+    model, shuffled = RandomMask().start(ctx, mask, RewindPoint(rewind, 0))
     for name in mask:
         assert int(shuffled[name].sum()) == int(mask[name].sum())  # the same per-layer count ...
         assert not torch.equal(shuffled[name], mask[name])  # ... at other positions
@@ -75,7 +76,7 @@ def test_the_reinit_control_keeps_the_mask_on_a_fresh_initialisation(digits):
     ctx = context(digits, seed=0)
     rewind = ctx.model(seed=3).state_dict()
     mask = half_mask(ctx.model())
-    model, same = RandomReinit().start(ctx, mask, rewind)
+    model, same = RandomReinit().start(ctx, mask, RewindPoint(rewind, 0))
     fresh = build_model("mlp", input_spec(digits), seed=0 + 1_000).state_dict()  # another seed than the ticket's
     assert same == mask
     for name in mask:
@@ -273,7 +274,7 @@ def test_prac_imp_s_early_bird_judges_the_mask_its_own_prune_gives(digits):
     config = IMPConfig(prune_fraction=0.5, ranking="layerwise")
     model = ctx.model()
     base = Mask.ones(model)
-    bird = next(c for c in PracSetPolicy(ctx, config, EarlyBirdConfig(), SelectionConfig()).callbacks(base)
+    bird = next(c for c in PracSetPolicy(ctx, config, EarlyBirdConfig(), SelectionConfig()).round_callbacks()(base)
                 if isinstance(c, EarlyBirdStop))
     judged = bird.prune(model, base)
     assert {n: int(t.sum()) for n, t in judged.items()} == {n: t.numel() - round(t.numel() / 2)

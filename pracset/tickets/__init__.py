@@ -30,9 +30,9 @@ from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.lockstep import train_imp_rounds_packed
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import IMP, TICKET_METHODS, TicketMethod, TicketSettings
+from pracset.tickets.rounds import RoundPolicy, run_rounds
 from pracset.tickets.health import run_warnings
 from pracset.tickets.accounting import split_costs
 from pracset.train.config import TrainConfig
@@ -140,13 +140,14 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
 def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[str | Path, TrainConfig]], *,
                            imp: IMPConfig = IMPConfig(), device: torch.device = torch.device("cpu"),
                            weights: str | None = None, dataset: ImageDataset | None = None) -> None:
-    """Train full-data IMP runs that differ only in their seed in lockstep (:mod:`pracset.tickets.lockstep`).
+    """Train full-data IMP runs that differ only in their seed in lockstep: one round loop for all of them
+    (:func:`~pracset.tickets.rounds.run_rounds`).
 
     ``runs`` are ``(out, train)`` pairs, as :func:`find_tickets` ("imp") would
     take them. Every round of every run, with its controls when
     ``imp.controls``, trains as packed jobs (whatever ``imp.pack_controls``
     says: calling this is asking for it; packed jobs write no TensorBoard
-    scalars). Each directory then holds the stages ``find_tickets("imp", ...,
+    scalars); a stage started alone (a Trainer checkpoint) continues alone. Each directory then holds the stages ``find_tickets("imp", ...,
     resume=True)`` would have trained, which it reads back (training what is
     left, such as a run started alone) and summarises. Finished runs are left
     alone; every directory is checked before any is written.
@@ -168,7 +169,7 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
             run.claim(data=dataset)
             contexts.append(TicketContext(dataset, architecture, train, device, run, layout))
         if contexts:
-            train_imp_rounds_packed(contexts, imp)
+            run_rounds([RoundPolicy(ctx, imp) for ctx in contexts], pack=True)
 
 
 __all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "Snapshot", "TICKET_METHODS", "TicketContext",

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from pracset.data import DeviceLoader, ImageDataset
 from pracset.errors import RunFileError
-from pracset.fileio import atomic_np_save, atomic_torch_save, naming, require_regular_file
+from pracset.fileio import atomic_torch_save, naming, require_regular_file
 from pracset.mask import Mask
 from pracset.models import has_convolutions
 from pracset.models.custom import Architecture, resolve_architecture
 from pracset.runs import RunDirectory, StageFiles, TicketLayout
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, StepOutput, TrainState, check_state_dict
-from pracset.train.run import StageResult, make_loaders, new_model, train_stage, unaugmented_train_loader
+from pracset.train.run import make_loaders, new_model, unaugmented_train_loader
 
 
 class Snapshot(Callback):
@@ -45,6 +43,14 @@ class Snapshot(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.state = state["state"]
+
+
+@dataclass(frozen=True)
+class RewindPoint:
+    """What IMP's rounds rewind to: round 0's whole state (BN statistics included) after ``step`` steps."""
+
+    state: dict
+    step: int
 
 
 @dataclass
@@ -84,26 +90,6 @@ class TicketContext:
         """The whole training split in id order, without augmentation (for probes)."""
         return unaugmented_train_loader(self.dataset, self.device)
 
-    def train_stage(self, stage: StageFiles, model: nn.Module, *, ids=None, train: TrainConfig | None = None,
-                    callbacks: Sequence[Callback] = (), start_step: int = 0) -> StageResult:
-        """Train ``model`` as ``stage`` on the examples ``ids`` (``None``: the whole split; else recorded in the
-        stage's ``ids.npy``) and write its ``model.pt``; the caller completes the stage."""
-        config = train or self.train
-        if ids is not None:
-            stage.create()
-            atomic_np_save(stage.ids, np.asarray(ids))
-        train_loader, test_loader = self.loaders(ids, config)
-        result = train_stage(stage, model, train_loader, test_loader, config, callbacks=callbacks,
-                             tensorboard=self.tensorboard,
-                             start_step=start_step, progress=self.progress)
-        atomic_torch_save(model.state_dict(), stage.model)
-        return result
-
-    def train_and_complete_stage(self, stage: StageFiles, model: nn.Module, **kwargs) -> dict:
-        """:meth:`train_stage`, then book its cost and write its ``metrics.json``; returns the metrics."""
-        result = self.train_stage(stage, model, **kwargs)
-        return self.run.complete_stage(stage, result.metrics, result.ledger)
-
     def load_model(self, stage: StageFiles) -> nn.Module:
         """The trained model of a finished stage, on the run's device."""
         model = self.model()
@@ -113,11 +99,11 @@ class TicketContext:
         model.load_state_dict(state)
         return model.to(self.device)
 
-    def rewound(self, mask: Mask, rewind: dict, seed: int | None = None) -> nn.Module:
+    def rewound(self, mask: Mask, rewind: RewindPoint, seed: int | None = None) -> nn.Module:
         """A model at the rewind point (or freshly initialised with ``seed``) with ``mask`` applied."""
         model = self.model(seed)
         if seed is None:
-            model.load_state_dict(rewind)
+            model.load_state_dict(rewind.state)
         mask.check_model(model)  # a mask read from the run directory must fit the model it is applied to
         mask.apply_(model)
         return model.to(self.device)
@@ -125,8 +111,8 @@ class TicketContext:
     def save_rewind_point(self, state: dict) -> None:
         atomic_torch_save(state, self.layout.rewind)
 
-    def load_rewind_point(self) -> dict:
-        """The model state saved at the rewind step (``rewind.pt``), checked against this run's model: every
+    def load_rewind_point(self, step: int) -> RewindPoint:
+        """The model state saved at the rewind step ``step`` (``rewind.pt``), checked against this run's model: every
         key of its state dict, each a tensor of the same shape, and no other; a truncated or damaged file,
         or one of another model, is one :class:`~pracset.errors.RunFileError` naming it."""
         path = self.layout.rewind
@@ -142,4 +128,4 @@ class TicketContext:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise RunFileError(f"rewind point {path} is damaged or truncated ({first})") from None
         check_state_dict(saved, self.model().state_dict(), f"rewind point {path}")
-        return saved
+        return RewindPoint(saved, step)

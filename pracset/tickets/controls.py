@@ -13,13 +13,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pracset.errors import ConfigError
 from pracset.mask import Mask
 from pracset.registry import Registry
 from pracset.runs import StageFiles
-from pracset.sparse import StaticMask
 from pracset.sparse.distributions import random_mask
-from pracset.tickets.context import TicketContext
-from pracset.tickets.packing import PackedStage, started
+from pracset.tickets.context import RewindPoint, TicketContext
+from pracset.tickets.stages import StageJob
 
 
 class Control:
@@ -31,7 +31,7 @@ class Control:
     #: added to the recipe's seed, so that each control draws its own randomness
     seed_offset = 0
 
-    def start(self, ctx: TicketContext, mask: Mask, rewind: dict) -> tuple[nn.Module, Mask]:
+    def start(self, ctx: TicketContext, mask: Mask, rewind: RewindPoint) -> tuple[nn.Module, Mask]:
         raise NotImplementedError
 
 
@@ -60,34 +60,22 @@ class RandomMask(Control):
 CONTROLS: Registry[Control] = Registry("sanity-check control", {"reinit": RandomReinit(), "random-mask": RandomMask()})
 
 
-def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
-                 ids: np.ndarray | None = None) -> list[PackedStage]:
-    """The controls of ``ticket`` that have not started, as stages for a packed job (their models start when it
-    trains); they train on the ticket's examples ``ids`` (``None``: the whole split)."""
-    jobs = []
-    for _, control in CONTROLS.items():
-        stage = ctx.layout.control(ticket, control.stage_suffix)
-        if not started(ctx, stage):
-            jobs.append(PackedStage(ctx, stage, partial(control.start, ctx, mask, rewind), ids=ids))
-    return jobs
+def control_jobs(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: RewindPoint, *, start_step: int,
+                 ids: np.ndarray | None = None) -> list[StageJob]:
+    """Every control of ``ticket`` as a job (each model starts when it trains): on the ticket's examples ``ids``
+    (``None``: the whole split), with its schedule from ``start_step`` as the ticket's."""
+    return [StageJob(ctx, ctx.layout.control(ticket, control.stage_suffix), partial(control.start, ctx, mask, rewind),
+                     ids=ids, start_step=start_step) for _, control in CONTROLS.items()]
 
 
-def train_and_complete_controls(ctx: TicketContext, ticket: StageFiles, mask: Mask, rewind: dict,
-                                start_step: int, ids: np.ndarray | None = None) -> dict[str, float]:
-    """Train (or read back) every control of ``ticket``, one by one, on the ticket's examples ``ids`` (``None``:
-    the whole split); returns each control's test accuracy by key.
-
-    (The round loop trains the controls as packed jobs first where it packs: they are read back here.)
-    """
+def control_accuracies(ctx: TicketContext, ticket: StageFiles) -> dict[str, float]:
+    """Every finished control of ``ticket``: its test accuracy by key."""
     out = {}
     for _, control in CONTROLS.items():
-        stage = ctx.layout.control(ticket, control.stage_suffix)
-        metrics = ctx.run.finished_stage_metrics(stage)
+        metrics = ctx.run.finished_stage_metrics(ctx.layout.control(ticket, control.stage_suffix))
         if metrics is None:
-            model, control_mask = control.start(ctx, mask, rewind)
-            metrics = ctx.train_and_complete_stage(stage, model, ids=ids, callbacks=[StaticMask(control_mask)],
-                                                   start_step=start_step)
-        out[control.key] = metrics["final"]["test_accuracy"]
+            raise ConfigError(f"the {control.key} control of {ticket.name} has not trained")
+        out[control.key] = metrics.test_accuracy
     return out
 
 

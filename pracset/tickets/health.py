@@ -27,6 +27,7 @@ import numpy as np
 from pracset.data import num_batches
 from pracset.errors import DegenerateTrainingWarning
 from pracset.train.config import TrainConfig
+from pracset.layouts import StageMetrics
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +105,13 @@ class RoundHealth:
         self.num_rounds, self.majority = num_rounds, majority
         self.first_degenerate: int | None = None
 
-    def assess(self, r: int, metrics: dict | None, row: dict) -> None:
+    def assess(self, r: int, metrics: StageMetrics | None, row: dict) -> None:
         """Flag ``row`` (round ``r``'s), given the round's own ``metrics`` (``None``: the round did not train)."""
         if self.first_degenerate is not None:
             row["mask_from_degenerate_round"] = self.first_degenerate
         if metrics is None:
             return
-        problems = round_problems(metrics, batch_size=self.train.batch_size, drop_last=self.train.drop_last,
+        problems = round_problems(metrics.to_dict(), batch_size=self.train.batch_size, drop_last=self.train.drop_last,
                                   start_step=0 if r == 0 else self.start_step, majority=self.majority)
         if not problems:
             return

@@ -8,12 +8,14 @@ line and the TOML pipelines take their choices from.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from pracset.config import to_dict
 from pracset.data import num_batches
 from pracset.errors import ConfigError
+from pracset.ledger import IterationLedger
 from pracset.mask import Mask
 from pracset.registry import Registry
 from pracset.selection import SelectionConfig
@@ -23,6 +25,7 @@ from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
 from pracset.tickets.accounting import ticket_files
 from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds
+from pracset.tickets.stages import StageJob, Trained, train_jobs
 from pracset.train.config import TrainConfig
 
 
@@ -80,7 +83,7 @@ class IMP(TicketMethod):
                               f"{full} steps{where} (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
-        return run_rounds(RoundPolicy(ctx, settings.imp, fixed_ids))
+        return run_rounds([RoundPolicy(ctx, settings.imp, fixed_ids)])[0]
 
 
 class PracIMP(IMP):
@@ -106,7 +109,7 @@ class PracIMP(IMP):
                                   f"lies beyond round 0's {steps0} steps")
 
     def run(self, ctx, settings, fixed_ids):
-        return run_rounds(PracSetPolicy(ctx, settings.imp, settings.early_bird, settings.selection, fixed_ids))
+        return run_rounds([PracSetPolicy(ctx, settings.imp, settings.early_bird, settings.selection, fixed_ids)])[0]
 
 
 class DynamicSparse(TicketMethod):
@@ -127,16 +130,19 @@ class DynamicSparse(TicketMethod):
 
     def run(self, ctx, settings, fixed_ids):
         stage = ctx.layout.sparse
-        metrics = ctx.run.finished_stage_metrics(stage)
-        if metrics is None:
-            callback = self.method_class(self.config(settings))
-            result = ctx.train_stage(stage, ctx.model(), ids=fixed_ids, callbacks=[callback])
-            callback.mask.save(stage.mask)
-            metrics = ctx.run.complete_stage(stage, result.metrics, result.ledger)
+        job = StageJob(ctx, stage, lambda: (ctx.model(), None), ids=fixed_ids, fixed_mask=False,
+                       callbacks=lambda _: [self.method_class(self.config(settings))], finish=partial(_save_mask, stage))
+        metrics, = train_jobs([job])
         mask = Mask.load(stage.mask)
         return [{"stage": stage.name, "round": None, "sparsity": round(mask.sparsity(), 6),
-                 "test_accuracy": metrics["final"].get("test_accuracy"),
-                 "iterations": metrics["ledger"].get("train_iterations"), **ticket_files(ctx.layout, stage, stage)}]
+                 "test_accuracy": metrics.test_accuracy, "iterations": metrics.train_iterations,
+                 **ticket_files(ctx.layout, stage, stage)}]
+
+
+def _save_mask(stage, trained: Trained) -> tuple[dict, IterationLedger]:
+    """A dynamic-sparse stage's final mask, the one its method (the only callback) ended with."""
+    trained.callbacks[0].mask.save(stage.mask)
+    return {}, IterationLedger()
 
 
 class RigLMethod(DynamicSparse):

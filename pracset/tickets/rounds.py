@@ -1,4 +1,4 @@
-"""IMP with rewinding, one round loop for full-data IMP and PrAC-IMP.
+"""IMP with rewinding: one round loop for full-data IMP and PrAC-IMP, for one run or several in step.
 
 Round 0 trains densely from the initialisation and keeps the whole state at
 the rewind step; every later round prunes the previous round's trained
@@ -7,39 +7,45 @@ weights, rewinds and trains again. The two methods differ only in their
 callbacks, what a finished round writes (PrAC-IMP: the next round's set), and
 which training is the round's ticket (IMP: the round itself; PrAC-IMP: the
 round's mask trained again on the full split).
+
+:func:`run_rounds` makes each round's stages (the round, its ticket when that
+trains apart, their sanity-check controls) :class:`~pracset.tickets.stages.StageJob` s,
+for every run it is given (the seeds of one recipe), and trains them with
+:func:`~pracset.tickets.stages.train_jobs`, whose one rule packs the jobs that can
+train together (full-data IMP's rounds of several seeds with their controls; a
+PrAC-IMP ticket with its controls) and trains the others one by one.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from pracset import __version__
-from pracset.ledger import IterationLedger
-from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.config import to_dict
 from pracset.errors import ConfigError, RunFileError
 from pracset.fileio import atomic_np_save, naming, require_regular_file
+from pracset.ledger import IterationLedger
 from pracset.manifest import write_manifest
+from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.mask import Mask
-from pracset.runs import StageFiles
+from pracset.runs import StageFiles, StageMetrics
 from pracset.selection import SelectionConfig, SelectionInputs, select
-from pracset.sparse import StaticMask
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
-from pracset.tickets.config import IMPConfig, check_layers_kept, round_budget
-from pracset.tickets.context import Snapshot, TicketContext
-from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
 from pracset.tickets.accounting import ticket_files
-from pracset.tickets.controls import control_jobs, train_and_complete_controls, verdict
-from pracset.tickets.packing import PackedStage, rewound_with_mask, should_pack, started, train_and_complete_packed
+from pracset.tickets.config import IMPConfig, check_layers_kept, round_budget
+from pracset.tickets.context import RewindPoint, TicketContext
+from pracset.tickets.controls import control_accuracies, control_jobs, verdict
+from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
+from pracset.tickets.stages import StageJob, Trained, train_jobs
 from pracset.train.config import TrainConfig
-from pracset.train.loop import Callback
+from pracset.train.step import Callback
 from pracset.train.run import split_labels
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,8 @@ class RoundPolicy:
     #: whether the last round is trained: for IMP it *is* the final ticket; PrAC-IMP's last round on its
     #: subset would only find a next mask and set, which nobody uses
     trains_last_round = True
+    #: whether a round's ticket trains apart from the round (PrAC-IMP: its mask again, on the full split)
+    separate_ticket = False
 
     def __init__(self, ctx: TicketContext, config: IMPConfig, fixed_ids: np.ndarray | None = None):
         self.ctx = ctx
@@ -69,8 +77,8 @@ class RoundPolicy:
         #: a manifest's selected ids: IMP then trains every round (so every ticket) and its controls on them
         self.fixed_ids = fixed_ids
 
-    def training_ids(self, r: int, previous: StageFiles) -> np.ndarray | None:
-        """The example ids round ``r`` trains on (``None``: the whole split)."""
+    def training_ids(self, r: int, previous: StageFiles | None) -> np.ndarray | None:
+        """The example ids round ``r`` trains on (``None``: the whole split); ``previous`` is round ``r - 1``."""
         return self.fixed_ids
 
     def ticket_ids(self) -> np.ndarray | None:
@@ -81,68 +89,58 @@ class RoundPolicy:
         return self.ctx.train
 
     def rewind_step(self, ids: np.ndarray | None) -> int:
-        """The step of round 0 whose state later rounds rewind to."""
+        """The step of a full schedule on the examples ``ids`` that ``rewind`` names."""
         n = self.ctx.num_examples
         return self.config.rewind_step_on(n if ids is None else len(ids), n, self.ctx.train)
 
-    def start_step(self) -> int:
-        """Where a pruned round's learning-rate schedule starts: it continues from the rewind step (open_lth)."""
-        return self.rewind_step(self.ticket_ids())
+    @property
+    def rewind_at(self) -> int:
+        """The step of round 0 whose state later rounds rewind to (the rewind point's step)."""
+        return self.rewind_step(self.training_ids(0, None))
 
     def ticket_start_step(self) -> int:
-        """Where a ticket's (and its controls') schedule starts; for IMP the ticket is the round."""
-        return self.start_step()
+        """Where a ticket's (and its controls') schedule starts: its examples' full schedule continues from the
+        rewind step (open_lth)."""
+        return self.rewind_step(self.ticket_ids())
 
-    def callbacks(self, mask: Mask) -> list[Callback]:
-        return []
+    def round_start_step(self) -> int:
+        """Where a pruned round's schedule starts; for IMP the round is the ticket."""
+        return self.ticket_start_step()
 
-    def write_round_outputs(self, r: int, stage: StageFiles, model, mask: Mask,
-                            callbacks: Sequence[Callback]) -> tuple[dict, IterationLedger]:
+    def round_callbacks(self) -> Callable[[Mask | None], list[Callback]] | None:
+        """What makes a round's callbacks from its mask (``None``: it has none, and may train packed)."""
+        return None
+
+    def write_round_outputs(self, r: int, stage: StageFiles, trained: Trained) -> tuple[dict, IterationLedger]:
         """Write what a trained round adds before it is marked done; returns extra metrics and their cost."""
         return {}, IterationLedger()
 
-    def train_and_complete_ticket(self, r: int, stage: StageFiles, metrics: dict, mask: Mask,
-                                  rewind: dict) -> tuple[StageFiles | None, dict | None]:
-        """Train (or read back) the ticket of round ``r``'s mask; ``(None, None)`` when it is not evaluated.
-
-        For IMP the round's own training is the ticket.
-        """
-        return stage, metrics
-
     def ticket_stage(self, r: int) -> StageFiles | None:
-        """Where round ``r``'s ticket (its mask trained on the full split) is; ``None`` when it is not trained.
-
-        For IMP the round itself is the ticket.
-        """
+        """Where round ``r``'s ticket is; ``None`` when it is not trained. For IMP the round itself is the ticket."""
         return self.ctx.layout.round(r)
 
-    def ticket_job(self, r: int, mask: Mask, rewind: dict) -> PackedStage | None:
-        """Round ``r``'s ticket as an unstarted stage to train, when it is trained apart from the round.
+    def reference_job(self, dense: StageMetrics) -> StageJob | None:
+        """The dense network tickets are judged against, as a job, when round 0 is not it and a verdict will read it.
 
-        For IMP the round itself is the ticket: ``None``.
+        Round 0 is the reference when it trained on the full split for the full
+        budget (IMP without a manifest); otherwise the ``dense-reference``
+        stage trains a dense network on the full split for that: matching a
+        subset-trained or Early-Bird-stopped round 0 would be too easy.
         """
-        return None
+        if self._round0_is_full_dense(dense) or not self.config.controls:
+            return None
+        return StageJob(self.ctx, self.ctx.layout.dense_reference, partial(_initialised, self.ctx, self.config))
 
-    def dense_reference(self, dense: dict, needed: bool) -> tuple[str, dict] | None:
-        """The fully trained dense network tickets are compared with: the stage name and its metrics.
-
-        Round 0 when it trained on the full split for the full budget (IMP
-        without a manifest); otherwise a dense network trained on the full
-        split for that (the ``dense`` stage), when ``needed`` (a verdict will
-        read it): matching a subset-trained or Early-Bird-stopped round 0 would
-        be too easy.
-        """
+    def dense_reference(self, dense: StageMetrics) -> tuple[str, StageMetrics] | None:
+        """The reference's stage name and metrics (:meth:`reference_job`); ``None`` when no verdict reads one."""
         if self._round0_is_full_dense(dense):
             return self.ctx.layout.round(0).name, dense
-        if not needed:
+        if not self.config.controls:
             return None
         stage = self.ctx.layout.dense_reference
-        metrics = self.ctx.run.finished_stage_metrics(stage)
-        if metrics is None:
-            metrics = self.ctx.train_and_complete_stage(stage, self.ctx.model())
-        return stage.name, metrics
+        return stage.name, _finished(self.ctx, stage)
 
-    def _round0_is_full_dense(self, dense: dict) -> bool:
+    def _round0_is_full_dense(self, dense: StageMetrics) -> bool:
         return self.fixed_ids is None and dense.get("early_bird_epoch") is None
 
 
@@ -157,6 +155,7 @@ class PracSetPolicy(RoundPolicy):
     """
 
     trains_last_round = False
+    separate_ticket = True
 
     def __init__(self, ctx: TicketContext, config: IMPConfig, early_bird: EarlyBirdConfig,
                  selection: SelectionConfig, fixed_ids: np.ndarray | None = None):
@@ -182,13 +181,15 @@ class PracSetPolicy(RoundPolicy):
             return self.ctx.train
         return round_budget(self.ctx.train, len(ids) / self.ctx.num_examples, self.config.budget)
 
-    def start_step(self):
+    def round_start_step(self):
         return 0  # as the official code, a round restarts its (scaled) schedule at the rewound weights
 
-    def ticket_start_step(self) -> int:
-        return RoundPolicy.start_step(self)  # a full-split ticket continues the full schedule from the rewind step
+    def round_callbacks(self):
+        if not (self.recomputes or self.config.early_bird):
+            return None
+        return self._callbacks
 
-    def callbacks(self, mask):
+    def _callbacks(self, mask: Mask | None) -> list[Callback]:
         out: list[Callback] = []
         if self.recomputes:
             out.append(ExampleRecorder(self.ctx.num_examples, self.ctx.device))
@@ -197,7 +198,8 @@ class PracSetPolicy(RoundPolicy):
                                      prune=lambda model, base: imp_prune(model, base, self.config)))
         return out
 
-    def write_round_outputs(self, r, stage, model, mask, callbacks):
+    def write_round_outputs(self, r, stage, trained):
+        model, mask, callbacks = trained.model, trained.mask, trained.callbacks
         bird = next((c for c in callbacks if isinstance(c, EarlyBirdStop)), None)
         extra = {"early_bird_epoch": bird.stopped_epoch if bird else None}
         probe_ledger = IterationLedger()
@@ -253,58 +255,28 @@ class PracSetPolicy(RoundPolicy):
     def ticket_stage(self, r):
         return self.ctx.layout.ticket(r) if self._evaluates(r) else None
 
-    def ticket_job(self, r, mask, rewind):
-        ticket = self.ticket_stage(r)
-        if ticket is None or started(self.ctx, ticket):
-            return None
-        return PackedStage(self.ctx, ticket, partial(rewound_with_mask, self.ctx, mask, rewind), ids=self.ticket_ids())
 
-    def train_and_complete_ticket(self, r, stage, metrics, mask, rewind):
-        if not self._evaluates(r):
-            return None, None  # only the ticket the user asked for is trained on the full split
-        ticket = self.ctx.layout.ticket(r)
-        done = self.ctx.run.finished_stage_metrics(ticket)
-        if done is None:
-            done = self.ctx.train_and_complete_stage(ticket, self.ctx.rewound(mask, rewind),
-                                                     callbacks=[StaticMask(mask)],
-                                                     start_step=self.ticket_start_step())
-        return ticket, done
+def _initialised(ctx: TicketContext, config: IMPConfig) -> tuple[torch.nn.Module, Mask]:
+    """A dense stage's start: the initialisation, and round 0's mask (every weight kept)."""
+    return ctx.model(), dense_mask(ctx, config)
 
 
-def _train_tickets_packed(policy: RoundPolicy, rewind: dict) -> None:
-    """Every round's ticket trained apart from its round (PrAC-IMP's) and every ticket's controls that have not
-    started, as packed jobs: they share the full-split recipe and the start step, and need only their mask."""
-    ctx, config = policy.ctx, policy.config
-    jobs: list[PackedStage] = []
-    for r in range(1, config.num_rounds + 1):
-        ticket = policy.ticket_stage(r)
-        if ticket is None:
-            continue
-        mask = Mask.load(ctx.layout.round(r).mask)
-        job = policy.ticket_job(r, mask, rewind)
-        jobs += [job] if job is not None else []
-        if config.controls:
-            jobs += control_jobs(ctx, ticket, mask, rewind, ids=policy.ticket_ids())
-    train_and_complete_packed(jobs, start_step=policy.ticket_start_step())
+def rewound_with_mask(ctx: TicketContext, mask: Mask, rewind: RewindPoint) -> tuple[torch.nn.Module, Mask]:
+    """A pruned stage's start: the rewind point with ``mask`` applied, and the mask."""
+    return ctx.rewound(mask, rewind), mask
 
 
-def _train_and_complete_round(policy: RoundPolicy, r: int, stage: StageFiles, model, mask: Mask, ids, *,
-                              extra_callbacks: Sequence[Callback] = (), start_step: int = 0) -> dict:
-    """Train one round, write what it adds, book its cost and mark it done; returns its metrics."""
-    ctx = policy.ctx
-    hooks = policy.callbacks(mask)
-    result = ctx.train_stage(stage, model, ids=ids, train=policy.recipe(ids),
-                             callbacks=[*extra_callbacks, *hooks], start_step=start_step)
-    if r == 0:
-        snapshot = next(c for c in extra_callbacks if isinstance(c, Snapshot))
-        if snapshot.state is None:
-            raise ConfigError(f"rewind step {snapshot.step} lies beyond the dense run's steps")
-        ctx.save_rewind_point(snapshot.state)
-    extra, probe_ledger = policy.write_round_outputs(r, stage, model, mask, hooks)
-    if ids is not None:
-        extra["set_size"] = int(len(ids))
-    cost = IterationLedger({**result.ledger.stages, **probe_ledger.stages})
-    return ctx.run.complete_stage(stage, {**result.metrics, **extra}, cost)
+def _finished(ctx: TicketContext, stage: StageFiles) -> StageMetrics:
+    metrics = ctx.run.finished_stage_metrics(stage)
+    if metrics is None:  # the round loop trains every stage it reads: a missing one is a bug, said plainly
+        raise ConfigError(f"{stage.name} has not trained")
+    return metrics
+
+
+def _finish_round(policy: RoundPolicy, r: int, stage: StageFiles, trained: Trained) -> tuple[dict, IterationLedger]:
+    if r == 0:  # the rewind point is saved before round 0 is marked done
+        policy.ctx.save_rewind_point(trained.snapshot)
+    return policy.write_round_outputs(r, stage, trained)
 
 
 def dense_mask(ctx: TicketContext, config: IMPConfig) -> Mask:
@@ -327,65 +299,115 @@ def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> M
     return mask
 
 
-def run_rounds(policy: RoundPolicy) -> list[dict]:
-    """The IMP round loop; returns one row per ticket (round 0: the dense network)."""
+def _round0_jobs(policy: RoundPolicy) -> list[StageJob]:
+    """Round 0 (dense, from the initialisation, keeping the state at the rewind step), unless it is done."""
+    ctx = policy.ctx
+    stage = ctx.layout.round(0)
+    if ctx.run.finished_stage_metrics(stage) is not None:
+        return []
+    stage.create()
+    dense_mask(ctx, policy.config).save(stage.mask)
+    ids = policy.training_ids(0, None)
+    return [StageJob(ctx, stage, partial(_initialised, ctx, policy.config), ids=ids, recipe=policy.recipe(ids),
+                     snapshot_step=policy.rewind_at, callbacks=policy.round_callbacks(),
+                     finish=partial(_finish_round, policy, 0, stage))]
+
+
+def _round_jobs(policy: RoundPolicy, r: int, rewind: RewindPoint) -> tuple[list[StageJob], list[StageJob]]:
+    """Round ``r``'s stages: the round itself (its mask pruned from round ``r - 1``), which the search needs now;
+    and its ticket when that trains apart, with their sanity-check controls, which nothing later reads.
+    :func:`~pracset.tickets.stages.train_jobs` skips those already done."""
+    ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
+    stage, previous = layout.round(r), layout.round(r - 1)
+    trained = r < config.num_rounds or policy.trains_last_round
+    jobs: list[StageJob] = []
+    later: list[StageJob] = []
+    if ctx.run.finished_stage_metrics(stage) is None and not (stage.mask.exists() and not trained):
+        mask = prune_next(ctx, previous, config)
+        stage.create()
+        mask.save(stage.mask)
+        if trained:
+            ids = policy.training_ids(r, previous)
+            jobs.append(StageJob(ctx, stage, partial(rewound_with_mask, ctx, mask, rewind), ids=ids,
+                                 recipe=policy.recipe(ids), start_step=policy.round_start_step(),
+                                 callbacks=policy.round_callbacks(), finish=partial(_finish_round, policy, r, stage)))
+    else:
+        mask = Mask.load(stage.mask)
+    ticket = policy.ticket_stage(r)
+    if ticket is None:
+        return jobs, later
+    if policy.separate_ticket:
+        later.append(StageJob(ctx, ticket, partial(rewound_with_mask, ctx, mask, rewind), ids=policy.ticket_ids(),
+                              start_step=policy.ticket_start_step()))
+    if config.controls:
+        later += control_jobs(ctx, ticket, mask, rewind, start_step=policy.ticket_start_step(), ids=policy.ticket_ids())
+    return jobs, later
+
+
+def run_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = None) -> list[list[dict]]:
+    """The IMP round loop of one run, or of several runs in step (the seeds of one recipe).
+
+    Round by round, every run's round is trained (by
+    :func:`~pracset.tickets.stages.train_jobs`, ``pack`` its packing choice;
+    ``None``: the runs' ``pack_controls``): the next mask needs it. The stages
+    nothing later reads (the dense reference, the tickets that train apart
+    from their rounds, every control) are trained together once the search is
+    done, where the most of them can share a packed job (PrAC-IMP's 8 tickets
+    with both controls: 24 models, two jobs of 12). Returns each run's rows,
+    one per ticket (round 0: the dense network).
+    """
+    pack = policies[0].config.pack_controls if pack is None else pack
+    train_jobs([job for policy in policies for job in _round0_jobs(policy)], pack=pack)
+    rewinds = [policy.ctx.load_rewind_point(policy.rewind_at) for policy in policies]
+    later = [job for policy in policies
+             for job in [policy.reference_job(_finished(policy.ctx, policy.ctx.layout.round(0)))] if job is not None]
+    for r in range(1, policies[0].config.num_rounds + 1):
+        jobs = []
+        for policy, rewind in zip(policies, rewinds):
+            now, after = _round_jobs(policy, r, rewind)
+            jobs += now
+            later += after
+        train_jobs(jobs, pack=pack)
+    train_jobs(later, pack=pack)
+    return [_rows(policy) for policy in policies]
+
+
+def _rows(policy: RoundPolicy) -> list[dict]:
+    """One row per ticket of a run whose stages are all trained (round 0: the dense network)."""
     ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
     dense = layout.round(0)
-    base = dense_mask(ctx, config)
-    dense_metrics = ctx.run.finished_stage_metrics(dense)
-    if dense_metrics is None:
-        ids = policy.training_ids(0, dense)
-        base.save(dense.mask)
-        dense_metrics = _train_and_complete_round(policy, 0, dense, ctx.model(), base, ids,
-                                     extra_callbacks=[Snapshot(policy.rewind_step(ids))])
-    rewind = ctx.load_rewind_point()
+    dense_metrics = _finished(ctx, dense)
     majority = majority_rate(split_labels(ctx.dataset.test))
-    reference = policy.dense_reference(dense_metrics, needed=config.controls)
-    rows = [_row(dense, 0, base, dense_metrics, reference, None, config.tolerance, majority)]
+    reference = policy.dense_reference(dense_metrics)
+    rows = [_row(dense, 0, Mask.load(dense.mask), dense_metrics, reference, None, config.tolerance, majority)]
     rows[0].update(ticket_files(layout, dense, dense))
-    health = RoundHealth(layout, ctx.train, policy.start_step(), config.num_rounds, majority)
+    health = RoundHealth(layout, ctx.train, policy.round_start_step(), config.num_rounds, majority)
     health.assess(0, dense_metrics, rows[0])
-    previous = dense
-    for r in range(1, config.num_rounds + 1):  # the search: every round's mask, and its training
+    for r in range(1, config.num_rounds + 1):
         stage = layout.round(r)
-        trained = r < config.num_rounds or policy.trains_last_round
-        if ctx.run.finished_stage_metrics(stage) is None and not (stage.mask.exists() and not trained):
-            mask = prune_next(ctx, previous, config)
-            mask.save(stage.mask)
-            if trained:
-                _train_and_complete_round(policy, r, stage, ctx.rewound(mask, rewind), mask,
-                                          policy.training_ids(r, previous), extra_callbacks=[StaticMask(mask)],
-                                          start_step=policy.start_step())
-        previous = stage
-    if should_pack(config, ctx):
-        _train_tickets_packed(policy, rewind)
-    for r in range(1, config.num_rounds + 1):  # the tickets on the full split (or read back), and their controls
-        stage = layout.round(r)
-        metrics = ctx.run.finished_stage_metrics(stage)
+        metrics = ctx.run.finished_stage_metrics(stage)  # None: PrAC-IMP's last round, not trained on its set
         mask = Mask.load(stage.mask)
-        ticket, ticket_metrics = policy.train_and_complete_ticket(r, stage, metrics, mask, rewind)
-        controls = (train_and_complete_controls(ctx, ticket, mask, rewind, policy.ticket_start_step(),
-                                                ids=policy.ticket_ids())
-                    if config.controls and ticket is not None else None)
+        ticket = policy.ticket_stage(r)
+        ticket_metrics = None if ticket is None else (metrics if ticket == stage else _finished(ctx, ticket))
+        controls = control_accuracies(ctx, ticket) if config.controls and ticket is not None else None
         row = _row(ticket or stage, r, mask, ticket_metrics, reference, controls, config.tolerance, majority)
         row.update(ticket_files(layout, stage, ticket))  # the mask is the round's; the weights its ticket's
         health.assess(r, metrics, row)
         if ticket != stage and metrics is not None:  # the round that trained this mask, apart from its ticket
-            row.update(set_size=metrics.get("set_size"), round_iterations=metrics["ledger"].get("train_iterations"),
-                       round_test_accuracy=metrics["final"].get("test_accuracy"),
-                       early_bird_epoch=metrics.get("early_bird_epoch"))
+            row.update(set_size=metrics.get("set_size"), round_iterations=metrics.train_iterations,
+                       round_test_accuracy=metrics.test_accuracy, early_bird_epoch=metrics.get("early_bird_epoch"))
         rows.append(row)
     return rows
 
 
-def _row(stage: StageFiles, r: int, mask: Mask, metrics: dict | None, reference: tuple[str, dict] | None,
-         controls: dict | None, tolerance: float, majority: float) -> dict:
+def _row(stage: StageFiles, r: int, mask: Mask, metrics: StageMetrics | None,
+         reference: tuple[str, StageMetrics] | None, controls: dict | None, tolerance: float, majority: float) -> dict:
     """One ticket's row; a round whose mask was not evaluated on the full split has no accuracy."""
-    dense_accuracy = reference[1]["final"].get("test_accuracy") if reference is not None else None
+    dense_accuracy = reference[1].test_accuracy if reference is not None else None
     row = {"stage": stage.name, "round": r, "sparsity": round(mask.sparsity(), 6), "evaluated": metrics is not None,
-           "test_accuracy": metrics["final"].get("test_accuracy") if metrics is not None else None,
+           "test_accuracy": metrics.test_accuracy if metrics is not None else None,
            "dense_accuracy": dense_accuracy, "dense_reference": reference[0] if reference is not None else None,
-           "iterations": metrics.get("ledger", {}).get("train_iterations") if metrics is not None else None}
+           "iterations": metrics.train_iterations if metrics is not None else None}
     if dense_accuracy is not None and dense_collapsed(dense_accuracy, majority):
         row["dense_collapsed"] = True
         if r == 0:

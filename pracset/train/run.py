@@ -22,7 +22,7 @@ from pracset.fileio import atomic_torch_save
 from pracset.ledger import IterationLedger
 from pracset.models import InputSpec, has_convolutions
 from pracset.models.custom import Architecture, ArchitectureLike, resolve_architecture
-from pracset.runs import RunDirectory, StageFiles, TicketLayout
+from pracset.runs import RunDirectory, StageFiles, StageMetrics, TicketLayout
 from pracset.train.config import TrainConfig
 from pracset.train.loop import Callback, Trainer, evaluate
 from pracset.train.optim import check_names
@@ -133,7 +133,7 @@ class StageResult:
     ``ledger`` the stage's cost, to be booked before that.
     """
 
-    metrics: dict
+    metrics: StageMetrics
     history: list[dict]
     ledger: IterationLedger
 
@@ -162,9 +162,8 @@ def train_stage(stage: StageFiles, model: nn.Module, train_loader, test_loader, 
         final.update(test_loss=result["loss"], test_accuracy=result["accuracy"])
         if state.history:
             state.history[-1].update(test_loss=result["loss"], test_accuracy=result["accuracy"])
-    metrics = {"stage": stage.name, "final": final, "history": state.history, "epochs": config.epochs,
-               "epochs_run": state.epoch, "examples": train_loader.num_examples,
-               "ledger": ledger.to_dict()["stages"].get(stage.name, {})}
+    metrics = StageMetrics.of_training(stage.name, state.history, epochs=config.epochs,
+                                       examples=train_loader.num_examples, ledger=ledger, final=final)
     log.info("%s: test accuracy %.4f", stage.name, final.get("test_accuracy", float("nan")))
     return StageResult(metrics, state.history, ledger)
 
@@ -214,4 +213,4 @@ def train_dense(data: DataConfig, arch: ArchitectureLike, config: TrainConfig, o
                              progress=progress, tensorboard=layout.tensorboard if tensorboard else None)
         atomic_torch_save(model.state_dict(), layout.dense.model)
         run.complete_stage(layout.dense, result.metrics, result.ledger)
-        return RunResult(layout.root, result.metrics["final"], result.history, run.ledger)
+        return RunResult(layout.root, result.metrics.final, result.history, run.ledger)

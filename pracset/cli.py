@@ -29,10 +29,9 @@ from pracset.models import MODELS, torchvision_names
 from pracset.pipeline import load_pipeline, load_toml, run_pipeline
 from pracset.runs import PipelineLayout
 from pracset.selection import SelectionConfig
-from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.export import EXPORT_FORMATS, export_ticket
-from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets
+from pracset.tickets import METHOD_SECTIONS, TICKET_METHODS, IMPConfig, find_tickets
 from pracset.train import TrainConfig
 from pracset.train.run import train_dense
 
@@ -148,17 +147,16 @@ def _cmd_build(args: argparse.Namespace) -> int:
 def _cmd_ticket(args: argparse.Namespace) -> int:
     settings = _Settings(args)
     imp = settings.get(IMPConfig, "imp")
-    # A method's own settings are read only when that method is asked for; without any of its flags it takes
-    # find_tickets' default at the target sparsity (GraNet's initial sparsity then stays below it).
-    def given(prefix: str) -> bool:
-        return prefix in settings.raw or any(v is not None for k, v in vars(args).items() if k.startswith(prefix + "_"))
-
-    rigl = (settings.get(RigLConfig, "rigl", prefix="rigl", sparsity=imp.sparsity)
-            if args.method == "rigl" and given("rigl") else None)
-    granet = (settings.get(GraNetConfig, "granet", prefix="granet", sparsity=imp.sparsity)
-              if args.method == "granet" and given("granet") else None)
+    # A method's own settings are read only when that method is asked for; without any of its flags or its table
+    # it takes its default at the target sparsity (GraNet's initial sparsity then stays below it).
+    runner, own = TICKET_METHODS.get(args.method), {}
+    section = runner.section
+    if section and (section in settings.raw or any(v is not None for k, v in vars(args).items()
+                                                   if k.startswith(section + "_"))):
+        sparsity = imp.sparsity if "sparsity" in {f.name for f in dataclasses.fields(runner.config_class)} else None
+        own[section] = settings.get(runner.config_class, section, prefix=section, sparsity=sparsity)
     summary = find_tickets(args.method, settings.get(DataConfig, "data"), settings.arch, args.out,
-                           train=settings.get(TrainConfig, "train"), imp=imp, rigl=rigl, granet=granet,
+                           train=settings.get(TrainConfig, "train"), imp=imp, **own,
                            early_bird=settings.get(EarlyBirdConfig, "early_bird", prefix="early-bird"),
                            selection=settings.get(SelectionConfig, "selection"), manifest=args.manifest,
                            device=resolve_device(args.device), resume=args.resume,
@@ -264,9 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     _positive_counts(p)
     p.set_defaults(func=_cmd_build)
 
-    p = sub.add_parser("ticket", parents=[common], help="find a sparse ticket (IMP, PrAC-IMP, RigL, GraNet)",
-                       description="Find a ticket with IMP (rewinding), PrAC-IMP, RigL or GraNet, on the full "
-                                   "training split or on a manifest's subset, and evaluate it on the test split.")
+    methods = ", ".join(TICKET_METHODS.names())
+    p = sub.add_parser("ticket", parents=[common], help=f"find a sparse ticket ({methods})",
+                       description=f"Find a ticket with one of the methods ({methods}), on the full training split "
+                                   "or on a manifest's subset, and evaluate it on the test split.")
     p.add_argument("--method", required=True, choices=TICKET_METHODS.names(), help="how to find it")
     _run_arguments(p, out_metavar="DIR", out_help="output directory")
     p.add_argument("--manifest", metavar="FILE.parquet", help="train on this manifest's selected examples "
@@ -278,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p, IMPConfig)
     add_arguments(p, EarlyBirdConfig, prefix="early-bird")
     add_arguments(p, SelectionConfig)
-    add_arguments(p, RigLConfig, exclude=("sparsity",), prefix="rigl")
-    add_arguments(p, GraNetConfig, exclude=("sparsity",), prefix="granet")
+    for section, runner in METHOD_SECTIONS.items():  # each method's own flags: --SECTION-FIELD
+        add_arguments(p, runner.config_class, exclude=("sparsity",), prefix=section)
     _positive_counts(p)
     p.set_defaults(func=_cmd_ticket)
 
@@ -320,9 +319,10 @@ def _run_arguments(parser: argparse.ArgumentParser, *, out_metavar: str, out_hel
                             "pretrained weights (e.g. DEFAULT, IMAGENET1K_V1; needs internet or torch's cache, whose file "
                             "must match the sha256 torchvision publishes in its name); the "
                             "random re-initialisation control still draws random weights")
-        parser.add_argument("--config", metavar="FILE.toml", help="read the settings from a TOML file's tables "
-                            "([data], [train], [build], [selection], [imp], [early_bird], [rigl], [granet]; a "
-                            "pipeline file works); flags given on the command line win")
+        tables = ", ".join(f"[{t}]" for t in ("data", "train", "build", "selection", "imp", "early_bird",
+                                                 *METHOD_SECTIONS))
+        parser.add_argument("--config", metavar="FILE.toml", help=f"read the settings from a TOML file's tables "
+                            f"({tables}; a pipeline file works); flags given on the command line win")
     parser.add_argument("--out", required=out_required, metavar=out_metavar, help=out_help)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--threads", type=_positive_int, metavar="N",

@@ -19,6 +19,7 @@ A pipeline file holds the same typed configurations as the command line::
     [early_bird] # EarlyBirdConfig: eps, queue_length, wait_for_change (shared by [build] and [imp])
     [rigl]       # RigLConfig (sparsity from [imp] unless given)
     [granet]     # GraNetConfig
+                 # (and each ticket method's own table: pracset.tickets.METHOD_SECTIONS)
     [report]     # tolerance
 
 Stages (each skipped when its output exists; the pipeline's output directory
@@ -43,9 +44,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -60,9 +61,10 @@ from pracset.models import build_model, check_model_name
 from pracset.report import write_report
 from pracset.runs import PipelineLayout, RunDirectory
 from pracset.selection import SelectionConfig, check_size
-from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
-from pracset.tickets import TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, train_imp_seeds_packed
+from pracset.tickets import (METHOD_SECTIONS, TICKET_METHODS, IMPConfig, TicketSettings, find_tickets, ticket_settings,
+                             train_imp_seeds_packed)
+from pracset.tickets.registry import SHARED_SECTIONS
 from pracset.tickets.methods import DynamicSparse
 from pracset.tickets.stages import packs
 from pracset.tomlfiles import MAX_TOML_DEPTH, load_toml, parse_toml, toml_depth  # noqa: F401  (load_toml: the CLI's)
@@ -106,8 +108,8 @@ class Pipeline:
     selection: SelectionConfig = SelectionConfig()
     imp: IMPConfig = IMPConfig()
     early_bird: EarlyBirdConfig = EarlyBirdConfig()
-    rigl: RigLConfig | None = None
-    granet: GraNetConfig | None = None
+    #: each ticket method's own table (``rigl``, ``granet``, ...: :data:`~pracset.tickets.METHOD_SECTIONS`) given
+    method_settings: Mapping[str, Any] = field(default_factory=dict)
     report: ReportConfig = ReportConfig()
     methods: tuple[str, ...] = ("imp", "prac-imp")
     transfer: tuple[str, ...] = ()
@@ -159,7 +161,12 @@ class Pipeline:
         if self.transfer_sets is not None:  # recorded only when given: older runs keep their identity
             out["transfer_sets"] = list(self.transfer_sets)
         for key in _SECTIONS:
-            value = getattr(self, key)
+            if key in METHOD_SECTIONS:
+                value = self.method_settings.get(key)
+                if value is None and METHOD_SECTIONS[key].recorded_when_given:
+                    continue  # a table added later: recorded only when given, so older runs keep their identity
+            else:
+                value = getattr(self, key)
             out[key] = to_dict(value) if value is not None else None
         out["data"] = self.data.identity()  # the decoding workers are not part of what the run is
         return out
@@ -167,12 +174,14 @@ class Pipeline:
     @property
     def ticket_settings(self) -> TicketSettings:
         """The settings every ticket method of this pipeline runs with."""
-        return TicketSettings(imp=self.imp, early_bird=self.early_bird, selection=self.selection,
-                              rigl=self.rigl, granet=self.granet)
+        return ticket_settings(imp=self.imp, early_bird=self.early_bird, selection=self.selection,
+                               **self.method_settings)
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, "selection": SelectionConfig,
-             "imp": IMPConfig, "early_bird": EarlyBirdConfig, "rigl": RigLConfig, "granet": GraNetConfig,
+#: The tables of a pipeline file: the run's, the shared ticket settings, each ticket method's own (from the
+#: registry), the report's.
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, **SHARED_SECTIONS,
+             **{section: method.config_class for section, method in METHOD_SECTIONS.items()},
              "report": ReportConfig}
 _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "transfer_seeds": list,
         "transfer_sets": list,
@@ -250,7 +259,8 @@ def pipeline_from_dict(raw: dict[str, Any], *, where: str = "pipeline", data_dir
                         transfer_sets=tuple(raw["transfer_sets"]) if "transfer_sets" in raw else None,
                         controls_on=tuple(raw["controls_on"]) if "controls_on" in raw else None,
                         description=raw.get("description", ""), tensorboard=raw.get("tensorboard", False),
-                        **sections)
+                        method_settings={k: v for k, v in sections.items() if k in METHOD_SECTIONS},
+                        **{k: v for k, v in sections.items() if k not in METHOD_SECTIONS})
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -345,7 +355,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         progress_log.start(f"{arch} {label} seed {seed}")
         imp = _ticket_imp(pipeline, controls)
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
-                               early_bird=pipeline.early_bird, rigl=pipeline.rigl, granet=pipeline.granet,
+                               early_bird=pipeline.early_bird, **pipeline.method_settings,
                                selection=pipeline.selection, manifest=manifest_path, device=device,
                                resume=True, progress=progress, dataset=dataset,
                                tensorboard=board / directory.relative_to(layout.root) if board else False)

@@ -8,7 +8,7 @@ import pytest
 
 from pracset.errors import ConfigError
 from pracset.fileio import DirectoryLock
-from pracset.runs import (BuildLayout, PipelineLayout, RunDirectory, StageFiles, TicketLayout, describe_changes,
+from pracset.runs import (BuildLayout, PipelineLayout, RunDirectory, StageFiles, StageMetrics, TicketLayout, describe_changes,
                           refuse_changed)
 from pracset.train.ledger import IterationLedger
 
@@ -106,13 +106,13 @@ def test_a_stage_is_booked_before_it_is_marked_done(tmp_path, monkeypatch):
         real_write = runs_module.atomic_write_json
         monkeypatch.setattr(runs_module, "atomic_write_json",
                             lambda path, obj: (order.append(path.name), real_write(path, obj)))
-        run.complete_stage(stage, {"final": {"test_accuracy": 0.5}}, ledger)
+        run.complete_stage(stage, StageMetrics(stage.name, {"test_accuracy": 0.5}), ledger)
         assert order == ["ledger", "metrics.json"]
         assert not stage.checkpoint.exists()
         # the same stage booked again (a resume that redid it) replaces its entry instead of adding to it
         run.book_and_save_ledger(ledger)
         assert run.ledger.total().train_iterations == 10
-        assert run.finished_stage_metrics(stage) == {"final": {"test_accuracy": 0.5}}
+        assert run.finished_stage_metrics(stage).test_accuracy == 0.5
     saved = json.loads((root / "ledger.json").read_text())
     assert saved["stages"]["round-01"]["train_iterations"] == 10
 

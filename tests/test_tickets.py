@@ -180,10 +180,10 @@ def test_dynamic_sparse_methods_reach_their_sparsity(tmp_path, digits, method):
 def test_schedule_checks_use_the_run_s_step_counts():
     """Hand-counted steps: 1,000 examples at batch 64 = 16 steps/epoch (15 with drop_last)."""
     from pracset.sparse import GraNetConfig
-    from pracset.tickets import TICKET_METHODS, TicketSettings
+    from pracset.tickets import TICKET_METHODS, ticket_settings
 
     def check(method, train, imp, granet, n, fixed):
-        TICKET_METHODS.get(method).check(TicketSettings(imp=imp, granet=granet), train, n, fixed)
+        TICKET_METHODS.get(method).check(ticket_settings(imp=imp, granet=granet), train, n, fixed)
 
     train = TrainConfig(epochs=2, batch_size=64)
     check("imp", train, IMPConfig(rewind="31it"), None, 1000, None)  # 32 steps: 31 is the last

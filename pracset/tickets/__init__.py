@@ -26,12 +26,12 @@ from pracset.mask import Mask
 from pracset.models.custom import ArchitectureLike, resolve_architecture
 from pracset.runs import RunDirectory, TicketLayout, read_json
 from pracset.selection import SelectionConfig
-from pracset.sparse import GraNetConfig, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets.config import BUDGET_RULES, IMPConfig, round_budget
 from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.controls import CONTROLS, Control
-from pracset.tickets.methods import IMP, TICKET_METHODS, TicketMethod, TicketSettings
+from pracset.tickets.methods import IMP, TicketMethod, TicketSettings
+from pracset.tickets.registry import METHOD_SECTIONS, TICKET_METHODS, ticket_settings
 from pracset.tickets.rounds import RoundPolicy, run_rounds
 from pracset.tickets.health import run_warnings
 from pracset.tickets.accounting import split_costs
@@ -89,11 +89,10 @@ def _prepare(method: str, data, arch: ArchitectureLike, *, train: TrainConfig, s
 
 def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, train: TrainConfig = TrainConfig(),
                  imp: IMPConfig = IMPConfig(), early_bird: EarlyBirdConfig = EarlyBirdConfig(),
-                 rigl: RigLConfig | None = None, granet: GraNetConfig | None = None,
                  selection: SelectionConfig = SelectionConfig(), manifest: str | Path | None = None,
                  device: torch.device = torch.device("cpu"), resume: bool = False, progress: bool = False,
                  tensorboard: bool | str | Path = False, weights: str | None = None,
-                 dataset: ImageDataset | None = None) -> dict:
+                 dataset: ImageDataset | None = None, **method_settings) -> dict:
     """Find tickets of ``arch`` on ``data`` with ``method`` and write them into ``out``.
 
     ``data`` is a :class:`DataConfig`, a pracset data set or a ``(train,
@@ -108,10 +107,15 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
     where the final mask and weights are. ``tensorboard`` writes every
     stage's per-epoch scalars under ``out/tensorboard`` (or the directory
     given); it needs the optional ``tensorboard`` package.
+
+    A method's own settings are the keyword of its section
+    (:data:`~pracset.tickets.registry.METHOD_SECTIONS`: ``rigl=RigLConfig(...)``,
+    ``granet=GraNetConfig(...)``, ...); without them it runs with its defaults
+    at ``imp.sparsity``.
     """
     if tensorboard is not False:
         require_tensorboard()
-    settings = TicketSettings(imp=imp, early_bird=early_bird, selection=selection, rigl=rigl, granet=granet)
+    settings = ticket_settings(imp=imp, early_bird=early_bird, selection=selection, **method_settings)
     prepared = _prepare(method, data, arch, train=train, settings=settings, manifest=manifest, device=device,
                         weights=weights, dataset=dataset)
     dataset = prepared.dataset
@@ -152,7 +156,7 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
     left, such as a run started alone) and summarises. Finished runs are left
     alone; every directory is checked before any is written.
     """
-    settings = TicketSettings(imp=imp)
+    settings = ticket_settings(imp=imp)
     with ExitStack() as stack:
         opened = []
         for out, train in runs:
@@ -172,5 +176,6 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
             run_rounds([RoundPolicy(ctx, imp) for ctx in contexts], pack=True)
 
 
-__all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "Snapshot", "TICKET_METHODS", "TicketContext",
-           "TicketMethod", "TicketSettings", "find_tickets", "round_budget", "train_imp_seeds_packed"]
+__all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "METHOD_SECTIONS", "Snapshot", "TICKET_METHODS",
+           "TicketContext", "TicketMethod", "TicketSettings", "find_tickets", "round_budget", "ticket_settings",
+           "train_imp_seeds_packed"]

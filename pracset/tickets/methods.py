@@ -1,13 +1,15 @@
-"""The ticket methods, by name: what each checks before a run and how it runs.
+"""The ticket methods: what each checks before a run and how it runs.
 
 A method is a small object with two hooks, :meth:`TicketMethod.check` and
-:meth:`TicketMethod.run`; :data:`TICKET_METHODS` is the registry the command
+:meth:`TicketMethod.run`, and the settings it declares;
+:data:`pracset.tickets.registry.TICKET_METHODS` is the registry the command
 line and the TOML pipelines take their choices from.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 from functools import partial
 
 import numpy as np
@@ -17,7 +19,6 @@ from pracset.data import num_batches
 from pracset.errors import ConfigError
 from pracset.ledger import IterationLedger
 from pracset.mask import Mask
-from pracset.registry import Registry
 from pracset.selection import SelectionConfig
 from pracset.sparse import GraNet, GraNetConfig, RigL, RigLConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
@@ -31,13 +32,17 @@ from pracset.train.config import TrainConfig
 
 @dataclass(frozen=True)
 class TicketSettings:
-    """Every method's settings; a method reads (and records in the run's identity) only its own."""
+    """What a ticket run reads: the shared tables, and each method's own settings by section (absent: the method's
+    default). Made by :func:`pracset.tickets.registry.ticket_settings`, which checks the sections' names."""
 
     imp: IMPConfig = IMPConfig()
     early_bird: EarlyBirdConfig = EarlyBirdConfig()
     selection: SelectionConfig = SelectionConfig()
-    rigl: RigLConfig | None = None
-    granet: GraNetConfig | None = None
+    own: Mapping[str, Any] = field(default_factory=dict)
+
+    def of(self, section: str | None):
+        """The settings given for ``section`` (a method's table), or ``None``."""
+        return self.own.get(section) if section else None
 
 
 def _steps(num_examples: int, train: TrainConfig) -> int:
@@ -45,9 +50,29 @@ def _steps(num_examples: int, train: TrainConfig) -> int:
 
 
 class TicketMethod:
-    """How one method finds tickets. Subclasses override :meth:`run`, and :meth:`check` / :meth:`identity`."""
+    """How one method finds tickets. Subclasses override :meth:`run`, and :meth:`check` / :meth:`identity`.
+
+    A method with settings of its own names their ``section`` (its TOML table,
+    its ``--SECTION-...`` flags and its :func:`~pracset.tickets.find_tickets`
+    keyword) and their ``config_class``; the command line, the pipelines and
+    ``find_tickets`` take them from :mod:`pracset.tickets.registry`.
+    """
 
     name = ""
+    section: str | None = None
+    config_class: type | None = None
+    #: a pipeline records the method's table in its identity only when one is given (a table added after
+    #: pipelines were written, whose runs keep their identity); ``False``: always, ``None`` when not given
+    recorded_when_given = True
+
+    def config(self, settings: TicketSettings):
+        """The method's settings: the ones given, or its default (:meth:`default_config`)."""
+        given = settings.of(self.section)
+        return given if given is not None else self.default_config(settings)
+
+    def default_config(self, settings: TicketSettings):
+        """The settings of a run that gave none: the config class's defaults at IMP's target sparsity."""
+        return self.config_class(sparsity=settings.imp.sparsity)
 
     def identity(self, settings: TicketSettings) -> dict:
         """The settings that make two runs of this method the same run."""
@@ -116,10 +141,7 @@ class DynamicSparse(TicketMethod):
     """RigL / GraNet: one training run whose mask changes as it trains (on the full split or a manifest's set)."""
 
     method_class: type | None = None  # set by each subclass
-
-    def config(self, settings: TicketSettings):
-        """The method's configuration: the one given, or its default at IMP's target sparsity."""
-        raise NotImplementedError
+    recorded_when_given = False  # its table was in every pipeline's identity from the start
 
     def identity(self, settings):
         return {"sparse": to_dict(self.config(settings))}
@@ -147,22 +169,13 @@ def _save_mask(stage, trained: Trained) -> tuple[dict, IterationLedger]:
 
 class RigLMethod(DynamicSparse):
     """RigL (Evci et al. 2020) as a ticket method."""
-    name, method_class = "rigl", RigL
-
-    def config(self, settings):
-        return settings.rigl or RigLConfig(sparsity=settings.imp.sparsity)
+    name, method_class, section, config_class = "rigl", RigL, "rigl", RigLConfig
 
 
 class GraNetMethod(DynamicSparse):
     """GraNet (Liu et al. 2021) as a ticket method."""
-    name, method_class = "granet", GraNet
+    name, method_class, section, config_class = "granet", GraNet, "granet", GraNetConfig
 
-    def config(self, settings):
+    def default_config(self, settings):
         # GraNet starts sparser than dense but below its final sparsity.
-        return settings.granet or GraNetConfig(sparsity=settings.imp.sparsity,
-                                               init_sparsity=min(0.5, settings.imp.sparsity))
-
-
-#: Ticket methods by name; the CLI's ``--method`` choices and the pipelines' ``methods`` come from here.
-TICKET_METHODS: Registry[TicketMethod] = Registry("ticket method", {
-    m.name: m for m in (IMP(), PracIMP(), RigLMethod(), GraNetMethod())})
+        return GraNetConfig(sparsity=settings.imp.sparsity, init_sparsity=min(0.5, settings.imp.sparsity))

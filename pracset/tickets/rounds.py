@@ -36,10 +36,10 @@ from pracset.mask import Mask
 from pracset.runs import StageFiles, StageMetrics
 from pracset.selection import SelectionConfig, SelectionInputs, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
-from pracset.sparse.pruning import magnitude_prune
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.accounting import ticket_files
-from pracset.tickets.config import IMPConfig, check_layers_kept, round_budget
+from pracset.tickets.config import IMPConfig, round_budget
+from pracset.tickets.masks import dense_mask, imp_prune, prune_next
 from pracset.tickets.context import RewindPoint, TicketContext
 from pracset.tickets.controls import control_accuracies, control_jobs, verdict
 from pracset.tickets.health import RoundHealth, chance_threshold, dense_collapsed, majority_rate, warn
@@ -277,26 +277,6 @@ def _finish_round(policy: RoundPolicy, r: int, stage: StageFiles, trained: Train
     if r == 0:  # the rewind point is saved before round 0 is marked done
         policy.ctx.save_rewind_point(trained.snapshot)
     return policy.write_round_outputs(r, stage, trained)
-
-
-def dense_mask(ctx: TicketContext, config: IMPConfig) -> Mask:
-    """Round 0's mask: every weight kept, over the tensors IMP may prune (``prunable``, less ``dense_layers``)."""
-    return Mask.ones(ctx.model(), prunable=config.prunable, dense=config.dense_layers)
-
-
-def imp_prune(model, mask: Mask, config: IMPConfig) -> Mask:
-    """One IMP prune: ``prune_fraction`` of ``mask``'s weights by magnitude (``ranking``, per-layer rates)."""
-    # The last prunable tensor is the output layer; the LTH paper prunes it at half the rate.
-    rates = {} if config.output_rate is None else {list(mask)[-1]: config.output_rate}
-    return magnitude_prune(model, mask, config.prune_fraction, ranking=config.ranking, layer_rates=rates)
-
-
-def prune_next(ctx: TicketContext, previous: StageFiles, config: IMPConfig) -> Mask:
-    """The next round's mask: one IMP prune of the previous round's mask, by its trained weights."""
-    model = ctx.load_model(previous)
-    mask = imp_prune(model, Mask.load(previous.mask, model=model).to(ctx.device), config).to("cpu")
-    check_layers_kept(mask, previous.name)
-    return mask
 
 
 def _round0_jobs(policy: RoundPolicy) -> list[StageJob]:

@@ -16,10 +16,11 @@ from pracset.selection import SelectionConfig
 from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets.config import IMPConfig
 from pracset.tickets.methods import IMP, GraNetMethod, PracIMP, RigLMethod, TicketMethod, TicketSettings
+from pracset.tickets.snip import SNIP
 
 #: Ticket methods by name; the CLI's ``--method`` choices and the pipelines' ``methods`` come from here.
 TICKET_METHODS: Registry[TicketMethod] = Registry("ticket method", {
-    m.name: m for m in (IMP(), PracIMP(), RigLMethod(), GraNetMethod())})
+    m.name: m for m in (IMP(), PracIMP(), RigLMethod(), GraNetMethod(), SNIP())})
 
 #: The settings tables every ticket method may read, by section name (in TOML files and as keywords).
 SHARED_SECTIONS = {"selection": SelectionConfig, "imp": IMPConfig, "early_bird": EarlyBirdConfig}

@@ -214,3 +214,15 @@ def test_the_graph_sees_what_it_should():
     assert "pracset.sparse" not in graph["pracset.sparse.rigl"]
     assert {"pracset.train", "pracset.train.loop"} <= graph["pracset.sparse.rigl"]
     assert strongly_connected({"a": {"b"}, "b": {"a"}, "c": {"c"}, "d": {"a"}}) == [["a", "b"], ["c"]]
+
+
+def test_the_readme_s_layout_names_every_module():
+    """"How the code is laid out" names every module of the package (by its file name, within its folder's
+    paragraph or with its path), so that the README matches the tree."""
+    root = PACKAGE.parent
+    text = (root / "README.md").read_text()
+    section = text[text.index("## How the code is laid out"):text.index("## Scaling out")]
+    missing = [str(path.relative_to(root)) for path in sorted(PACKAGE.rglob("*.py"))
+               if path.name not in ("__init__.py", "__main__.py") and f"`{path.name}`" not in section
+               and f"`{path.relative_to(root)}`" not in section]
+    assert missing == []

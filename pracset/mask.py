@@ -205,4 +205,27 @@ class Mask(Mapping[str, torch.Tensor]):
         return mask
 
 
-__all__ = ["MASK_FORMAT", "MASK_VERSION", "PRUNABLE_CHOICES", "Mask", "check_prunable", "prunable_names"]
+def optimizer_state_like(optimizer: torch.optim.Optimizer | None, param: torch.Tensor) -> list[torch.Tensor]:
+    """``param``'s optimizer state tensors of its own shape (momentum, Adam's moments): what a mask must zero too."""
+    state = optimizer.state.get(param) if optimizer is not None else None
+    if not state:
+        return []
+    return [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
+
+
+@torch.no_grad()
+def zero_masked(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer | None) -> None:
+    """For every ``(weights, keep)`` pair, multiply the weights and their optimizer state by ``keep``: the masked
+    weights and their momentum become zero, in one fused multiply and without a host sync. One model's layers,
+    or K models' stacked layers (``keep`` stacked alike) in a packed job."""
+    tensors, factors = [], []
+    for weights, keep in pairs:
+        for tensor in (weights, *optimizer_state_like(optimizer, weights)):
+            tensors.append(tensor)
+            factors.append(keep)
+    if tensors:
+        torch._foreach_mul_(tensors, factors)
+
+
+__all__ = ["MASK_FORMAT", "MASK_VERSION", "PRUNABLE_CHOICES", "Mask", "check_prunable", "optimizer_state_like",
+           "prunable_names", "zero_masked"]

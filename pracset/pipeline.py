@@ -66,7 +66,6 @@ from pracset.tickets import (METHOD_SECTIONS, TICKET_METHODS, IMPConfig, TicketS
                              train_imp_seeds_packed)
 from pracset.tickets.registry import SHARED_SECTIONS
 from pracset.tickets.methods import DynamicSparse
-from pracset.tickets.stages import packs
 from pracset.tomlfiles import MAX_TOML_DEPTH, load_toml, parse_toml, toml_depth  # noqa: F401  (load_toml: the CLI's)
 from pracset.train.config import TrainConfig
 from pracset.train.run import check_loader_settings, input_spec
@@ -365,17 +364,20 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         return summary
 
     def imp_seeds_in_lockstep(arch: str, seeds: Sequence[int], controls: bool) -> None:
-        """Full-data IMP of several seeds as packed jobs (each round of every seed, with its controls); the
-        ticket runs below then find their stages done."""
-        if len(seeds) < 2 or not packs(pipeline.imp.pack_controls, device, build_model(arch, input_spec(dataset)),
-                                       tensorboard=pipeline.tensorboard):
+        """Full-data IMP of several seeds in one round loop (each round of every seed together, packed where the
+        executor rule packs); the ticket runs below then find their stages done."""
+        if len(seeds) < 2:
             return
         log.info("pipeline %s: full-data IMP on %s, seeds %s, in lockstep", pipeline.name, arch,
                  ", ".join(map(str, seeds)))
         began = time.perf_counter()
-        train_imp_seeds_packed(pipeline.data, arch, [(layout.ticket_run(arch, "imp", s).root,
-                                                      replace(pipeline.train, seed=s)) for s in seeds],
-                               imp=_ticket_imp(pipeline, controls), device=device, dataset=dataset)
+        roots = [layout.ticket_run(arch, "imp", s).root for s in seeds]
+        train_imp_seeds_packed(pipeline.data, arch, [(root, replace(pipeline.train, seed=s))
+                                                     for root, s in zip(roots, seeds)],
+                               imp=_ticket_imp(pipeline, controls), device=device, dataset=dataset,
+                               pack=pipeline.imp.pack_controls,
+                               tensorboard=[board / root.relative_to(layout.root) if board else None
+                                            for root in roots])
         progress_log.prepay([f"{arch} imp seed {s}" for s in seeds], time.perf_counter() - began)
 
     if "imp" in pipeline.methods:

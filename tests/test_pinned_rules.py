@@ -406,7 +406,7 @@ def test_the_rewind_point_is_the_state_after_exactly_k_steps_one_by_one(tmp_path
 
     Also the step counts by hand: ``Nep`` = N epochs of batches, ``Nit`` on a subset scaled by |P|/N.
     Mutation caught: the Snapshot taken one step late (``state.step == self.step + 1``) or early, and
-    ``run_rounds`` snapshotting at ``rewind_step + 1``.
+    ``train_rounds`` snapshotting at ``rewind_step + 1``.
     """
     assert IMPConfig(rewind="2ep").rewind_step_on(N, N, TRAIN) == 46
     assert IMPConfig(rewind="100it").rewind_step_on(719, N, TRAIN) == 50

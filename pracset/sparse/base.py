@@ -54,7 +54,7 @@ import torch.nn as nn
 from pracset.config import ConfigBase, option, require, to_dict
 from pracset.distributed import check_same_mask
 from pracset.errors import ConfigError
-from pracset.mask import PRUNABLE_CHOICES, Mask, prunable_names
+from pracset.mask import PRUNABLE_CHOICES, Mask, optimizer_state_like, prunable_names, zero_masked
 from pracset.sparse.distributions import DISTRIBUTIONS, layer_shapes, random_mask
 from pracset.sparse.pruning import smallest_k
 from pracset.train.loop import Callback, StepOutput, TrainState
@@ -199,26 +199,10 @@ class SparseMethod(Callback):
                 keep = self._keep[name] = torch.empty_like(param, requires_grad=False)
             keep.copy_(self.mask[name])
 
-    def _state_tensors(self, optimizer: torch.optim.Optimizer, param: nn.Parameter) -> list[torch.Tensor]:
-        st = optimizer.state.get(param)
-        if not st:
-            return []
-        return [v for v in st.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
-
     @torch.no_grad()
     def enforce(self, optimizer: torch.optim.Optimizer | None) -> None:
         """Zero the masked weights and their optimizer state (one fused multiply, no host sync)."""
-        tensors, keeps = [], []
-        for name, param in self._params.items():
-            keep = self._keep[name]
-            tensors.append(param)
-            keeps.append(keep)
-            if optimizer is not None:
-                for buf in self._state_tensors(optimizer, param):
-                    tensors.append(buf)
-                    keeps.append(keep)
-        if tensors:
-            torch._foreach_mul_(tensors, keeps)
+        zero_masked(((param, self._keep[name]) for name, param in self._params.items()), optimizer)
 
     @torch.no_grad()
     def set_mask(self, mask: Mask, optimizer: torch.optim.Optimizer | None = None,
@@ -236,7 +220,7 @@ class SparseMethod(Callback):
             param = self._params[name]
             param.masked_fill_(new, 0.0)
             if optimizer is not None:
-                for buf in self._state_tensors(optimizer, param):
+                for buf in optimizer_state_like(optimizer, param):
                     buf.masked_fill_(new, 0.0)
 
 

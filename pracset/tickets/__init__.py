@@ -32,7 +32,7 @@ from pracset.tickets.context import Snapshot, TicketContext
 from pracset.tickets.controls import CONTROLS, Control
 from pracset.tickets.methods import IMP, TicketMethod, TicketSettings
 from pracset.tickets.registry import METHOD_SECTIONS, TICKET_METHODS, ticket_settings
-from pracset.tickets.rounds import RoundPolicy, run_rounds
+from pracset.tickets.rounds import RoundPolicy, train_rounds
 from pracset.tickets.health import run_warnings
 from pracset.tickets.accounting import split_costs
 from pracset.train.config import TrainConfig
@@ -143,23 +143,29 @@ def find_tickets(method: str, data, arch: ArchitectureLike, out: str | Path, *, 
 
 def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[str | Path, TrainConfig]], *,
                            imp: IMPConfig = IMPConfig(), device: torch.device = torch.device("cpu"),
-                           weights: str | None = None, dataset: ImageDataset | None = None) -> None:
+                           weights: str | None = None, dataset: ImageDataset | None = None,
+                           pack: str | bool = True, tensorboard: Sequence[Path | None] | None = None) -> None:
     """Train full-data IMP runs that differ only in their seed in lockstep: one round loop for all of them
-    (:func:`~pracset.tickets.rounds.run_rounds`).
+    (:func:`~pracset.tickets.rounds.train_rounds`).
 
     ``runs`` are ``(out, train)`` pairs, as :func:`find_tickets` ("imp") would
-    take them. Every round of every run, with its controls when
-    ``imp.controls``, trains as packed jobs (whatever ``imp.pack_controls``
-    says: calling this is asking for it; packed jobs write no TensorBoard
-    scalars); a stage started alone (a Trainer checkpoint) continues alone. Each directory then holds the stages ``find_tickets("imp", ...,
-    resume=True)`` would have trained, which it reads back (training what is
-    left, such as a run started alone) and summarises. Finished runs are left
-    alone; every directory is checked before any is written.
+    take them. Every round of every run trains with the others', and the
+    controls (when ``imp.controls``) once the search is done, as packed jobs
+    by the executor rule (:func:`~pracset.tickets.stages.plan`): ``pack=True``
+    packs whatever ``imp.pack_controls`` says (calling this is asking for it),
+    a ``pack_controls`` choice decides as a single run would. A stage started
+    alone (a Trainer checkpoint) continues alone; packed jobs write no
+    TensorBoard scalars (``tensorboard``: each run's folder for the stages
+    that train alone). Each directory then holds the stages
+    ``find_tickets("imp", ..., resume=True)`` would have trained, which it
+    reads back and summarises. Finished runs are left alone; every directory
+    is checked before any is written.
     """
     settings = ticket_settings(imp=imp)
+    boards = list(tensorboard) if tensorboard is not None else [None] * len(runs)
     with ExitStack() as stack:
         opened = []
-        for out, train in runs:
+        for (out, train), board in zip(runs, boards):
             prepared = _prepare("imp", data, arch, train=train, settings=settings, manifest=None, device=device,
                                 weights=weights, dataset=dataset)
             dataset = prepared.dataset  # loaded once for all the runs
@@ -167,13 +173,13 @@ def train_imp_seeds_packed(data, arch: ArchitectureLike, runs: Sequence[tuple[st
             run = stack.enter_context(RunDirectory(layout.root, prepared.identity, resume=True,
                                                    finished=layout.summary.name))
             if run.status != "done":
-                opened.append((run, layout, train, prepared.architecture))
+                opened.append((run, layout, train, prepared.architecture, board))
         contexts = []
-        for run, layout, train, architecture in opened:  # claimed only once every directory was accepted
+        for run, layout, train, architecture, board in opened:  # claimed only once every directory was accepted
             run.claim(data=dataset)
-            contexts.append(TicketContext(dataset, architecture, train, device, run, layout))
+            contexts.append(TicketContext(dataset, architecture, train, device, run, layout, tensorboard=board))
         if contexts:
-            run_rounds([RoundPolicy(ctx, imp) for ctx in contexts], pack=True)
+            train_rounds([RoundPolicy(ctx, imp) for ctx in contexts], pack=pack)
 
 
 __all__ = ["BUDGET_RULES", "CONTROLS", "Control", "IMPConfig", "METHOD_SECTIONS", "Snapshot", "TICKET_METHODS",

@@ -108,7 +108,7 @@ class IMP(TicketMethod):
                               f"{full} steps{where} (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
-        return run_rounds([RoundPolicy(ctx, settings.imp, fixed_ids)])[0]
+        return run_rounds(RoundPolicy(ctx, settings.imp, fixed_ids))
 
 
 class PracIMP(IMP):
@@ -134,7 +134,7 @@ class PracIMP(IMP):
                                   f"lies beyond round 0's {steps0} steps")
 
     def run(self, ctx, settings, fixed_ids):
-        return run_rounds([PracSetPolicy(ctx, settings.imp, settings.early_bird, settings.selection, fixed_ids)])[0]
+        return run_rounds(PracSetPolicy(ctx, settings.imp, settings.early_bird, settings.selection, fixed_ids))
 
 
 class DynamicSparse(TicketMethod):

@@ -8,7 +8,7 @@ callbacks, what a finished round writes (PrAC-IMP: the next round's set), and
 which training is the round's ticket (IMP: the round itself; PrAC-IMP: the
 round's mask trained again on the full split).
 
-:func:`run_rounds` makes each round's stages (the round, its ticket when that
+:func:`train_rounds` makes each round's stages (the round, its ticket when that
 trains apart, their sanity-check controls) :class:`~pracset.tickets.stages.StageJob` s,
 for every run it is given (the seeds of one recipe), and trains them with
 :func:`~pracset.tickets.stages.train_jobs`, whose one rule packs the jobs that can
@@ -324,7 +324,13 @@ def _round_jobs(policy: RoundPolicy, r: int, rewind: RewindPoint) -> tuple[list[
     return jobs, later
 
 
-def run_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = None) -> list[list[dict]]:
+def run_rounds(policy: RoundPolicy) -> list[dict]:
+    """One IMP run: its stages trained (:func:`train_rounds`), then one row per ticket (round 0: the dense network)."""
+    train_rounds([policy])
+    return ticket_rows(policy)
+
+
+def train_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = None) -> None:
     """The IMP round loop of one run, or of several runs in step (the seeds of one recipe).
 
     Round by round, every run's round is trained (by
@@ -333,8 +339,7 @@ def run_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = Non
     nothing later reads (the dense reference, the tickets that train apart
     from their rounds, every control) are trained together once the search is
     done, where the most of them can share a packed job (PrAC-IMP's 8 tickets
-    with both controls: 24 models, two jobs of 12). Returns each run's rows,
-    one per ticket (round 0: the dense network).
+    with both controls: 24 models, two jobs of 12).
     """
     pack = policies[0].config.pack_controls if pack is None else pack
     train_jobs([job for policy in policies for job in _round0_jobs(policy)], pack=pack)
@@ -349,10 +354,9 @@ def run_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = Non
             later += after
         train_jobs(jobs, pack=pack)
     train_jobs(later, pack=pack)
-    return [_rows(policy) for policy in policies]
 
 
-def _rows(policy: RoundPolicy) -> list[dict]:
+def ticket_rows(policy: RoundPolicy) -> list[dict]:
     """One row per ticket of a run whose stages are all trained (round 0: the dense network)."""
     ctx, config, layout = policy.ctx, policy.config, policy.ctx.layout
     dense = layout.round(0)

@@ -9,11 +9,10 @@ import pickle
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pracset import distributed as ddp
@@ -27,7 +26,7 @@ from pracset.train.config import TrainConfig
 from pracset.train.checkpoints import check_checkpoint, check_state_dict  # noqa: F401  (re-exported)
 from pracset.train.graphs import CapturedStep
 from pracset.train.optim import make_optimizer, make_scheduler, start_schedule_at
-from pracset.train.step import (Callback, StepOutput, TrainState, callback_keys,  # noqa: F401  (re-exported)
+from pracset.train.step import (Callback, StepOutput, TrainState, callback_keys, per_example_losses,  # noqa: F401
                                 forward_losses, has_state)
 
 log = logging.getLogger(__name__)
@@ -49,6 +48,26 @@ def use_bf16(config: TrainConfig, device: torch.device) -> bool:
 
 
 @torch.no_grad()
+def evaluation_sums(forward: Callable[[torch.Tensor], torch.Tensor], loader, *, precision: str,
+                    shape: tuple[int, ...] = (),
+                    on_batch: Callable[[int, object], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and correct predictions over ``loader`` of ``forward``'s logits, on the device (no
+    host sync): of one model (``shape`` ``()``), or of K packed models (logits ``(K, B, classes)``, ``shape``
+    ``(K,)``). ``on_batch(position, batch)`` is called after each batch (the ledger's count)."""
+    device = loader.device
+    bf16 = use_bf16_for(precision, device)
+    loss_sum = torch.zeros(shape, device=device)
+    correct = torch.zeros(shape, device=device, dtype=torch.int64)
+    for position, batch in enumerate(loader):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(batch.x)
+        loss_sum += per_example_losses(logits, batch.y).sum(-1)
+        correct += (logits.argmax(-1) == batch.y).sum(-1)
+        if on_batch is not None:
+            on_batch(position, batch)
+    return loss_sum, correct
+
+
 def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
              ledger: IterationLedger | None = None, stage: str = "eval", kind: str = "eval") -> dict:
     """Mean loss and accuracy of ``model`` over ``loader`` (one host sync at the end).
@@ -58,18 +77,13 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: str = "auto",
     loader = as_batch_loader(loader, model_device(model))
     was_training = model.training
     model.eval()
-    device = loader.device
-    bf16 = use_bf16_for(precision, device)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
     sharded = ddp.is_sharded(loader)  # under torch.distributed each rank evaluates its slices; sums all-reduced
-    for position, batch in enumerate(loader):
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch.x)
-        loss_sum += F.cross_entropy(logits.float(), batch.y, reduction="sum")
-        correct += (logits.argmax(1) == batch.y).sum()
-        if ledger is not None:
-            ledger.add(stage, kind, examples=ddp.global_batch_len(loader, position) if sharded else len(batch.index))
+
+    def count(position: int, batch) -> None:
+        ledger.add(stage, kind, examples=ddp.global_batch_len(loader, position) if sharded else len(batch.index))
+
+    loss_sum, correct = evaluation_sums(model, loader, precision=precision,
+                                        on_batch=count if ledger is not None else None)
     model.train(was_training)
     if sharded:
         loss_sum, correct = ddp.all_reduce_sum(loss_sum, correct)

@@ -41,23 +41,24 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
 from pracset.ledger import IterationLedger
-from pracset.mask import Mask
+from pracset.mask import Mask, zero_masked
 from pracset.train.config import TrainConfig
 from pracset.data.loader import Batch
 from pracset.train.graphs import CapturedStep, unsupported_reason
 from pracset.train.packed_checkpoints import load_checkpoints, restore_checkpoints, save_checkpoints
-from pracset.train.loop import check_finite_loss, raise_if_overflow, use_bf16, use_bf16_for
+from pracset.train.loop import check_finite_loss, evaluation_sums, raise_if_overflow, use_bf16
+from pracset.train.step import forward_losses
 from pracset.train.optim import OPTIMIZERS, make_scheduler, start_schedule_at
 
 log = logging.getLogger(__name__)
@@ -99,15 +100,10 @@ class _Packed:
 
 def _packed_losses(packed: _Packed, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, label_smoothing: float,
                    per_model: bool, autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every model's logits (K, B, classes) and per-example training losses (K, B): the eager step's and the
-    captured graph's."""
-    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=autocast_cache):
-        logits = packed.forward(x, training=True, per_model=per_model)
-    k, b, classes = logits.shape
-    targets = y.reshape(k * b) if per_model else y.repeat(k)
-    losses = F.cross_entropy(logits.float().reshape(k * b, classes), targets, reduction="none",
-                             label_smoothing=label_smoothing).view(k, b)
-    return logits, losses
+    """Every model's logits (K, B, classes) and per-example training losses (K, B): the training step's
+    :func:`~pracset.train.step.forward_losses` with the packed forward."""
+    return forward_losses(partial(packed.forward, training=True, per_model=per_model), x, y, bf16=bf16,
+                          label_smoothing=label_smoothing, autocast_cache=autocast_cache)
 
 
 def _stacked_keep(packed: _Packed, masks: Sequence[Mask]) -> dict[str, torch.Tensor]:
@@ -123,37 +119,19 @@ def _stacked_keep(packed: _Packed, masks: Sequence[Mask]) -> dict[str, torch.Ten
     return keep
 
 
-@torch.no_grad()
 def _enforce(packed: _Packed, keep: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-    """Zero every model's masked weights and their optimizer state (one fused multiply, no host sync)."""
-    tensors, factors = [], []
-    for name, factor in keep.items():
-        param = packed.params[name]
-        tensors.append(param)
-        factors.append(factor)
-        for value in optimizer.state.get(param, {}).values():
-            if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                tensors.append(value)
-                factors.append(factor)
-    if tensors:
-        torch._foreach_mul_(tensors, factors)
+    """Zero every model's masked weights and their optimizer state (:func:`~pracset.mask.zero_masked`)."""
+    zero_masked(((packed.params[name], factor) for name, factor in keep.items()), optimizer)
 
 
-@torch.no_grad()
 def _evaluate(packed: _Packed, loader, precision: str, ledgers, stages) -> list[dict]:
-    device = loader.device
-    bf16 = use_bf16_for(precision, device)
-    loss_sum = torch.zeros(packed.count, device=device)
-    correct = torch.zeros(packed.count, device=device, dtype=torch.int64)
-    for batch in loader:
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = packed.forward(batch.x, training=False)
-        k, b, classes = logits.shape
-        losses = F.cross_entropy(logits.float().reshape(k * b, classes), batch.y.repeat(k), reduction="none")
-        loss_sum += losses.view(k, b).sum(1)
-        correct += (logits.argmax(2) == batch.y).sum(1)
+    """Every model's mean loss and accuracy over ``loader`` (:func:`~pracset.train.loop.evaluation_sums`)."""
+    def count(position: int, batch) -> None:
         for ledger, stage in zip(ledgers, stages):
             ledger.add(stage, "eval", examples=len(batch.index))
+
+    loss_sum, correct = evaluation_sums(partial(packed.forward, training=False), loader, precision=precision,
+                                        shape=(packed.count,), on_batch=count)
     n = loader.num_examples
     return [{"loss": loss / n, "accuracy": right / n} for loss, right in zip(loss_sum.tolist(), correct.tolist())]
 

@@ -122,14 +122,26 @@ def has_state(callback: Callback) -> bool:
 
 def forward_losses(forward: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool, label_smoothing: float,
                    autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training step's logits and per-example losses (the eager step and the captured graph share it).
+    """The training step's logits and per-example losses: the eager step's and the captured graph's, of one model
+    (logits ``(B, classes)``) or of a packed job's K models (``(K, B, classes)``, with ``y`` of shape ``(B,)``
+    shared by all or ``(K, B)``, one row per model).
 
     The loss trained on (smoothed when asked) is what callbacks and ``train_loss`` see;
     :func:`~pracset.train.loop.evaluate` is plain cross-entropy.
     """
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=autocast_cache):
         logits = forward(x)
-    return logits, F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)
+    return logits, per_example_losses(logits, y, label_smoothing=label_smoothing)
 
 
-__all__ = ["Callback", "StepOutput", "TrainState", "callback_keys", "forward_losses", "has_state"]
+def per_example_losses(logits: torch.Tensor, y: torch.Tensor, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of every example, in float32, shaped as ``logits`` without its class dimension; ``y`` is
+    broadcast over the leading (model) dimension of packed logits."""
+    classes = logits.shape[-1]
+    targets = y.expand(logits.shape[:-1]).reshape(-1)
+    return F.cross_entropy(logits.float().reshape(-1, classes), targets, reduction="none",
+                           label_smoothing=label_smoothing).view(logits.shape[:-1])
+
+
+__all__ = ["Callback", "StepOutput", "TrainState", "callback_keys", "forward_losses", "has_state",
+           "per_example_losses"]

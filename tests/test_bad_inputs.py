@@ -56,7 +56,7 @@ import pytest
 import torch
 from commands import ForkRunner, command_env
 
-from pracset.tickets import METHOD_SECTIONS
+from pracset.tickets import METHOD_SECTIONS, TICKET_METHODS
 from pracset.errors import ConfigError, DataError, PracsetError, UnknownNameError
 from pracset.manifest.schema import ManifestError
 
@@ -317,16 +317,17 @@ CASES: list[Case] = [
          ["build", "--arch", "mlp", "--rule", "best", "--out", "m.parquet", *TINY],
          message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
     Case("unknown-ticket-method", "a ticket method that does not exist (argparse lists the choices)",
-         ["ticket", "--method", "snip", "--arch", "mlp", "--out", "t", *TINY],
-         message="argument --method: invalid choice: 'snip' (choose from 'granet', 'imp', 'prac-imp', 'rigl')"),
+         ["ticket", "--method", "grasp", "--arch", "mlp", "--out", "t", *TINY],
+         message="argument --method: invalid choice: 'grasp' (choose from "
+                 + ", ".join(f"'{name}'" for name in TICKET_METHODS.names()) + ")"),  # the registry's names
     Case("unknown-distribution", "a RigL density distribution that does not exist",
          ["ticket", "--method", "rigl", "--arch", "mlp", "--rigl-distribution", "erdos", "--out", "t", *TINY],
          message="unknown density distribution 'erdos'; valid names: erk, uniform"),
     Case("unknown-pipeline-method", "a pipeline naming a ticket method that does not exist",
          ["run", "p.toml", "--device", "cpu", "-q"],
-         setup=_toml(replace=('methods = ["imp"]', 'methods = ["imp", "snip"]')),
-         message="p.toml: unknown method 'snip' in methods; valid names: granet, imp, prac-imp, rigl, granet-prac, "
-                 "rigl-prac"),
+         setup=_toml(replace=('methods = ["imp"]', 'methods = ["imp", "grasp"]')),
+         message="p.toml: unknown method 'grasp' in methods; valid names: " + ", ".join(TICKET_METHODS.names())
+                 + ", granet-prac, rigl-prac"),
     Case("unknown-device", "a device that does not exist",
          ["build", "--arch", "mlp", "--out", "m.parquet", "--epochs", "1", "--device", "tpu", "-q"],
          message="unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
@@ -703,8 +704,8 @@ CASES: list[Case] = [
     Case("api-build-unknown-rule", "build_manifest with an unknown selection rule",
          call=_build_to("m.parquet", rule="best"), error=UnknownNameError,
          message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
-    Case("api-find-tickets-unknown-method", "find_tickets with an unknown method", call=_tickets("snip"),
-         error=UnknownNameError, message="unknown ticket method 'snip'; valid names: granet, imp, prac-imp, rigl"),
+    Case("api-find-tickets-unknown-method", "find_tickets with an unknown method", call=_tickets("grasp"),
+         error=UnknownNameError, message="unknown ticket method 'grasp'; valid names: " + ", ".join(TICKET_METHODS.names())),
     Case("api-rigl-sparsity-1", "RigLConfig(sparsity=1.0)",
          call=_config("pracset.sparse.rigl.RigLConfig", sparsity=1.0), error=ConfigError,
          message="sparsity must lie in [0, 1), got 1.0"),

@@ -266,7 +266,7 @@ def load_ticket(model: nn.Module, run_dir: str | os.PathLike, sparsity: float | 
     ticket = read_ticket(run_dir, sparsity)
     state = ticket.trained if weights == "trained" else ticket.rewind
     if state is None:
-        raise ConfigError(f"{ticket.run_dir}: the run has no rewind point (RigL and GraNet runs have none); "
+        raise ConfigError(f"{ticket.run_dir}: the run has no rewind point (RigL and GraNet runs have none: their masks change as they train); "
                           "load its trained weights")
     _check_fits(model, state, ticket.run_dir)
     ticket.mask.check_model(model)

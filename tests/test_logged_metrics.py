@@ -68,3 +68,32 @@ def test_tensorboard_gets_the_training_loss_every_n_steps(tmp_path):
     assert [e.value for e in logged] == pytest.approx([losses.seen[s] for s in (0, 3, 6)], rel=1e-6)
     with pytest.raises(Exception, match="log_every_n_steps must be a positive integer, got 0"):
         TensorBoardLogger(tmp_path / "tb2", log_every_n_steps=0)
+
+
+def test_a_stage_trained_packed_gets_its_per_epoch_scalars(tmp_path, digits):
+    """With packing on and TensorBoard, a PrAC-IMP ticket and its controls train as one packed job; each stage's
+    folder then holds its own test accuracy per epoch (the values of its metrics.json), at each epoch's step.
+
+    Mutation caught: ``_train_packed`` not writing the history (no event file), or writing one stage's history
+    under another's name (another model's accuracies).
+    """
+    pytest.importorskip("tensorboard", reason="the optional tensorboard package is not installed")
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pracset.data import DataConfig
+    from pracset.tickets import IMPConfig, find_tickets
+
+    out = tmp_path / "run"
+    imp = IMPConfig(rounds=1, controls=True, early_bird=False, budget="linear", rewind="1ep", pack_controls="on")
+    find_tickets("prac-imp", DataConfig("digits"), "mlp", out, train=TrainConfig(epochs=2, batch_size=128, lr=0.05),
+                 imp=imp, dataset=digits, tensorboard=True)
+    for stage in ("ticket-01", "control-ticket-01-reinit", "control-ticket-01-random-mask"):
+        metrics = json.loads((out / stage / "metrics.json").read_text())
+        assert metrics["packed"] is True
+        events = EventAccumulator(str(out / "tensorboard" / stage))
+        events.Reload()
+        logged = events.Scalars("test/accuracy")
+        assert [e.step for e in logged] == [h["step"] for h in metrics["history"]]
+        assert [e.value for e in logged] == pytest.approx([h["test_accuracy"] for h in metrics["history"]])

@@ -233,7 +233,7 @@ def test_a_match_after_a_miss_is_not_the_headline():
 
 
 def test_no_saving_at_the_first_sparsity_when_both_dense_rounds_are_the_same_run():
-    """DESIGN 2.2a: the mask at s_1 comes from round 0 alone; the same dense run costs the same: 0% saved."""
+    """The search cost of the mask at s_1 comes from round 0 alone; the same dense run costs the same: 0% saved."""
     imp = _run({"round-00": 100, "round-01": 90}, [("round-00", 0, 0.0, 0.95), ("round-01", 1, 0.2, 0.95)])
     prac = _run({"round-00": 100, "ticket-01": 90}, [("round-00", 0, 0.0, 0.95), ("ticket-01", 1, 0.2, 0.95)])
     result = iterations_saved([imp], [prac], tolerance=0.003, batch_size=128)

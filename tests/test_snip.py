@@ -113,3 +113,22 @@ def test_snip_takes_its_flags_and_its_toml_table(tmp_path, run_cli):
     assert identity["snip"] == {"sparsity": 0.5, "batches": 2, "ranking": "layerwise"}
     mask = Mask.load(out / "sparse" / "mask.pt")
     assert math.isclose(mask.sparsity(), 0.5, abs_tol=0.01)
+
+
+def test_a_snip_ticket_travels_with_its_initialisation_as_its_rewind_weights(tmp_path, digits):
+    """SNIP's ticket starts from the initialisation: ``load_ticket(weights="rewind")`` gives that initialisation
+    under the mask (the run's seed-0 model), and ``pracset export`` writes it."""
+    from pracset.export import export_ticket
+    from pracset.interop import load_ticket
+    from pracset.models import build_model
+    from pracset.train.run import input_spec
+
+    out = tmp_path / "snip"
+    find_tickets("snip", DataConfig("digits"), "mlp", out, train=TRAIN, dataset=digits, snip=SNIPConfig(sparsity=0.5))
+    model = build_model("mlp", input_spec(digits), seed=123)
+    ticket = load_ticket(model, out, weights="rewind")
+    initial = build_model("mlp", input_spec(digits), seed=TRAIN.seed).state_dict()
+    for name, value in model.state_dict().items():
+        expected = initial[name] * ticket.mask[name] if name in ticket.mask else initial[name]
+        assert torch.equal(value, expected), name
+    assert (export_ticket(out, tmp_path / "export") / "ticket.json").is_file()

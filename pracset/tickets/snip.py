@@ -103,6 +103,7 @@ class SNIP(TicketMethod):
         config, imp, layout = self.config(settings), settings.imp, ctx.layout
         stage = layout.sparse
         init = RewindPoint(ctx.model().state_dict(), 0)  # the ticket, and its controls, start from step 0
+        ctx.save_rewind_point(init.state)  # the ticket's starting point, for pracset export and load_ticket
         stage.create()
         if ctx.run.finished_stage_metrics(stage) is None:  # scored again on a resume: the same batches, the same mask
             base = Mask.ones(ctx.model(), prunable=imp.prunable, dense=imp.dense_layers)

@@ -14,6 +14,10 @@ of them; *how* is an executor, chosen by one rule (:func:`plan`):
 - every other job, and a group of one, trains eagerly with the Trainer
   (:func:`pracset.train.run.train_stage`).
 
+A packed job shows one progress bar for its stages, and writes each stage's
+per-epoch TensorBoard scalars from its history once it is done (no per-step
+loss: it runs no callbacks; ``auto`` does not pack under TensorBoard).
+
 Either replays its step as a captured CUDA graph when the recipe asks for it
 (``TrainConfig.cuda_graphs``): capture is the recipe's choice, not the
 executor's. Every trained stage is written by one writer, :func:`complete`:
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pracset.distributed import is_distributed
+from pracset.distributed import is_distributed, is_main
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_np_save, atomic_torch_save
 from pracset.ledger import IterationLedger
@@ -43,6 +47,7 @@ from pracset.train.config import TrainConfig
 from pracset.train.packed import fit_packed
 from pracset.train.run import train_stage
 from pracset.train.step import Callback
+from pracset.train.tensorboard import write_history
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +231,7 @@ def _train_packed(jobs: Sequence[StageJob]) -> list[StageMetrics]:
     run = fit_packed([model for model, _ in starts], [mask for _, mask in starts], train_loaders, test_loader,
                      first.train, stages=[job.stage.name for job in jobs], start_step=first.start_step,
                      metrics_logs=[job.stage.metrics_log for job in jobs], snapshot_step=first.snapshot_step,
-                     checkpoints=[job.stage.packed_checkpoint for job in jobs])
+                     checkpoints=[job.stage.packed_checkpoint for job in jobs], progress=first.ctx.progress)
     out = []
     for k, (job, (model, mask)) in enumerate(zip(jobs, starts)):
         history, ledger = run.histories[k], run.ledgers[k]
@@ -235,6 +240,8 @@ def _train_packed(jobs: Sequence[StageJob]) -> list[StageMetrics]:
                                            ledger=ledger, packed_with=len(jobs))
         log.info("%s: test accuracy %.4f (one of %d models packed)", job.stage.name,
                  metrics.test_accuracy if metrics.test_accuracy is not None else float("nan"), len(jobs))
+        if job.ctx.tensorboard is not None and is_main():  # its per-epoch scalars, from its history
+            write_history(job.ctx.tensorboard / job.stage.name, history, model, train_loaders[k].num_examples)
         snapshot = run.snapshots[k] if run.snapshots is not None else None
         out.append(complete(job, Trained(model, mask, [], snapshot), metrics, ledger))
     return out

@@ -48,6 +48,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
 
 from pracset.errors import ConfigError
 from pracset.fileio import atomic_write_bytes
@@ -244,7 +245,8 @@ class _CapturedPackedStep(CapturedStep):
 
 def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader, eval_loader, config: TrainConfig, *,
                stages: Sequence[str], start_step: int = 0, metrics_logs: Sequence[Path | None] | None = None,
-               snapshot_step: int | None = None, checkpoints: Sequence[Path] | None = None) -> PackedRun:
+               snapshot_step: int | None = None, checkpoints: Sequence[Path] | None = None,
+               progress: bool = False) -> PackedRun:
     """Train ``models`` (in place) together, model k under ``masks[k]``.
 
     ``train_loader`` is one loader all models read, or a sequence of one
@@ -255,7 +257,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
     state before training). ``start_step`` continues the schedule from that
     step (rewinding), as :meth:`pracset.train.Trainer.fit` does.
     ``checkpoints`` (one path per model) are written after every epoch and,
-    when all of them hold this job at one epoch, resumed from.
+    when all of them hold this job at one epoch, resumed from. ``progress``:
+    one progress bar over the job's epochs (the Trainer's, for K stages).
     """
     if not models or len(models) != len(masks) or len(models) != len(stages):
         raise ConfigError("fit_packed needs one mask and one stage name per model")
@@ -295,6 +298,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         log.info("packed %s resumed at epoch %d", "+".join(stages), epoch)
     graph = _CapturedPackedStep.for_job(packed, keep, optimizer, config, device, batch_size=loaders[0].batch_size,
                                         bf16=bf16, per_model=not batches.shared) if config.cuda_graphs else None
+    bar = tqdm(total=config.epochs, initial=epoch, desc=f"{stages[0]} (+{count - 1} packed)", unit="epoch",
+               disable=not progress, leave=False)
     while epoch < config.epochs:
         started = time.perf_counter()
         batches.set_epoch(epoch)
@@ -349,6 +354,8 @@ def fit_packed(models: Sequence[nn.Module], masks: Sequence[Mask], train_loader,
         if checkpoints is not None:
             save_checkpoints(checkpoints, packed, optimizer, scheduler, epoch=epoch, step=step,
                               histories=histories, ledgers=ledgers, snapshots=snapshots)
+        bar.update(1)
+    bar.close()
     if graph is not None and graph.graph is None and not graph.failed:  # (a failed capture said so itself)
         log.warning("cuda_graphs: no step of this packed job could be captured (every batch partial, or the "
                     "optimizer's state never complete); it trained without capture")

@@ -75,14 +75,7 @@ class TensorBoardLogger(Callback):
             for (at, _), value in zip(self._step_losses, values):
                 self._writer.add_scalar("train/loss_step", value, at)
             self._step_losses.clear()
-        step = state.step
-        for key, value in metrics.items():
-            if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, test/accuracy, ...
-                self._writer.add_scalar(group, value, step)
-        self._writer.add_scalar("sparsity", weight_sparsity(state.model), step)
-        if self.examples_per_epoch is not None:  # the loader's count: the whole job's, also under torchrun
-            self._writer.add_scalar("examples_per_epoch", self.examples_per_epoch, step)
+        _epoch_scalars(self._writer, metrics, state.step, weight_sparsity(state.model), self.examples_per_epoch)
         self._writer.flush()
 
     def on_fit_end(self, state: TrainState) -> None:
@@ -91,4 +84,35 @@ class TensorBoardLogger(Callback):
             self._writer = None
 
 
-__all__ = ["TensorBoardLogger", "require_tensorboard", "weight_sparsity"]
+def _epoch_scalars(writer, metrics: dict, step: int, sparsity: float | None, examples: int | None) -> None:
+    """One epoch's scalars at ``step``: its metrics (``train/loss``, ``test/accuracy``, ``lr``, ...), the
+    weights' sparsity and the examples it read."""
+    for key, value in metrics.items():
+        if key not in ("epoch", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            group = "lr" if key == "lr" else key.replace("_", "/", 1)  # train/loss, test/accuracy, ...
+            writer.add_scalar(group, value, step)
+    if sparsity is not None:
+        writer.add_scalar("sparsity", sparsity, step)
+    if examples is not None:  # the loader's count: the whole job's, also under torchrun
+        writer.add_scalar("examples_per_epoch", examples, step)
+
+
+def write_history(log_dir: str | Path, history: list[dict], model: torch.nn.Module, examples_per_epoch: int) -> None:
+    """A stage trained in a packed job: its per-epoch scalars, written from its history once the job is done (the
+    same tags as :class:`TensorBoardLogger`'s; the weights' sparsity at the last epoch only, and no per-step loss:
+    a packed job runs no callbacks)."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter  # here: an optional dependency
+
+    make_directory(Path(log_dir))
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        for position, metrics in enumerate(history):
+            last = position == len(history) - 1
+            _epoch_scalars(writer, metrics, metrics["step"], weight_sparsity(model) if last else None,
+                           examples_per_epoch)
+    finally:
+        writer.close()
+
+
+__all__ = ["TensorBoardLogger", "require_tensorboard", "weight_sparsity", "write_history"]

@@ -315,7 +315,7 @@ CASES: list[Case] = [
          message="unknown schedule 'linear'; valid names: constant, cosine, step"),
     Case("unknown-selection-rule", "a selection rule that does not exist",
          ["build", "--arch", "mlp", "--rule", "best", "--out", "m.parquet", *TINY],
-         message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
+         message="unknown selection rule 'best'; valid names: ccs, cep, cet, highest, lowest, prac, random, topk-forgetting"),
     Case("unknown-ticket-method", "a ticket method that does not exist (argparse lists the choices)",
          ["ticket", "--method", "grasp", "--arch", "mlp", "--out", "t", *TINY],
          message="argument --method: invalid choice: 'grasp' (choose from "
@@ -703,7 +703,7 @@ CASES: list[Case] = [
          error=ConfigError, message="the manifest path must end in .parquet, got {shared}/m.csv"),
     Case("api-build-unknown-rule", "build_manifest with an unknown selection rule",
          call=_build_to("m.parquet", rule="best"), error=UnknownNameError,
-         message="unknown selection rule 'best'; valid names: cep, cet, prac, random, topk-forgetting"),
+         message="unknown selection rule 'best'; valid names: ccs, cep, cet, highest, lowest, prac, random, topk-forgetting"),
     Case("api-find-tickets-unknown-method", "find_tickets with an unknown method", call=_tickets("grasp"),
          error=UnknownNameError, message="unknown ticket method 'grasp'; valid names: " + ", ".join(TICKET_METHODS.names())),
     Case("api-rigl-sparsity-1", "RigLConfig(sparsity=1.0)",

@@ -85,7 +85,7 @@ def test_same_seed_gives_identical_selection(built, tmp_path, run_cli):
 @pytest.mark.parametrize("extra, message", [
     (["--probe-sparsity", "1.5"], "probe sparsities must lie in (0, 1)"),
     (["--rule", "cep", "--probe-sparsity"], "needs the pruning probe's results"),
-    (["--rule", "nope"], "unknown selection rule 'nope'; valid names: cep, cet, prac, random, topk-forgetting"),
+    (["--rule", "nope"], "unknown selection rule 'nope'; valid names: ccs, cep, cet, highest, lowest, prac, random, topk-forgetting"),
     (["--epochs", "0"], "must be a positive integer"),
 ])
 def test_bad_build_input_is_one_line_exit_2(tmp_path, run_cli, extra, message):

@@ -90,7 +90,7 @@ def test_class_balance_fills_and_trims_to_proportional_quotas():
 
 
 def test_unknown_rule_lists_the_valid_ones():
-    with pytest.raises(UnknownNameError, match="valid names: cep, cet, prac, random, topk-forgetting"):
+    with pytest.raises(UnknownNameError, match="valid names: ccs, cep, cet, highest, lowest, prac, random, topk-forgetting"):
         select(inputs(), SelectionConfig(rule="forgetful"))
     with pytest.raises(ConfigError, match="never_learned"):
         SelectionConfig(never_learned="ignore")

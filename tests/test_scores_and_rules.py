@@ -1,0 +1,153 @@
+"""Rules over any score (highest, lowest, coverage-centric) and the EL2N / GraNd scores, by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from pracset.errors import ConfigError
+from pracset.selection import SelectionConfig, SelectionInputs, score_values, select
+from pracset.selection.by_score import strata_of
+from pracset.stats.scores import el2n, grand
+
+
+def _inputs(n: int, **scores) -> SelectionInputs:
+    return SelectionInputs(labels=np.zeros(n, dtype=np.int64), forgetting_events=np.zeros(n, dtype=np.int32),
+                           presentations=np.ones(n, dtype=np.int32), never_learned=np.zeros(n, dtype=bool),
+                           margin=np.zeros(n, dtype=np.float32), cep_disagreements=None,
+                           scores={k: np.asarray(v, dtype=np.float64) for k, v in scores.items()})
+
+
+EL2N = [0.5, 0.1, 0.9, 0.1, np.nan, 0.7]  # id 4 never measured; ids 1 and 3 tie
+
+
+def test_highest_and_lowest_keep_their_ends_ties_by_id_and_unmeasured_last():
+    """Highest 3 of EL2N: ids 2 (0.9), 5 (0.7), 0 (0.5); lowest 3: ids 1, 3 (0.1, the tie by id), 0 (0.5).
+    Mutations caught: the order reversed; NaN ranked first; ties broken by the higher id."""
+    inputs = _inputs(6, el2n=EL2N)
+    high = select(inputs, SelectionConfig(rule="highest", score="el2n", size=3))
+    low = select(inputs, SelectionConfig(rule="lowest", score="el2n", size=3))
+    assert high.ids.tolist() == [0, 2, 5] and low.ids.tolist() == [0, 1, 3]
+    assert select(inputs, SelectionConfig(rule="lowest", score="el2n", size=5)).ids.tolist() == [0, 1, 2, 3, 5]
+    assert select(inputs, SelectionConfig(rule="lowest", score="el2n", size=2)).ids.tolist() == [1, 3]
+    # the score column ranks what is kept first highest: the score itself, or its negation for lowest
+    assert high.scores[2] == 0.9 and low.scores[1] == -0.1 and high.scores[4] == -np.inf
+    assert set(high.reasons[high.selected]) == {"topk"} and high.describe()["score"] == "el2n"
+
+
+def test_a_fraction_and_the_forgetting_score_work_as_the_size_does():
+    inputs = _inputs(4)
+    inputs.forgetting_events[:] = [3, 0, 1, 2]
+    assert select(inputs, SelectionConfig(rule="highest", fraction=0.5)).ids.tolist() == [0, 3]
+    inputs.presentations[0] = 0  # never presented: not measured, ranked last
+    assert np.isnan(score_values(inputs, "forgetting")[0])
+    assert select(inputs, SelectionConfig(rule="highest", size=3)).ids.tolist() == [1, 2, 3]
+
+
+def test_a_score_that_was_not_computed_says_how_to_get_it():
+    with pytest.raises(ConfigError, match="the grand score is not in these statistics; build the manifest with "
+                                          "--scores grand"):
+        select(_inputs(3), SelectionConfig(rule="highest", score="grand", size=1))
+    with pytest.raises(ConfigError, match="score must be one of forgetting, aum"):
+        SelectionConfig(rule="highest", score="loss")
+
+
+def test_strata_are_equal_width_bins_from_min_to_max():
+    values = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert strata_of(values, 2).tolist() == [0, 0, 1, 1, 1]  # [0, .5) and [.5, 1], the maximum in the last
+    assert strata_of(values, 4).tolist() == [0, 1, 2, 3, 3]
+    assert strata_of(np.full(3, 7.0), 5).tolist() == [0, 0, 0]
+
+
+def test_ccs_covers_a_sparse_stratum_that_top_k_and_the_cutoff_treat_as_they_should():
+    """Eight easy examples (EL2N 0.00-0.07) and two hard ones (0.9, 1.0), 2 strata, 4 kept, no cutoff: the
+    smallest stratum (the 2 hard ones) fills first with min(2, 4 // 2) = 2, the easy stratum gives the other 2;
+    lowest would keep no hard one. With ccs_cutoff 0.1 the hardest (id 9, 1.0) is dropped first.
+    Mutations caught: the largest stratum filled first; the cutoff dropping the easiest; the budget not split
+    over the strata left (a stratum taking all it holds)."""
+    values = [0.00, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.9, 1.0]
+    inputs = _inputs(10, el2n=values)
+    chosen = select(inputs, SelectionConfig(rule="ccs", score="el2n", size=4, ccs_strata=2))
+    assert chosen.size == 4 and {8, 9} <= set(chosen.ids.tolist())
+    assert chosen.describe()["dropped_hardest"] == 0 and chosen.describe()["strata"] == 2
+    cut = select(inputs, SelectionConfig(rule="ccs", score="el2n", size=4, ccs_strata=2, ccs_cutoff=0.1))
+    assert 9 not in cut.ids and 8 in cut.ids and cut.size == 4 and cut.describe()["dropped_hardest"] == 1
+    # the easy stratum's two are a seeded draw: the same seed, the same set; the hard end is fixed either way
+    again = select(inputs, SelectionConfig(rule="ccs", score="el2n", size=4, ccs_strata=2))
+    assert again.ids.tolist() == chosen.ids.tolist()
+    assert set(chosen.reasons[chosen.selected]) == {"random"}
+
+
+def test_ccs_splits_the_budget_left_over_the_strata_left():
+    """Strata of 5, 5 and 2 examples, 6 kept: the 2 first (min(2, 6 // 3) = 2), then 4 // 2 = 2 and 2 // 1 = 2:
+    two from each stratum, not all the budget to the first strata."""
+    values = [0.0, 0.01, 0.02, 0.03, 0.04, 0.5, 0.51, 0.52, 0.53, 0.54, 0.99, 1.0]
+    chosen = select(_inputs(12, el2n=values), SelectionConfig(rule="ccs", score="el2n", size=6, ccs_strata=3))
+    ids = chosen.ids
+    assert [int((ids < 5).sum()), int(((ids >= 5) & (ids < 10)).sum()), int((ids >= 10).sum())] == [2, 2, 2]
+
+
+def test_ccs_s_hard_end_follows_the_score():
+    """For AUM the hard end is the low one: the cutoff drops the lowest AUM (id 0), not the highest."""
+    inputs = _inputs(5, aum=[-3.0, -1.0, 0.5, 2.0, 4.0])
+    chosen = select(inputs, SelectionConfig(rule="ccs", score="aum", size=4, ccs_strata=1, ccs_cutoff=0.2))
+    assert chosen.ids.tolist() == [1, 2, 3, 4]
+
+
+def test_ccs_refuses_what_it_cannot_do_in_one_line():
+    inputs = _inputs(4, el2n=[0.1, 0.2, 0.3, np.nan])
+    with pytest.raises(ConfigError, match="ccs keeps 4 examples, but only 3 remain"):
+        select(inputs, SelectionConfig(rule="ccs", score="el2n", size=4))
+    with pytest.raises(ConfigError, match="use one or the other"):
+        select(inputs, SelectionConfig(rule="ccs", score="el2n", size=2, class_balance=True))
+    with pytest.raises(ConfigError, match="ccs_cutoff must lie in"):
+        SelectionConfig(ccs_cutoff=1.0)
+
+
+# ----------------------------------------------------------------------------- EL2N and GraNd by hand
+
+W = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+B = torch.tensor([0.25, -0.5])
+X = torch.tensor([[2.0, 0.25], [-1.0, 1.0]])
+Y = torch.tensor([0, 1])
+
+
+def _linear(bias: bool = True) -> nn.Module:
+    model = nn.Linear(2, 2, bias=bias)
+    with torch.no_grad():
+        model.weight.copy_(W)
+        if bias:
+            model.bias.copy_(B)
+    return model
+
+
+def _loader():
+    return [SimpleNamespace(x=X, y=Y)]
+
+
+def _reference():
+    """p = softmax(W x + b); EL2N = ||p - e_y||; dL/dW = (p - e_y) x^T, dL/db = p - e_y, so
+    GraNd = ||p - e_y|| * sqrt(||x||^2 + 1)."""
+    out_el2n, out_grand = [], []
+    for x, y in zip(X.double().numpy(), Y.tolist()):
+        z = W.double().numpy() @ x + B.double().numpy()
+        p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+        p[y] -= 1.0
+        out_el2n.append(np.linalg.norm(p))
+        out_grand.append(np.linalg.norm(p) * np.sqrt(x @ x + 1.0))
+    return np.array(out_el2n), np.array(out_grand)
+
+
+def test_el2n_and_grand_of_a_linear_model_match_the_formula():
+    """Mutations caught: EL2N without the one-hot subtracted (the softmax's norm); GraNd of the batch-mean
+    gradient instead of each example's; GraNd leaving out the bias's gradient."""
+    expected_el2n, expected_grand = _reference()
+    model = _linear()
+    np.testing.assert_allclose(el2n(model, _loader()).numpy(), expected_el2n, rtol=1e-5)
+    np.testing.assert_allclose(grand(model, _loader(), chunk=1).numpy(), expected_grand, rtol=1e-5)
+    np.testing.assert_allclose(grand(model, _loader(), chunk=2).numpy(), expected_grand, rtol=1e-5)
+    assert torch.equal(model.weight, W) and model.training  # scoring leaves the model as it was

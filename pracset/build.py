@@ -23,7 +23,7 @@ import io
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from pracset.selection import SELECTION_RULES, SelectionConfig, SelectionInputs,
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.stats import ExampleRecorder, pruning_probe
+from pracset.stats.scores import EXTRA_SCORES, extra_scores
 from pracset.tickets import IMPConfig, find_tickets
 from pracset.tickets.config import MIN_KEPT_FRACTION, kept_fraction, max_rounds
 from pracset.tickets.health import chance_threshold, majority_rate, near_chance, warn
@@ -85,6 +86,15 @@ class BuildConfig(ConfigBase):
                                                 "collapsed (training accuracy over 25 points below dense: it marks "
                                                 "whole classes, not critical examples); by default they are left "
                                                 "out of the set", added_later=True)
+    scores: tuple[str, ...] = option((), "extra per-example scores for the rules over a score (--rule highest, "
+                                         "lowest, ccs --score NAME): el2n, grand (Paul et al. 2021); each trains "
+                                         "score_runs extra networks, whose cost the ledger counts",
+                                     choices=EXTRA_SCORES, added_later=True)
+    score_runs: int = option(1, "el2n, grand: independent networks averaged (K; Paul et al.: 10)", added_later=True)
+    el2n_epoch: int = option(1, "el2n: epochs of the recipe each network trains before it scores (Paul et al.: "
+                                "20 of CIFAR-10's 200)", added_later=True)
+    grand_epoch: int = option(0, "grand: epochs of training before it scores (0: at initialisation, as Paul et al.)",
+                              added_later=True)
 
     def __post_init__(self) -> None:
         require(self.cep_rounds >= 1, f"cep_rounds must be a positive integer, got {self.cep_rounds}")
@@ -98,6 +108,8 @@ class BuildConfig(ConfigBase):
                               f"{MIN_KEPT_FRACTION:g}")
         require(all(0 < s < 1 for s in self.probe_sparsities),
                 f"probe sparsities must lie in (0, 1), got {list(self.probe_sparsities)}")
+        require(self.score_runs >= 1, f"score_runs must be a positive integer, got {self.score_runs}")
+        require(self.el2n_epoch >= 0 and self.grand_epoch >= 0, "el2n_epoch and grand_epoch must not be negative")
 
 
 @dataclass
@@ -169,6 +181,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
         dataset = dataset or load_dataset(data)
         check_loader_settings(dataset, train, device)
         check_size(selection, len(dataset.train))
+        _check_scores(build, selection, train)
         model = new_model(architecture, dataset, seed=train.seed)
         mask = Mask.ones(model, prunable=build.prunable)
         run.claim(data=dataset)
@@ -197,10 +210,17 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
             probe_result = pruning_probe(model, probe_loader, build.probe_sparsities, num_examples=len(dataset.train),
                                          mask=mask, ranking=build.probe_ranking, precision=train.precision,
                                          ledger=ledger, stage="probe", drop_collapsed=not build.keep_collapsed_probes)
+        extra = extra_scores(build.scores, runs=build.score_runs, el2n_epoch=build.el2n_epoch,
+                             grand_epoch=build.grand_epoch, base_seed=train.seed,
+                             new_model=lambda seed: new_model(architecture, dataset, seed=seed),
+                             train_loader=lambda seed: make_loaders(dataset, replace(train, seed=seed), device,
+                                                                    conv_net=has_convolutions(model))[0],
+                             score_loader=unaugmented_train_loader(dataset, device), config=train, device=device,
+                             ledger=ledger)
         labels = split_labels(dataset.train)
         disagreements = probe_result.disagreements if probe_result else None
-        chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements), selection)
-        columns = manifest_columns(dataset, statistics, disagreements, chosen)
+        chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements, scores=extra), selection)
+        columns = {**manifest_columns(dataset, statistics, disagreements, chosen), **extra}
         n = len(labels)
         history = trained.history
         final = trained.metrics.final
@@ -229,6 +249,8 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                 "probe_collapsed": list(probe_result.collapsed) if probe_result and probe_result.collapsed_dropped
                 else [],
                 "dense_test_accuracy": final.get("test_accuracy"),
+                "scores": {name: {"runs": build.score_runs, "epoch": getattr(build, f"{name}_epoch")}
+                           for name in build.scores},
                 "warnings": warnings_said,
                 "history": history,
                 "ledger": ledger.to_dict(),
@@ -244,6 +266,18 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
     manifest = read_manifest(layout.manifest)
     log.info("wrote %s: %d of %d examples selected (%s)", layout.manifest, manifest.num_selected, n, selection.rule)
     return BuildResult(layout.manifest, manifest.summary())
+
+
+def _check_scores(build: BuildConfig, selection: SelectionConfig, train: TrainConfig) -> None:
+    """A rule over EL2N or GraNd needs that score computed, and a score's epoch must lie in the recipe."""
+    if selection.rule in ("highest", "lowest", "ccs") and selection.score in EXTRA_SCORES \
+            and selection.score not in build.scores:
+        raise ConfigError(f"--rule {selection.rule} --score {selection.score} needs the score: add --scores "
+                          f"{selection.score}")
+    for name in build.scores:
+        epoch = getattr(build, f"{name}_epoch")
+        if epoch > train.epochs:
+            raise ConfigError(f"{name}_epoch {epoch} lies beyond the recipe's {train.epochs} epochs")
 
 
 def _outputs(layout: BuildLayout, selection: SelectionConfig) -> list[Path]:

@@ -151,3 +151,44 @@ def test_el2n_and_grand_of_a_linear_model_match_the_formula():
     np.testing.assert_allclose(grand(model, _loader(), chunk=1).numpy(), expected_grand, rtol=1e-5)
     np.testing.assert_allclose(grand(model, _loader(), chunk=2).numpy(), expected_grand, rtol=1e-5)
     assert torch.equal(model.weight, W) and model.training  # scoring leaves the model as it was
+
+
+# ----------------------------------------------------------------------------- EL2N and GraNd in a build
+
+def test_a_build_computes_el2n_and_grand_books_their_cost_and_selects_by_them(tmp_path, run_cli, digits):
+    """``--scores el2n grand --score-runs 2``: both columns in the manifest, GraNd at initialisation the mean of
+    the two seeds' initial networks' GraNd (seeds 0 and 1), each EL2N run's one epoch booked (ceil(1438 / 128)
+    = 12 steps), every scoring pass booked as 1438 probe examples, and ``--rule highest --score el2n`` keeping
+    the 100 highest of the column."""
+    from pracset.manifest import read_manifest
+    from pracset.models import build_model
+    from pracset.train.run import input_spec, unaugmented_train_loader
+
+    out = tmp_path / "m.parquet"
+    code, _, err = run_cli("build", "--arch", "mlp", "--epochs", "2", "--batch-size", "128", "--device", "cpu",
+                           "--probe-sparsity", "--scores", "el2n", "grand", "--score-runs", "2", "--rule",
+                           "highest", "--score", "el2n", "--size", "100", "--out", str(out), "-q")
+    assert code == 0, err
+    manifest = read_manifest(out)
+    scores = manifest.column("el2n")
+    assert manifest.selected_ids.tolist() == sorted(np.argsort(-scores, kind="stable")[:100].tolist())
+    loader = unaugmented_train_loader(digits, torch.device("cpu"))
+    expected = np.mean([grand(build_model("mlp", input_spec(digits), seed=s), loader).double().numpy()
+                        for s in (0, 1)], axis=0)
+    np.testing.assert_allclose(manifest.column("grand"), expected, rtol=1e-4)
+    stages = manifest.provenance["ledger"]["stages"]
+    assert [stages[f"el2n-run-{k}"]["train_iterations"] for k in (0, 1)] == [12, 12]
+    assert [stages[f"grand-run-{k}"]["train_iterations"] for k in (0, 1)] == [0, 0]
+    assert all(stages[f"{n}-run-{k}"]["probe_examples"] == 1438 for n in ("el2n", "grand") for k in (0, 1))
+    assert manifest.provenance["scores"] == {"el2n": {"runs": 2, "epoch": 1}, "grand": {"runs": 2, "epoch": 0}}
+
+
+def test_a_rule_over_a_score_the_build_does_not_compute_is_refused_before_training(tmp_path, run_cli):
+    out = tmp_path / "m.parquet"
+    code, _, err = run_cli("build", "--arch", "mlp", "--epochs", "2", "--device", "cpu", "--rule", "lowest",
+                           "--score", "el2n", "--size", "10", "--out", str(out))
+    assert code == 2 and err.strip().endswith("--rule lowest --score el2n needs the score: add --scores el2n")
+    assert not any(tmp_path.iterdir())
+    code, _, err = run_cli("build", "--arch", "mlp", "--epochs", "2", "--device", "cpu", "--scores", "el2n",
+                           "--el2n-epoch", "3", "--out", str(out))
+    assert code == 2 and "el2n_epoch 3 lies beyond the recipe's 2 epochs" in err

@@ -23,7 +23,7 @@ pass over the training split as probe examples, so a comparison charges them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from pracset.ledger import IterationLedger
+from pracset.train.config import TrainConfig
+from pracset.train.loop import Trainer
 from pracset.train.step import Callback, TrainState
 
 log = logging.getLogger(__name__)
@@ -115,4 +117,28 @@ def averaged_scores(name: str, runs: int, epochs: int, *, base_seed: int,
     return (total / runs).cpu().numpy()
 
 
-__all__ = ["EXTRA_SCORES", "ScoreRun", "StopAfterEpoch", "averaged_scores", "el2n", "grand"]
+def extra_scores(names, *, runs: int, el2n_epoch: int, grand_epoch: int, base_seed: int,
+                 new_model: Callable[[int], nn.Module], train_loader: Callable[[int], object], score_loader,
+                 config: TrainConfig, device: torch.device, ledger: IterationLedger) -> dict[str, np.ndarray]:
+    """The scores ``names`` (of :data:`EXTRA_SCORES`) of every training example, in id order, each averaged over
+    ``runs`` networks: ``new_model(seed)`` trained on ``train_loader(seed)`` with the recipe ``config`` (its own
+    schedule, stopped after the score's epoch), scored over ``score_loader`` (the split in id order, without
+    augmentation). Every training step and scoring pass is booked in ``ledger``."""
+    def train_run(run: ScoreRun, book: IterationLedger, stage: str) -> nn.Module:
+        model = new_model(run.seed).to(device)
+        if run.epochs > 0:
+            Trainer(replace(config, seed=run.seed), ledger=book, stage=stage).fit(
+                model, train_loader(run.seed), None, [StopAfterEpoch(run.epochs)])
+        return model
+
+    how = {"el2n": (el2n_epoch, lambda model: el2n(model, score_loader)),
+           "grand": (grand_epoch, lambda model: grand(model, score_loader))}
+    out = {}
+    for name in names:
+        epochs, score = how[name]
+        out[name] = averaged_scores(name, runs, epochs, base_seed=base_seed, train_run=train_run, score=score,
+                                    num_examples=score_loader.num_examples, ledger=ledger)
+    return out
+
+
+__all__ = ["EXTRA_SCORES", "ScoreRun", "StopAfterEpoch", "averaged_scores", "el2n", "extra_scores", "grand"]

@@ -124,6 +124,11 @@ class PracIMP(IMP):
 
     def check(self, settings, train, num_examples, fixed_ids):
         super().check(settings, train, num_examples, None)  # its tickets continue the full-split schedule
+        selection = settings.selection
+        if selection.rule in ("highest", "lowest", "ccs") and selection.score in ("el2n", "grand"):
+            raise ConfigError(f"PrAC-IMP's rounds select from their own statistics, which hold no {selection.score}: "
+                              "rank by forgetting, aum, confidence, variability or margin (or build the set with "
+                              f"pracset build --scores {selection.score} and pass it as --manifest)")
         imp = settings.imp
         if fixed_ids is not None:  # round 0 on the fixed subset is shorter: the scaled rewind step must fit it
             n0 = len(fixed_ids)

@@ -17,6 +17,11 @@ import torch
 
 from commands import ForkRunner
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (-n N) every worker is one of N processes on the machine's cores: one thread each, or
+    # N workers times torch's default threads oversubscribe the CPU (many times slower on 2 cores).
+    torch.set_num_threads(1)
+
 SHARED_DATA = Path(os.environ.get("PRACSET_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 

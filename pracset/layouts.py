@@ -241,6 +241,12 @@ class TicketLayout:
         return self.stage("sparse")
 
     @property
+    def pretrain(self) -> StageFiles:
+        """IMP with ``manifest_use = "pretrain"`` (the Data-Diet protocol): the training up to the rewind point, on
+        the manifest's set."""
+        return self.stage("pretrain")
+
+    @property
     def dense_reference(self) -> StageFiles:
         """A full-data, full-budget dense training to judge tickets against (when round 0 is not one)."""
         return self.stage("dense-reference")

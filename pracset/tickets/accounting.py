@@ -20,7 +20,8 @@ def ticket_files(layout: TicketLayout, mask_stage: StageFiles, weights_stage: St
 
 
 def split_costs(layout, stages: dict, num_rounds: int) -> dict:
-    """A ticket run's ledger split as the README's *How savings are counted* counts it: search (rounds 0..R-1), evaluation, controls, probes.
+    """A ticket run's ledger split as the README's *How savings are counted* counts it: search (rounds 0..R-1 and a
+    Data-Diet pretraining), evaluation, controls, probes.
 
     Evaluation is the full-split training of tickets (IMP's round R, PrAC-IMP's
     ``ticket-RR`` and its dense reference); controls are reported apart.
@@ -33,7 +34,8 @@ def split_costs(layout, stages: dict, num_rounds: int) -> dict:
     tickets = [layout.round(num_rounds), *(layout.ticket(r) for r in pruned), layout.dense_reference]
     judged = [*(layout.round(r) for r in pruned), *(layout.ticket(r) for r in pruned)]
     controls = [layout.control(stage, control.stage_suffix) for stage in judged for _, control in CONTROLS.items()]
-    return {"search": sum(iterations(layout.round(r).name) for r in range(num_rounds)),
+    # the search: rounds 0..R-1, and the Data-Diet protocol's pretraining on its set where there is one
+    return {"search": sum(iterations(layout.round(r).name) for r in range(num_rounds)) + iterations(layout.pretrain.name),
             "evaluation": sum(iterations(t.name) for t in tickets),
             "controls": sum(iterations(c.name) for c in controls),
             "probe_examples": sum(stages.get(layout.probe_stage(r), {}).get("probe_examples", 0) for r in pruned)}

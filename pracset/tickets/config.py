@@ -54,6 +54,10 @@ def kept_fraction(prune_fraction: float, rounds: int) -> float:
     return (1 - prune_fraction) ** rounds if rounds < 1 << 20 else 0.0
 
 
+#: How IMP uses a manifest's set (``IMPConfig.manifest_use``).
+MANIFEST_USES = ("rounds", "pretrain")
+
+
 @dataclass(frozen=True)
 class IMPConfig(ConfigBase):
     """Iterative magnitude pruning with rewinding (and PrAC-IMP's additions).
@@ -86,6 +90,11 @@ class IMPConfig(ConfigBase):
                                         "its controls, and in a pipeline full-data IMP's seeds; auto = on one CUDA "
                                         "process, for registered models of at most 2M parameters (launch-bound), "
                                         "without TensorBoard", choices=PACK_CHOICES, added_later=True)
+    manifest_use: str = option("rounds", "how imp uses --manifest: rounds (every round, ticket and control trains "
+                                         "on its set: IMP on a subset) or pretrain (the Data-Diet protocol, Paul et "
+                                         "al. 2022: only the training up to the rewind point, given in epochs, runs "
+                                         "on the set; IMP continues on the full split from there)",
+                               choices=MANIFEST_USES, added_later=True)
     evaluate: str = option("final", "PrAC-IMP: train on the full split (and evaluate) only the final ticket, the "
                                     "ticket of every round (for an accuracy-against-sparsity curve), or none "
                                     "(only the sets and masks)",

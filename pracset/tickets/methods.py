@@ -25,6 +25,7 @@ from pracset.sparse.early_bird import EarlyBirdConfig
 from pracset.tickets.config import IMPConfig, round_budget
 from pracset.tickets.context import TicketContext
 from pracset.tickets.accounting import ticket_files
+from pracset.tickets.data_diet import DataDietPolicy, pretrain_epochs
 from pracset.tickets.rounds import PracSetPolicy, RoundPolicy, run_rounds
 from pracset.tickets.stages import StageJob, Trained, train_jobs
 from pracset.train.config import TrainConfig
@@ -98,6 +99,15 @@ class IMP(TicketMethod):
     name = "imp"
 
     def check(self, settings, train, num_examples, fixed_ids):
+        if settings.imp.manifest_use == "pretrain":
+            epochs = pretrain_epochs(settings.imp)
+            if fixed_ids is None or not epochs:
+                raise ConfigError("manifest_use pretrain (the Data-Diet protocol) pretrains on a manifest's set up to "
+                                  "the rewind point: give --manifest and a rewind point in epochs, e.g. --rewind 2ep")
+            if epochs >= train.epochs:
+                raise ConfigError(f"the pretraining's {epochs} epochs (--rewind {settings.imp.rewind}) must be fewer "
+                                  f"than the recipe's {train.epochs}")
+            fixed_ids = None  # every round trains on the full split
         # Tickets continue round 0's schedule from the rewind step, so it must lie inside it.
         n = num_examples if fixed_ids is None else len(fixed_ids)
         full = _steps(n, train)
@@ -108,6 +118,8 @@ class IMP(TicketMethod):
                               f"{full} steps{where} (it must be below {full})")
 
     def run(self, ctx, settings, fixed_ids):
+        if settings.imp.manifest_use == "pretrain":
+            return run_rounds(DataDietPolicy(ctx, settings.imp, fixed_ids))
         return run_rounds(RoundPolicy(ctx, settings.imp, fixed_ids))
 
 
@@ -123,6 +135,9 @@ class PracIMP(IMP):
                 "selection": to_dict(settings.selection)}
 
     def check(self, settings, train, num_examples, fixed_ids):
+        if settings.imp.manifest_use != "rounds":
+            raise ConfigError("manifest_use pretrain (the Data-Diet protocol) is a setting of imp; prac-imp uses a "
+                              "manifest as its fixed set")
         super().check(settings, train, num_examples, None)  # its tickets continue the full-split schedule
         selection = settings.selection
         if selection.rule in ("highest", "lowest", "ccs") and selection.score in ("el2n", "grand"):

@@ -115,6 +115,19 @@ class RoundPolicy:
         """Write what a trained round adds before it is marked done; returns extra metrics and their cost."""
         return {}, IterationLedger()
 
+    def round0_jobs(self) -> list[StageJob]:
+        """Round 0 (dense, from the initialisation, keeping the state at the rewind step), unless it is done."""
+        ctx = self.ctx
+        stage = ctx.layout.round(0)
+        if ctx.run.finished_stage_metrics(stage) is not None:
+            return []
+        stage.create()
+        dense_mask(ctx, self.config).save(stage.mask)
+        ids = self.training_ids(0, None)
+        return [StageJob(ctx, stage, partial(dense_job_start, ctx, self.config), ids=ids, recipe=self.recipe(ids),
+                         snapshot_step=self.rewind_at, callbacks=self.round_callbacks(),
+                         finish=partial(finish_round, self, 0, stage))]
+
     def ticket_stage(self, r: int) -> StageFiles | None:
         """Where round ``r``'s ticket is; ``None`` when it is not trained. For IMP the round itself is the ticket."""
         return self.ctx.layout.round(r)
@@ -129,7 +142,7 @@ class RoundPolicy:
         """
         if self._round0_is_full_dense(dense) or not self.config.controls:
             return None
-        return StageJob(self.ctx, self.ctx.layout.dense_reference, partial(_initialised, self.ctx, self.config))
+        return StageJob(self.ctx, self.ctx.layout.dense_reference, partial(dense_job_start, self.ctx, self.config))
 
     def dense_reference(self, dense: StageMetrics) -> tuple[str, StageMetrics] | None:
         """The reference's stage name and metrics (:meth:`reference_job`); ``None`` when no verdict reads one."""
@@ -256,9 +269,12 @@ class PracSetPolicy(RoundPolicy):
         return self.ctx.layout.ticket(r) if self._evaluates(r) else None
 
 
-def _initialised(ctx: TicketContext, config: IMPConfig) -> tuple[torch.nn.Module, Mask]:
-    """A dense stage's start: the initialisation, and round 0's mask (every weight kept)."""
-    return ctx.model(), dense_mask(ctx, config)
+def dense_job_start(ctx: TicketContext, config: IMPConfig,
+                    rewind: RewindPoint | None = None) -> tuple[torch.nn.Module, Mask]:
+    """A dense stage's start: the initialisation (or the ``rewind`` point), and round 0's mask (every weight
+    kept)."""
+    mask = dense_mask(ctx, config)
+    return (ctx.model() if rewind is None else ctx.rewound(mask, rewind)), mask
 
 
 def rewound_with_mask(ctx: TicketContext, mask: Mask, rewind: RewindPoint) -> tuple[torch.nn.Module, Mask]:
@@ -273,24 +289,11 @@ def _finished(ctx: TicketContext, stage: StageFiles) -> StageMetrics:
     return metrics
 
 
-def _finish_round(policy: RoundPolicy, r: int, stage: StageFiles, trained: Trained) -> tuple[dict, IterationLedger]:
-    if r == 0:  # the rewind point is saved before round 0 is marked done
+def finish_round(policy: RoundPolicy, r: int, stage: StageFiles, trained: Trained) -> tuple[dict, IterationLedger]:
+    """What a trained round adds before it is marked done: round 0's rewind point, then the policy's outputs."""
+    if r == 0 and trained.snapshot is not None:  # the rewind point is saved before round 0 is marked done
         policy.ctx.save_rewind_point(trained.snapshot)
     return policy.write_round_outputs(r, stage, trained)
-
-
-def _round0_jobs(policy: RoundPolicy) -> list[StageJob]:
-    """Round 0 (dense, from the initialisation, keeping the state at the rewind step), unless it is done."""
-    ctx = policy.ctx
-    stage = ctx.layout.round(0)
-    if ctx.run.finished_stage_metrics(stage) is not None:
-        return []
-    stage.create()
-    dense_mask(ctx, policy.config).save(stage.mask)
-    ids = policy.training_ids(0, None)
-    return [StageJob(ctx, stage, partial(_initialised, ctx, policy.config), ids=ids, recipe=policy.recipe(ids),
-                     snapshot_step=policy.rewind_at, callbacks=policy.round_callbacks(),
-                     finish=partial(_finish_round, policy, 0, stage))]
 
 
 def _round_jobs(policy: RoundPolicy, r: int, rewind: RewindPoint) -> tuple[list[StageJob], list[StageJob]]:
@@ -310,7 +313,7 @@ def _round_jobs(policy: RoundPolicy, r: int, rewind: RewindPoint) -> tuple[list[
             ids = policy.training_ids(r, previous)
             jobs.append(StageJob(ctx, stage, partial(rewound_with_mask, ctx, mask, rewind), ids=ids,
                                  recipe=policy.recipe(ids), start_step=policy.round_start_step(),
-                                 callbacks=policy.round_callbacks(), finish=partial(_finish_round, policy, r, stage)))
+                                 callbacks=policy.round_callbacks(), finish=partial(finish_round, policy, r, stage)))
     else:
         mask = Mask.load(stage.mask)
     ticket = policy.ticket_stage(r)
@@ -342,7 +345,7 @@ def train_rounds(policies: Sequence[RoundPolicy], *, pack: str | bool | None = N
     with both controls: 24 models, two jobs of 12).
     """
     pack = policies[0].config.pack_controls if pack is None else pack
-    train_jobs([job for policy in policies for job in _round0_jobs(policy)], pack=pack)
+    train_jobs([job for policy in policies for job in policy.round0_jobs()], pack=pack)
     rewinds = [policy.ctx.load_rewind_point(policy.rewind_at) for policy in policies]
     later = [job for policy in policies
              for job in [policy.reference_job(_finished(policy.ctx, policy.ctx.layout.round(0)))] if job is not None]

@@ -66,16 +66,19 @@ def warn_float_hashes(dataset) -> None:
     warnings.warn(message, FloatHashesWarning, stacklevel=3)
 
 
-def write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
-    """A manifest of a seeded random subset of ``size`` examples, with the statistics of ``manifest_path``."""
+def write_selected_manifest(manifest_path: Path, out: Path, selection: SelectionConfig) -> None:
+    """A manifest of ``manifest_path``'s examples and statistics (every column, the scores it holds included),
+    selected again with ``selection``; its provenance says what it was derived from."""
     m = read_manifest(manifest_path)
     columns = {name: m.column(name) for name in m.table.column_names}
-    inputs = SelectionInputs(labels=columns["label"], forgetting_events=columns["forgetting_events"],
-                             presentations=columns["presentations"], never_learned=columns["never_learned"],
-                             margin=columns["margin"], cep_disagreements=columns["cep_disagreements"])
-    chosen = select(inputs, SelectionConfig(rule="random", size=size, random_seed=seed))
+    chosen = select(SelectionInputs.from_manifest(m), selection)
     columns.update(score=chosen.scores, selected=chosen.selected, reason=chosen.reasons)
     metadata = dict(m.metadata)
     metadata["selection"] = chosen.describe()
     metadata["provenance"] = {**m.provenance, "derived_from": str(manifest_path)}
     write_manifest(out, columns, metadata)
+
+
+def write_random_manifest(manifest_path: Path, out: Path, seed: int, size: int) -> None:
+    """A manifest of a seeded random subset of ``size`` examples, with the statistics of ``manifest_path``."""
+    write_selected_manifest(manifest_path, out, SelectionConfig(rule="random", size=size, random_seed=seed))

@@ -14,6 +14,7 @@ import numpy as np
 
 from pracset.fileio import atomic_write_bytes, atomic_write_json
 from pracset.manifest import read_manifest
+from pracset.compare import compare_rows
 from pracset.report.figures import curves as ticket_curves
 from pracset.report.figures import iterations_saved, round_costs
 from pracset.report.markdown import TRANSFER_METHODS, markdown
@@ -57,9 +58,14 @@ def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
            for run in runs for w in run["summary"].get("warnings", [])],
         "runs": [{k: v for k, v in run.items() if k != "summary"} for run in runs],
     }
+    if getattr(pipeline, "compare", None) is not None:
+        archs = tuple(dict.fromkeys((pipeline.arch, *pipeline.transfer)))
+        report["compare"] = compare_rows(runs, archs, pipeline.compare.sets(pipeline.selection), results["manifest"])
     report["caveats"] = caveats(pipeline, report)
     atomic_write_json(layout.report_json, report)
-    plots = (write_plots(layout, pipeline, curves, headline, report["prac_rounds"], report["forgetting_histogram"])
+    shown = {key: curve for key, curve in curves.items() if not key[1].startswith("compare-")}  # in their own part
+    plots = (write_plots(layout, pipeline, shown, headline, report["prac_rounds"], report["forgetting_histogram"],
+                         report.get("compare") or [])
              if pipeline.report.plots else [])
     atomic_write_bytes(layout.report_md, markdown(pipeline, report, plots).encode())
     log.info("report written to %s", layout.report_md)

@@ -216,7 +216,7 @@ def build_manifest(data, arch: ArchitectureLike, out: str | Path, *, train: Trai
                              train_loader=lambda seed: make_loaders(dataset, replace(train, seed=seed), device,
                                                                     conv_net=has_convolutions(model))[0],
                              score_loader=unaugmented_train_loader(dataset, device), config=train, device=device,
-                             ledger=ledger)
+                             ledger=ledger) if build.scores else {}  # (no loader of the split made for nothing)
         labels = split_labels(dataset.train)
         disagreements = probe_result.disagreements if probe_result else None
         chosen = select(SelectionInputs.from_statistics(labels, statistics, disagreements, scores=extra), selection)

@@ -6,7 +6,7 @@ every fraction of ``fractions`` (``compare/RULE-fF.parquet``). On every
 architecture of the pipeline (``arch`` and ``transfer``), every seed runs
 PrAC-IMP on each set as a fixed set: its rounds train on the set, every
 round's ticket on the full split, the procedure of the transfer runs. The
-report sets each beside full-data IMP on the same architecture: the final
+report (:mod:`pracset.report.compare`) sets each beside full-data IMP on the same architecture: the final
 ticket's accuracy (mean and standard deviation over seeds), and its cost in
 training iterations, charged in full: the set's (the dense run the statistics
 came from, and the extra runs of its score; a random set needs none) plus the
@@ -22,17 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-
 from pracset.config import ConfigBase, option, require
-from pracset.manifest import read_manifest
 from pracset.manifest.assemble import write_selected_manifest
 from pracset.selection import SCORES, SelectionConfig
+from pracset.stats.scores import EXTRA_SCORES  # their cost is charged to the sets that rank by them
 
 #: The rules a comparison can size (PrAC's own set is the pipeline's ``prac-imp`` and transfer runs).
 COMPARE_RULES = ("random", "topk-forgetting", "highest", "lowest", "ccs")
-#: The scores pracset build computes in extra runs (their cost is charged to the sets that rank by them).
-EXTRA_SCORES = ("el2n", "grand")
 
 
 def parse_rule(spec: str) -> tuple[str, str | None]:
@@ -104,46 +100,4 @@ def set_iterations(selection: SelectionConfig, build_stages: dict) -> int:
     return int(dense + extra)
 
 
-def compare_rows(runs: list[dict], archs: tuple[str, ...], sets: dict[str, SelectionConfig],
-                 manifest: Path) -> list[dict]:
-    """One row per architecture and set: the final ticket's accuracy over seeds beside full-data IMP's, and the
-    iterations it cost (the set's and the search's)."""
-    stages = read_manifest(manifest).provenance.get("ledger", {}).get("stages", {})
-    rows = []
-    for arch in archs:
-        imp = _final(runs, arch, "imp")
-        for label, selection in sets.items():
-            mine = _final(runs, arch, f"compare-{label}")
-            if not mine or not imp:
-                continue
-            accuracy, std = _mean_std([r["accuracy"] for r in mine])
-            imp_accuracy, imp_std = _mean_std([r["accuracy"] for r in imp])
-            search = float(np.mean([r["search"] for r in mine]))
-            cost = set_iterations(selection, stages)
-            rows.append({"arch": arch, "set": label, "seeds": len(mine), "sparsity": mine[0]["sparsity"],
-                         "accuracy": accuracy, "std": std, "imp_accuracy": imp_accuracy, "imp_std": imp_std,
-                         "within_imp_std": bool(abs(accuracy - imp_accuracy) <= imp_std) if len(imp) > 1 else None,
-                         "set_iterations": cost, "search_iterations": search, "total_iterations": cost + search,
-                         "imp_search_iterations": float(np.mean([r["search"] for r in imp]))})
-    return rows
-
-
-def _final(runs: list[dict], arch: str, label: str) -> list[dict]:
-    """The final ticket of every seed's run of ``label`` on ``arch``: accuracy, sparsity, search iterations."""
-    out = []
-    for run in runs:
-        if run["arch"] != arch or run["method"] != label:
-            continue
-        summary = run["summary"]
-        final = summary["final"]
-        out.append({"accuracy": final["test_accuracy"], "sparsity": final["sparsity"],
-                    "search": (summary.get("costs") or {}).get("search", 0)})
-    return out
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values, dtype=float)
-    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
-
-
-__all__ = ["COMPARE_RULES", "CompareConfig", "compare_rows", "parse_rule", "set_iterations", "write_sets"]
+__all__ = ["COMPARE_RULES", "CompareConfig", "parse_rule", "set_iterations", "write_sets"]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pracset.compare import CompareConfig, compare_rows, set_iterations
+from pracset.compare import CompareConfig, set_iterations
 from pracset.errors import ConfigError
 from pracset.manifest import read_manifest
 from pracset.pipeline import pipeline_from_dict, run_pipeline
-from pracset.report.compare import versus_random
+from pracset.report.compare import compare_rows, versus_random
 from pracset.selection import SelectionConfig
 
 BUILD = {"dense": {"train_iterations": 46}, "el2n-run-0": {"train_iterations": 12},
@@ -37,7 +37,7 @@ def test_rows_set_each_rule_beside_imp_and_random_by_hand(tmp_path, monkeypatch)
     """IMP 0.95 and 0.97 (mean 0.96, std 0.01414); rule A 0.955 and 0.965 (within IMP's std), rule B 0.90 and 0.92
     (not); random 0.93 and 0.95 (std 0.01414): A is better than random by 2 points (> 1.414), B and C (0.94, 0.96)
     no better. Mutations caught: a gap above zero called better; the within test one-sided."""
-    import pracset.compare as compare
+    import pracset.report.compare as compare
 
     monkeypatch.setattr(compare, "read_manifest", lambda path: type("M", (), {"provenance": {"ledger": {
         "stages": BUILD}}})())

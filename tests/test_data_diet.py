@@ -68,6 +68,8 @@ def test_the_pretraining_runs_on_the_set_and_imp_continues_on_the_full_split(tmp
         assert _metrics(out, stage)["ledger"]["train_iterations"] == 24
         assert _metrics(out, stage)["history"][0]["epoch"] == 2
     assert summary["costs"]["search"] == 3 + 24
+    # round 0 is judged on the 24 steps it trained, not the recipe's 36 (it started after the pretraining)
+    assert "24 steps" in " ".join(summary["tickets"][0]["degenerate"])
 
 
 def test_what_the_protocol_cannot_do_is_refused_before_training(tmp_path, digits, easy_set):

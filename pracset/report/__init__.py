@@ -14,7 +14,7 @@ import numpy as np
 
 from pracset.fileio import atomic_write_bytes, atomic_write_json
 from pracset.manifest import read_manifest
-from pracset.compare import compare_rows
+from pracset.report.compare import compare_rows
 from pracset.report.figures import curves as ticket_curves
 from pracset.report.figures import iterations_saved, round_costs
 from pracset.report.markdown import TRANSFER_METHODS, markdown

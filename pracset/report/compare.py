@@ -2,6 +2,52 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
+from pracset.compare import set_iterations
+from pracset.manifest import read_manifest
+from pracset.report.figures import mean_std
+from pracset.selection import SelectionConfig
+
+
+def compare_rows(runs: list[dict], archs: tuple[str, ...], sets: dict[str, SelectionConfig],
+                 manifest: Path) -> list[dict]:
+    """One row per architecture and set: the final ticket's accuracy over seeds beside full-data IMP's, and the
+    iterations it cost (the set's and the search's)."""
+    stages = read_manifest(manifest).provenance.get("ledger", {}).get("stages", {})
+    rows = []
+    for arch in archs:
+        imp = _final(runs, arch, "imp")
+        for label, selection in sets.items():
+            mine = _final(runs, arch, f"compare-{label}")
+            if not mine or not imp:
+                continue
+            accuracy, std = mean_std([r["accuracy"] for r in mine])
+            imp_accuracy, imp_std = mean_std([r["accuracy"] for r in imp])
+            search = float(np.mean([r["search"] for r in mine]))
+            cost = set_iterations(selection, stages)
+            rows.append({"arch": arch, "set": label, "seeds": len(mine), "sparsity": mine[0]["sparsity"],
+                         "accuracy": accuracy, "std": std, "imp_accuracy": imp_accuracy, "imp_std": imp_std,
+                         "within_imp_std": bool(abs(accuracy - imp_accuracy) <= imp_std) if len(imp) > 1 else None,
+                         "set_iterations": cost, "search_iterations": search, "total_iterations": cost + search,
+                         "imp_search_iterations": float(np.mean([r["search"] for r in imp]))})
+    return rows
+
+
+def _final(runs: list[dict], arch: str, label: str) -> list[dict]:
+    """The final ticket of every seed's run of ``label`` on ``arch``: accuracy, sparsity, search iterations."""
+    out = []
+    for run in runs:
+        if run["arch"] != arch or run["method"] != label:
+            continue
+        summary = run["summary"]
+        final = summary["final"]
+        out.append({"accuracy": final["test_accuracy"], "sparsity": final["sparsity"],
+                    "search": (summary.get("costs") or {}).get("search", 0)})
+    return out
+
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
@@ -76,4 +122,4 @@ def compare_plot(plt, rows: list[dict], save) -> None:
     save(fig, "compare", "Selection rules: final ticket accuracy against total cost (mean ± std over seeds)")
 
 
-__all__ = ["compare_markdown", "compare_plot", "versus_random"]
+__all__ = ["compare_markdown", "compare_plot", "compare_rows", "versus_random"]

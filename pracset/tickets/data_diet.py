@@ -53,7 +53,11 @@ class DataDietPolicy(RoundPolicy):
         dense_mask(ctx, self.config).save(stage.mask)
         rewind = ctx.load_rewind_point(self.rewind_at)
         start = partial(dense_job_start, ctx, self.config, rewind)
-        return [StageJob(ctx, stage, start, start_step=self.rewind_at, finish=partial(finish_round, self, 0, stage))]
+        return [StageJob(ctx, stage, start, start_step=self.round0_start_step(),
+                         finish=partial(finish_round, self, 0, stage))]
+
+    def round0_start_step(self) -> int:
+        return self.rewind_at  # round 0 continues the schedule where the pretraining stopped
 
     def _round0_is_full_dense(self, dense) -> bool:
         return False  # round 0 continued from a subset's pretraining: tickets are judged against dense-reference

@@ -99,9 +99,11 @@ class RoundHealth:
     descends from); each is said once through the log and :mod:`warnings`.
     """
 
-    def __init__(self, layout, train: TrainConfig, start_step: int, num_rounds: int, majority: float):
-        """``start_step``: where a pruned round's schedule starts; ``majority``: the test split's majority rate."""
-        self.layout, self.train, self.start_step = layout, train, start_step
+    def __init__(self, layout, train: TrainConfig, start_step: int, num_rounds: int, majority: float,
+                 dense_start_step: int = 0):
+        """``start_step``: where a pruned round's schedule starts (``dense_start_step``: round 0's); ``majority``:
+        the test split's majority rate."""
+        self.layout, self.train, self.start_step, self.dense_start_step = layout, train, start_step, dense_start_step
         self.num_rounds, self.majority = num_rounds, majority
         self.first_degenerate: int | None = None
 
@@ -112,7 +114,7 @@ class RoundHealth:
         if metrics is None:
             return
         problems = round_problems(metrics.to_dict(), batch_size=self.train.batch_size, drop_last=self.train.drop_last,
-                                  start_step=0 if r == 0 else self.start_step, majority=self.majority)
+                                  start_step=self.dense_start_step if r == 0 else self.start_step, majority=self.majority)
         if not problems:
             return
         row["degenerate"] = problems

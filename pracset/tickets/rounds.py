@@ -107,6 +107,10 @@ class RoundPolicy:
         """Where a pruned round's schedule starts; for IMP the round is the ticket."""
         return self.ticket_start_step()
 
+    def round0_start_step(self) -> int:
+        """Where round 0's schedule starts: at the beginning (the Data-Diet protocol: after its pretraining)."""
+        return 0
+
     def round_callbacks(self) -> Callable[[Mask | None], list[Callback]] | None:
         """What makes a round's callbacks from its mask (``None``: it has none, and may train packed)."""
         return None
@@ -368,7 +372,8 @@ def ticket_rows(policy: RoundPolicy) -> list[dict]:
     reference = policy.dense_reference(dense_metrics)
     rows = [_row(dense, 0, Mask.load(dense.mask), dense_metrics, reference, None, config.tolerance, majority)]
     rows[0].update(ticket_files(layout, dense, dense))
-    health = RoundHealth(layout, ctx.train, policy.round_start_step(), config.num_rounds, majority)
+    health = RoundHealth(layout, ctx.train, policy.round_start_step(), config.num_rounds, majority,
+                         dense_start_step=policy.round0_start_step())
     health.assess(0, dense_metrics, rows[0])
     for r in range(1, config.num_rounds + 1):
         stage = layout.round(r)

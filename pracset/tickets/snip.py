@@ -35,6 +35,8 @@ from pracset.tickets.context import RewindPoint
 from pracset.tickets.controls import control_accuracies, control_jobs, verdict
 from pracset.tickets.health import dense_collapsed, majority_rate
 from pracset.tickets.methods import TicketMethod
+from pracset.tickets.masks import dense_mask
+from pracset.tickets.rounds import dense_job_start, rewound_with_mask
 from pracset.tickets.stages import StageJob, train_jobs
 from pracset.train.run import split_labels
 
@@ -106,15 +108,15 @@ class SNIP(TicketMethod):
         ctx.save_rewind_point(init.state)  # the ticket's starting point, for pracset export and load_ticket
         stage.create()
         if ctx.run.finished_stage_metrics(stage) is None:  # scored again on a resume: the same batches, the same mask
-            base = Mask.ones(ctx.model(), prunable=imp.prunable, dense=imp.dense_layers)
+            base = dense_mask(ctx, imp)
             model = ctx.model().to(ctx.device)
             train_loader, _ = ctx.loaders(fixed_ids, ctx.train)
             snip_mask(model, base.to(ctx.device), _first_batches(train_loader, config.batches), config).save(stage.mask)
         mask = Mask.load(stage.mask)
-        jobs = [StageJob(ctx, stage, partial(_masked_init, ctx, mask, init), ids=fixed_ids)]
+        jobs = [StageJob(ctx, stage, partial(rewound_with_mask, ctx, mask, init), ids=fixed_ids)]
         if imp.controls:
             jobs += control_jobs(ctx, stage, mask, init, start_step=0, ids=fixed_ids)
-            jobs.append(StageJob(ctx, layout.dense_reference, partial(_dense_start, ctx, imp)))
+            jobs.append(StageJob(ctx, layout.dense_reference, partial(dense_job_start, ctx, imp)))
         metrics, *rest = train_jobs(jobs, pack=imp.pack_controls)
         row = {"stage": stage.name, "round": None, "sparsity": round(mask.sparsity(), 6),
                "test_accuracy": metrics.test_accuracy, "iterations": metrics.train_iterations,
@@ -126,13 +128,3 @@ class SNIP(TicketMethod):
             row.update(dense_accuracy=dense, dense_reference=layout.dense_reference.name, controls=controls,
                        verdict=verdict(metrics.test_accuracy, dense, controls, imp.tolerance, collapsed=collapsed))
         return [row]
-
-
-def _masked_init(ctx, mask: Mask, init: RewindPoint):
-    return ctx.rewound(mask, init), mask
-
-
-def _dense_start(ctx, imp):
-    """The dense reference's start: the initialisation, every weight kept."""
-    model = ctx.model()
-    return model, Mask.ones(model, prunable=imp.prunable, dense=imp.dense_layers)

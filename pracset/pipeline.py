@@ -20,6 +20,8 @@ A pipeline file holds the same typed configurations as the command line::
     [rigl]       # RigLConfig (sparsity from [imp] unless given)
     [granet]     # GraNetConfig
                  # (and each ticket method's own table: pracset.tickets.METHOD_SECTIONS)
+    [compare]    # CompareConfig: selection rules compared by their tickets (pracset.compare)
+    [ablate]     # AblateConfig: PrAC-IMP with one part changed at a time (pracset.ablate)
     [report]     # tolerance
 
 Stages (each skipped when its output exists; the pipeline's output directory
@@ -36,7 +38,10 @@ remembers its configuration and refuses to mix results of another one):
 4. for each transfer seed and architecture: full-data IMP, and PrAC-IMP on
    each fixed set: the paper's set, the build's set, the random subset
    (without the sanity-check controls, which run on ``arch`` only);
-5. ``report.json``, ``report.md`` and the plots.
+5. with ``[compare]``: each rule's set at each fraction, PrAC-IMP on it on every architecture
+   (``ARCH/compare-SET-sSEED``); with ``[ablate]``: each variant of PrAC-IMP on ``arch``
+   (``ARCH/ablate-VARIANT-sSEED``);
+6. ``report.json``, ``report.md`` and the plots.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from pracset.pipeline_config import (PIPELINE_METHODS, TRANSFER_SETS, Pipeline, 
                                      apply_override, load_pipeline, pipeline_from_dict)
 from pracset.report import write_report
 from pracset.runs import PipelineLayout, RunDirectory
-from pracset.selection import check_size
+from pracset.selection import EmptySelectionError, SelectionConfig, check_size
 from pracset.tickets import TICKET_METHODS, IMPConfig, find_tickets, train_imp_seeds_packed
 from pracset.tomlfiles import load_toml  # noqa: F401  (the CLI's)
 from pracset.train.run import check_loader_settings, input_spec
@@ -104,6 +109,9 @@ def _check_settings(pipeline: Pipeline, num_examples: int) -> None:
     for method in sorted(methods):
         # Runs on the PrAC set (its size is not known yet) are checked by find_tickets once it is.
         TICKET_METHODS.get(method).check(pipeline.ticket_settings, pipeline.train, num_examples, None)
+    for variant in pipeline.ablation_runs:
+        settings = replace(pipeline.ticket_settings, imp=variant.imp, selection=variant.selection)
+        TICKET_METHODS.get("prac-imp").check(settings, pipeline.train, num_examples, None)
 
 
 class StageProgress:
@@ -132,9 +140,9 @@ class StageProgress:
             self.seconds.append(time.perf_counter() - self._started + self._prepaid.pop(self._current, 0.0))
 
 
-def _ticket_imp(pipeline: Pipeline, controls: bool) -> IMPConfig:
+def _ticket_imp(imp: IMPConfig, controls: bool) -> IMPConfig:
     """The IMP settings of a ticket run: the report's curves need every round's ticket trained on the full split."""
-    return replace(pipeline.imp, controls=pipeline.imp.controls and controls, evaluate="every-round")
+    return replace(imp, controls=imp.controls and controls, evaluate="every-round")
 
 
 def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDataset, *, device: torch.device,
@@ -149,19 +157,20 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
     progress_log = StageProgress(pipeline.name, len(pipeline.seeds) * len(pipeline.methods)
                                  + len(pipeline.transfer_seed_list) * len(pipeline.transfer)
                                  * (1 + len(pipeline.transfer_set_names))
-                                 + sum(map(len, _compare_runs(pipeline).values())) * len(compared))
+                                 + sum(map(len, _compare_runs(pipeline).values())) * len(compared)
+                                 + len(pipeline.seeds) * len(pipeline.ablation_runs))
 
     def ticket(arch: str, method: str, seed: int, *, manifest_path: Path | None = None, label: str | None = None,
-               controls: bool = True) -> dict:
+               controls: bool = True, imp: IMPConfig | None = None, selection: SelectionConfig | None = None) -> dict:
         label = label or method
         directory = layout.ticket_run(arch, label, seed).root
         base = method.removesuffix("-prac")
         train = replace(pipeline.train, seed=seed)
         progress_log.start(f"{arch} {label} seed {seed}")
-        imp = _ticket_imp(pipeline, controls)
+        imp = _ticket_imp(imp or pipeline.imp, controls)
         summary = find_tickets(base, pipeline.data, arch, directory, train=train, imp=imp,
                                early_bird=pipeline.early_bird, **pipeline.method_settings,
-                               selection=pipeline.selection, manifest=manifest_path, device=device,
+                               selection=selection or pipeline.selection, manifest=manifest_path, device=device,
                                resume=True, progress=progress, dataset=dataset,
                                tensorboard=board / directory.relative_to(layout.root) if board else False)
         results["runs"].append({"arch": arch, "method": label, "seed": seed, "dir": str(directory),
@@ -180,7 +189,7 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
         roots = [layout.ticket_run(arch, "imp", s).root for s in seeds]
         train_imp_seeds_packed(pipeline.data, arch, [(root, replace(pipeline.train, seed=s))
                                                      for root, s in zip(roots, seeds)],
-                               imp=_ticket_imp(pipeline, controls), device=device, dataset=dataset,
+                               imp=_ticket_imp(pipeline.imp, controls), device=device, dataset=dataset,
                                pack=pipeline.imp.pack_controls,
                                tensorboard=[board / root.relative_to(layout.root) if board else None
                                             for root in roots])
@@ -203,6 +212,18 @@ def _run_stages(pipeline: Pipeline, layout: PipelineLayout, dataset: ImageDatase
             for seed in seeds:
                 for label, path in paths.items():
                     ticket(arch, "prac-imp", seed, manifest_path=path, label=f"compare-{label}", controls=False)
+    for variant in pipeline.ablation_runs:  # PrAC-IMP with one part changed, on the building architecture
+        for seed in pipeline.seeds:
+            try:
+                ticket(pipeline.arch, "prac-imp", seed, manifest_path=manifest if variant.fixed_set else None,
+                       label=variant.label, controls=False, imp=variant.imp, selection=variant.selection)
+            except EmptySelectionError as exc:
+                # A variant whose rule selects nothing (CET alone once no example is forgotten) cannot go on: that is
+                # its result, reported as such, and the other variants still run.
+                log.warning("pipeline %s: %s seed %s stopped: %s", pipeline.name, variant.label, seed, exc)
+                progress_log.finish(skipped=True)
+                results.setdefault("ablation_stopped", []).append({"variant": variant.name, "seed": seed,
+                                                                   "reason": str(exc)})
     return results
 
 

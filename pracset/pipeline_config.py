@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from pracset.ablate import AblateConfig
 from pracset.build import BuildConfig
 from pracset.compare import CompareConfig
 from pracset.config import ConfigBase, from_dict, option, require, to_dict
@@ -61,6 +62,7 @@ class Pipeline:
     method_settings: Mapping[str, Any] = field(default_factory=dict)
     report: ReportConfig = ReportConfig()
     compare: CompareConfig | None = None  # [compare]: selection rules compared by their tickets (pracset.compare)
+    ablate: AblateConfig | None = None  # [ablate]: PrAC-IMP with one part changed at a time (pracset.ablate)
     methods: tuple[str, ...] = ("imp", "prac-imp")
     transfer: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0,)
@@ -93,6 +95,10 @@ class Pipeline:
                                            "methods")
             missing = sorted(self.compare.needed_scores() - set(self.build.scores))
             require(not missing, f"compare ranks by {', '.join(missing)}: add it to [build] scores")
+        if self.ablate is not None:
+            require({"imp", "prac-imp"} <= set(self.methods), "ablate sets PrAC-IMP's variants beside PrAC-IMP and "
+                                                              "full-data IMP: add imp and prac-imp to methods")
+            require(len(self.ablation_runs) > 0, "ablate: every variant equals the pipeline's PrAC-IMP")
         check_model_name(self.arch)
         for arch in self.transfer:
             check_model_name(arch)
@@ -108,6 +114,11 @@ class Pipeline:
         """The seeds the transfer runs use (all seeds unless ``transfer_seeds`` names fewer)."""
         return self.seeds if self.transfer_seeds is None else self.transfer_seeds
 
+    @property
+    def ablation_runs(self):
+        """The ``[ablate]`` variants' settings (:meth:`~pracset.ablate.AblateConfig.runs`); none without the table."""
+        return self.ablate.runs(self.imp, self.selection) if self.ablate is not None else []
+
     def to_dict(self) -> dict:
         out = {"name": self.name, "arch": self.arch, "methods": list(self.methods), "transfer": list(self.transfer),
                "seeds": list(self.seeds), "description": self.description,
@@ -122,7 +133,7 @@ class Pipeline:
                     continue  # a table added later: recorded only when given, so older runs keep their identity
             else:
                 value = getattr(self, key)
-                if value is None and key == "compare":
+                if value is None and key in ("compare", "ablate"):
                     continue  # a table added later: recorded only when given
             out[key] = to_dict(value) if value is not None else None
         out["data"] = self.data.identity()  # the decoding workers are not part of what the run is
@@ -139,7 +150,7 @@ class Pipeline:
 #: registry), the report's.
 _SECTIONS = {"data": DataConfig, "train": TrainConfig, "build": BuildConfig, **SHARED_SECTIONS,
              **{section: method.config_class for section, method in METHOD_SECTIONS.items()},
-             "report": ReportConfig, "compare": CompareConfig}
+             "report": ReportConfig, "compare": CompareConfig, "ablate": AblateConfig}
 _TOP = {"name": str, "arch": str, "methods": list, "transfer": list, "seeds": list, "transfer_seeds": list,
         "transfer_sets": list,
         "description": str, "controls_on": list, "tensorboard": bool}

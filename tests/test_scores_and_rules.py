@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -98,12 +99,38 @@ def test_ccs_s_hard_end_follows_the_score():
     assert chosen.ids.tolist() == [1, 2, 3, 4]
 
 
+def _with_labels(inputs: SelectionInputs, labels) -> SelectionInputs:
+    return dataclasses.replace(inputs, labels=np.asarray(labels, dtype=np.int64))
+
+
+def test_class_balanced_ccs_draws_each_class_s_share_over_its_own_strata():
+    """Class 0: EL2N 0, 1, 2, 10 (ids 0-3); class 1: 5, 5, 6, 7, 20, 21 (ids 4-9). Size 5: shares 2 and 3.
+    Class 0's two strata (width 5): {0, 1, 2} and {3}: the smaller takes 2 // 2 = 1 (id 3), the other 1 of 0-2.
+    Class 1's (width 8): {4-7} and {8, 9}: the smaller takes 3 // 2 = 1 of 8, 9, the other 2 of 4-7.
+    Without balance the strata span all ten (width 10.5) and both 8 and 9 are kept.
+    With ccs_cutoff 0.25 each class drops its own hardest int(0.25 n): id 3 and id 9; class 0's strata are then
+    {0} and {1, 2} (id 0 kept), class 1's {4-7} and {8} (id 8 kept).
+    Mutations caught: one draw over all classes; the cutoff over all examples (it would drop ids 9 and 8)."""
+    inputs = _with_labels(_inputs(10, el2n=[0, 1, 2, 10, 5, 5, 6, 7, 20, 21]), [0] * 4 + [1] * 6)
+    for seed in range(5):
+        ids = set(select(inputs, SelectionConfig(rule="ccs", score="el2n", size=5, ccs_strata=2, class_balance=True,
+                                                 random_seed=seed)).ids.tolist())
+        assert len(ids) == 5 and 3 in ids and len(ids & {0, 1, 2}) == 1 and len(ids & {8, 9}) == 1
+        assert len(ids & {4, 5, 6, 7}) == 2
+        cut = set(select(inputs, SelectionConfig(rule="ccs", score="el2n", size=5, ccs_strata=2, class_balance=True,
+                                                 ccs_cutoff=0.25, random_seed=seed)).ids.tolist())
+        assert {0, 8} <= cut and not {3, 9} & cut and len(cut & {1, 2}) == 1 and len(cut & {4, 5, 6, 7}) == 2
+    together = select(inputs, SelectionConfig(rule="ccs", score="el2n", size=5, ccs_strata=2)).ids.tolist()
+    assert {8, 9} <= set(together)
+
+
 def test_ccs_refuses_what_it_cannot_do_in_one_line():
     inputs = _inputs(4, el2n=[0.1, 0.2, 0.3, np.nan])
     with pytest.raises(ConfigError, match="ccs keeps 4 examples, but only 3 remain"):
         select(inputs, SelectionConfig(rule="ccs", score="el2n", size=4))
-    with pytest.raises(ConfigError, match="use one or the other"):
-        select(inputs, SelectionConfig(rule="ccs", score="el2n", size=2, class_balance=True))
+    with pytest.raises(ConfigError, match="ccs keeps 3 examples of class 1, but only 2 remain"):
+        select(_with_labels(inputs, [0, 1, 1, 1]), SelectionConfig(rule="ccs", score="el2n", size=4,
+                                                                   class_balance=True))
     with pytest.raises(ConfigError, match="ccs_cutoff must lie in"):
         SelectionConfig(ccs_cutoff=1.0)
 

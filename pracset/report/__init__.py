@@ -14,6 +14,7 @@ import numpy as np
 
 from pracset.fileio import atomic_write_bytes, atomic_write_json
 from pracset.manifest import read_manifest
+from pracset.report.ablate import ablation_rows, build_set_iterations
 from pracset.report.compare import compare_rows
 from pracset.report.figures import curves as ticket_curves
 from pracset.report.figures import iterations_saved, round_costs
@@ -61,11 +62,17 @@ def write_report(pipeline, layout: PipelineLayout, results: dict) -> dict:
     if getattr(pipeline, "compare", None) is not None:
         archs = tuple(dict.fromkeys((pipeline.arch, *pipeline.transfer)))
         report["compare"] = compare_rows(runs, archs, pipeline.compare.sets(pipeline.selection), results["manifest"])
+    if getattr(pipeline, "ablate", None) is not None:
+        variants = pipeline.ablation_runs
+        charged = build_set_iterations(results["manifest"], batch) if any(v.fixed_set for v in variants) else 0
+        report["ablation"] = ablation_rows(by_method, pipeline.arch, variants, tol, batch, set_iterations=charged,
+                                           stopped=results.get("ablation_stopped", []))
     report["caveats"] = caveats(pipeline, report)
     atomic_write_json(layout.report_json, report)
-    shown = {key: curve for key, curve in curves.items() if not key[1].startswith("compare-")}  # in their own part
+    shown = {key: curve for key, curve in curves.items()  # the compared sets and the variants: in their own parts
+             if not key[1].startswith(("compare-", "ablate-"))}
     plots = (write_plots(layout, pipeline, shown, headline, report["prac_rounds"], report["forgetting_histogram"],
-                         report.get("compare") or [])
+                         report.get("compare") or [], report.get("ablation") or [])
              if pipeline.report.plots else [])
     atomic_write_bytes(layout.report_md, markdown(pipeline, report, plots).encode())
     log.info("report written to %s", layout.report_md)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pracset.report.ablate import ablation_markdown
 from pracset.report.compare import compare_markdown
 from pracset.report.figures import __doc__ as COUNTING
 
@@ -48,9 +49,11 @@ def markdown(pipeline, report: dict, plots: list[tuple[str, str]]) -> str:
                   f"{h['never_learned']} never learned.", ""]
     lines += _savings(report["iterations_saved"])
     lines += _rounds(report["prac_rounds"], report["early_bird_earliest"])
-    lines += _tickets({key: curve for key, curve in report["curves"].items() if "/compare-" not in key})
+    lines += _tickets({key: curve for key, curve in report["curves"].items()
+                       if "/compare-" not in key and "/ablate-" not in key})
     lines += _transfer(pipeline, report["transfer"])
     lines += compare_markdown(report.get("compare") or [])
+    lines += ablation_markdown(report.get("ablation") or [])
     lines += ["Every number is in `report.json`; each run's directory holds its masks, weights, metrics and ledger.", ""]
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 from pracset.fileio import atomic_write_bytes
+from pracset.report.ablate import ablation_plot
 from pracset.report.compare import compare_plot
 from pracset.runs import PipelineLayout
 
@@ -58,7 +59,7 @@ def _legend_below(fig, axes) -> None:
 
 
 def write_plots(layout: PipelineLayout, pipeline, curves: dict, headline: dict | None, prac_rounds: list[dict],
-                histogram: dict, compared: list[dict] = ()) -> list[tuple[str, str]]:
+                histogram: dict, compared: list[dict] = (), ablation: list[dict] = ()) -> list[tuple[str, str]]:
     """Draw the plots into the run's directory; returns (file name, title) of each."""
     import matplotlib  # here: only a report with plots needs it, and it is slow to import
 
@@ -154,4 +155,5 @@ def write_plots(layout: PipelineLayout, pipeline, curves: dict, headline: dict |
     ax.set_ylabel("examples")
     save(fig, "forgetting_histogram", "Forgetting events per example (dense build run)")
     compare_plot(plt, list(compared), save)
+    ablation_plot(plt, list(ablation), save)
     return made

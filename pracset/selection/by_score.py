@@ -15,9 +15,11 @@
     ``ccs_strata`` strata of equal score width, and fill the budget stratum by
     stratum from the smallest: each takes ``min(its size, budget left //
     strata left)`` examples drawn at random (``random_seed``), so sparse
-    regions of the score are covered where top-k would skip them. Its
-    ``score`` column is the score itself; its reason is ``random`` (a
-    stratified draw), so older readers accept the manifest.
+    regions of the score are covered where top-k would skip them. With
+    ``class_balance`` every class runs this over its own examples for its
+    share of the budget (proportional to its frequency). Its ``score`` column
+    is the score itself; its reason is ``random`` (a stratified draw), so
+    older readers accept the manifest.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from pracset.errors import ConfigError
 from pracset.selection.core import (SCORES, Selection, SelectionConfig, SelectionInputs, _budget, _finish,
-                                    forgetting_scores)
+                                    _quotas, forgetting_scores)
 
 _HOW_TO_GET = {
     "aum": "the recorder writes aum, confidence and variability: build the manifest (or run the round) again with "
@@ -91,25 +93,21 @@ def strata_of(values: np.ndarray, count: int) -> np.ndarray:
     return np.minimum(np.floor((values - low) / (high - low) * count).astype(np.int64), count - 1)
 
 
-def select_ccs(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
-    """Coverage-centric coreset selection (Zheng et al. 2023) over ``score`` (see the module)."""
-    if config.class_balance:
-        raise ConfigError("ccs draws its examples across score strata; class_balance would re-pick them by score: "
-                          "use one or the other")
-    values = score_values(inputs, config.score, config.never_learned)
-    k = _budget(inputs, config)
-    measured = np.flatnonzero(~np.isnan(values))
+def _ccs_draw(ids: np.ndarray, values: np.ndarray, k: int, config: SelectionConfig, rng,
+              where: str) -> tuple[np.ndarray, int, int]:
+    """CCS over the measured examples ``ids``: the hardest ``ccs_cutoff`` of them dropped, the rest split into
+    equal-width strata filled from the smallest. Returns the ``k`` ids drawn, the count dropped and the strata."""
     hardness = values if SCORES[config.score] == "high" else -values
-    hardest_first = measured[np.lexsort((measured, -hardness[measured]))]
-    dropped = int(config.ccs_cutoff * len(measured))
+    hardest_first = ids[np.lexsort((ids, -hardness[ids]))]
+    dropped = int(config.ccs_cutoff * len(ids))
     pool = np.sort(hardest_first[dropped:])
     if k > len(pool):
-        raise ConfigError(f"ccs keeps {k} examples, but only {len(pool)} remain once the hardest {dropped} "
-                          f"(ccs_cutoff {config.ccs_cutoff}) and the {len(values) - len(measured)} unmeasured ones "
-                          "are left out")
+        raise ConfigError(f"ccs keeps {k} examples{where}, but only {len(pool)} remain once the hardest {dropped} "
+                          f"(ccs_cutoff {config.ccs_cutoff}) and the unmeasured ones are left out")
+    if k == 0:
+        return pool[:0], dropped, 0
     stratum = strata_of(values[pool], config.ccs_strata)
     strata = [pool[stratum == s] for s in range(config.ccs_strata) if (stratum == s).any()]
-    rng = np.random.default_rng(config.random_seed)
     chosen, budget = [], k
     while strata:
         smallest = min(range(len(strata)), key=lambda i: (len(strata[i]), i))
@@ -117,11 +115,29 @@ def select_ccs(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
         take = min(len(members), budget // (len(strata) + 1))
         chosen.append(rng.permutation(members)[:take])
         budget -= take
+    return np.concatenate(chosen), dropped, int(len(np.unique(stratum)))
+
+
+def select_ccs(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
+    """Coverage-centric coreset selection (Zheng et al. 2023) over ``score`` (see the module). With
+    ``class_balance`` each class draws its share of the budget (proportional to its frequency) by CCS over its own
+    examples: the cutoff and the strata are taken within the class."""
+    values = score_values(inputs, config.score, config.never_learned)
+    k = _budget(inputs, config)
+    measured = ~np.isnan(values)
+    rng = np.random.default_rng(config.random_seed)
+    if config.class_balance:
+        labels = np.asarray(inputs.labels)
+        picked = [_ccs_draw(np.flatnonzero(measured & (labels == c)), values, quota, config, rng, f" of class {c}")
+                  for c, quota in _quotas(labels, k).items()]
+    else:
+        picked = [_ccs_draw(np.flatnonzero(measured), values, k, config, rng, "")]
     selected = np.zeros(len(inputs), dtype=bool)
-    selected[np.concatenate(chosen)] = True
+    selected[np.concatenate([ids for ids, _, _ in picked])] = True
     return _finish("ccs", config, inputs, selected, np.where(np.isnan(values), -np.inf, values),
                    np.where(selected, "random", "").astype(object),
-                   {"score": config.score, "dropped_hardest": dropped, "strata": int(len(np.unique(stratum)))})
+                   {"score": config.score, "dropped_hardest": sum(d for _, d, _ in picked),
+                    "strata": max(n for _, _, n in picked)})
 
 
 __all__ = ["score_values", "select_ccs", "select_highest", "select_lowest", "strata_of"]

@@ -15,7 +15,7 @@ from pracset.sparse.pruning import RANKING_CHOICES
 from pracset.train.config import TrainConfig
 
 #: How a PrAC-IMP round on a subset P of N examples is budgeted.
-BUDGET_RULES = ("official", "linear")
+BUDGET_RULES = ("official", "linear", "full")
 #: A rewind point: a count of training iterations (``it``) or epochs (``ep``), open_lth's convention.
 REWIND_UNITS = {"it": "iterations", "ep": "epochs"}
 
@@ -184,8 +184,13 @@ def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:
 
     ``official`` scales the epochs by the fraction (the official code; with
     fewer iterations per epoch too, iterations fall as the fraction squared),
-    ``linear`` keeps the epochs (iterations fall as the fraction).
+    ``linear`` keeps the epochs (iterations fall as the fraction), ``full``
+    scales them by ``1 / fraction``, rounded (about as many iterations as a
+    round on the full split: an ablation control that shows what the smaller
+    set costs in accuracy when it saves nothing).
     """
     if rule == "linear":
         return train
+    if rule == "full":
+        return replace(train, epochs=max(1, round(train.epochs / fraction)))
     return replace(train, epochs=max(1, int(train.epochs * fraction)))

@@ -226,6 +226,12 @@ class PracSetPolicy(RoundPolicy):
         disagreements = None
         if r == 0:
             atomic_np_save(stage.forgetting, recorder.statistics().forgetting_events)
+            if self.selection.rule == "cep":
+                # CEP alone has nothing to select from before a sparse model is trained: round 1 trains on the
+                # full split (as round 0), and its CEP picks round 2's set.
+                atomic_np_save(stage.next_ids, np.arange(self.ctx.num_examples, dtype=np.int64))
+                extra["next_set"] = self.ctx.num_examples
+                return extra, probe_ledger
         else:
             # The probe's cost is booked as a stage of its own, merged by replacement: a resume that probes
             # again (killed before metrics.json) counts it once.

@@ -40,10 +40,10 @@ ABLATIONS: Registry[Ablation] = Registry("ablation", {
     "budget-official": Ablation("a round on P runs epochs x |P|/N (the official code: iterations fall as (|P|/N)^2)",
                                 imp={"budget": "official"}),
     "budget-linear": Ablation("a round on P runs all the epochs (iterations fall as |P|/N)", imp={"budget": "linear"}),
-    "budget-full": Ablation("a round on P runs epochs x N/|P| (as many iterations as on the full split)",
-                            imp={"budget": "full"}),
-    "fixed-set": Ablation("one set for every round: the build's (CET of one dense run union its one-shot CEP), "
-                          "not re-selected; the build's dense run and probe are charged", fixed_set=True),
+    "budget-full": Ablation("a round on P runs epochs x N/|P| (as many iterations as on the full split, unless "
+                            "Early-Bird, which counts epochs, stops it first)", imp={"budget": "full"}),
+    "fixed-set": Ablation("one set for every round: the build's (CET of its dense run union its CEP), selected once, "
+                          "not re-selected; the build's runs and probe are charged", fixed_set=True),
     "cet-only": Ablation("each round's set is CET alone (examples forgotten more than E_F times that round)",
                          selection={"rule": "cet"}),
     "cep-only": Ablation("each round's set is CEP alone (examples the round's sparse model predicts unlike the dense "

@@ -19,6 +19,7 @@ A rule is ``random``, ``topk-forgetting``, or ``highest`` / ``lowest`` /
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -89,15 +90,33 @@ def write_sets(config: CompareConfig, manifest: Path, folder: Path, base: Select
     return paths
 
 
+def _score_run(stage: str) -> str | None:
+    """The score whose extra run a build's ledger stage is (``el2n-run-0`` -> ``el2n``), or ``None``."""
+    return next((score for score in EXTRA_SCORES if stage.startswith(f"{score}-run-")), None)
+
+
+def statistics_iterations(build_stages: dict) -> int:
+    """The training iterations of the runs a build's statistics came from: its ``dense`` stage, or with ``--cep
+    trained`` every PrAC-IMP round it ran (``round-RR``); the extra runs of EL2N and GraNd are not among them."""
+    return int(sum(cost.get("train_iterations", 0) for name, cost in build_stages.items() if _score_run(name) is None))
+
+
+def probe_passes(build_stages: dict, batch_size: int) -> int:
+    """The build's pruning-probe forward passes (not the scoring passes of EL2N / GraNd), charged as
+    ``ceil(examples / batch_size)`` training iterations per stage, as the report charges every probe."""
+    return int(sum(math.ceil(cost.get("probe_examples", 0) / batch_size) for name, cost in build_stages.items()
+                   if _score_run(name) is None))
+
+
 def set_iterations(selection: SelectionConfig, build_stages: dict) -> int:
-    """The training iterations a set cost: the dense run its statistics came from (the build's ``dense`` stage),
+    """The training iterations a set cost: the runs its statistics came from (:func:`statistics_iterations`),
     and the extra runs of the score it ranks by (EL2N, GraNd); a random set costs none."""
     if selection.rule == "random":
         return 0
-    dense = build_stages.get("dense", {}).get("train_iterations", 0)
     extra = sum(cost.get("train_iterations", 0) for name, cost in build_stages.items()
-                if selection.score in EXTRA_SCORES and name.startswith(f"{selection.score}-run-"))
-    return int(dense + extra)
+                if _score_run(name) == selection.score)
+    return statistics_iterations(build_stages) + int(extra)
 
 
-__all__ = ["COMPARE_RULES", "CompareConfig", "parse_rule", "set_iterations", "write_sets"]
+__all__ = ["COMPARE_RULES", "CompareConfig", "parse_rule", "probe_passes", "set_iterations", "statistics_iterations",
+           "write_sets"]

@@ -24,10 +24,13 @@ CPU = torch.device("cpu")
 def test_the_full_data_budget_scales_the_epochs_up_by_n_over_p():
     """By hand: 3 epochs on 10% of the data: 30 (as many iterations as 3 on all of it); on 40%: 7.5 -> 8; on all:
     3. Mutations caught: ``round`` -> ``int`` (7 on 40%); ``/`` -> ``*`` (the official rule's 0.3 -> 1)."""
-    def epochs(fraction):
-        return round_budget(TrainConfig(epochs=3), fraction, "full").epochs
+    def epochs(fraction, e=3):
+        return round_budget(TrainConfig(epochs=e), fraction, "full").epochs
 
     assert [epochs(0.1), epochs(0.4), epochs(1.0), epochs(0.9)] == [30, 8, 3, 3]
+    assert epochs(0.4, e=1) == 3  # 2.5: halves round up (Python's round would give 2)
+    # it evaluates once per full-data epoch's worth of iterations, not after each of the 30 short epochs
+    assert round_budget(TrainConfig(epochs=3, eval_every=1), 0.1, "full").eval_every == 10
 
 
 def test_each_variant_changes_one_part_and_a_variant_that_changes_nothing_is_refused():
@@ -104,9 +107,11 @@ def test_a_variant_stopped_on_any_seed_is_reported_stopped_not_averaged_over_the
             _run("ablate-cet-only", 0, (0.98, 0.96, 0.95), IMP_STAGES)]
     variants = AblateConfig(variants=("cet-only",)).runs(IMPConfig(), SelectionConfig())
     stopped = [{"variant": "cet-only", "seed": 1, "reason": "the cet rule selected no examples"}]
-    row, = ablation_rows(_by_method(runs), "mlp", variants, 0.003, 64, stopped=stopped)
+    missing, row = ablation_rows(_by_method(runs), "mlp", variants, 0.003, 64, stopped=stopped)
     assert row["stopped"] == ["seed 1: the cet rule selected no examples"] and "per_sparsity" not in row
-    assert "| cet-only | each round's set is CET alone" in "\n".join(ablation_markdown([row]))
+    assert missing["variant"] == AS_CONFIGURED and missing["stopped"] == ["no finished run"]  # not left out
+    text = "\n".join(ablation_markdown([missing, row]))
+    assert "| cet-only | each round's set is CET alone" in text and "| stopped | no finished run |" in text
 
 
 def test_cep_alone_trains_round_one_on_the_full_split(tmp_path, digits):
@@ -124,6 +129,9 @@ def test_cep_alone_trains_round_one_on_the_full_split(tmp_path, digits):
     round1 = json.loads((tmp_path / "run" / "round-01" / "metrics.json").read_text())
     chosen = read_manifest(tmp_path / "run" / "round-01" / "prac-set.parquet")
     assert chosen.selection["rule"] == "cep" and round1["next_set"] == chosen.num_selected == round1["cep"]
+    with pytest.raises(ConfigError, match="cep rule selects its first set after round 1"):
+        find_tickets("prac-imp", DataConfig(name="digits"), "mlp", tmp_path / "one", train=train, device=CPU,
+                     dataset=digits, imp=IMPConfig(rounds=1), selection=SelectionConfig(rule="cep"))
 
 
 @pytest.mark.slow

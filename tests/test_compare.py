@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pracset.compare import CompareConfig, set_iterations
+from pracset.compare import CompareConfig, probe_passes, set_iterations, statistics_iterations
 from pracset.errors import ConfigError
 from pracset.manifest import read_manifest
 from pracset.pipeline import pipeline_from_dict, run_pipeline
@@ -26,6 +26,19 @@ def test_a_set_is_charged_its_dense_run_and_its_own_score_s_runs_only():
                          fractions=(0.1,)).sets(SelectionConfig())
     assert {label: set_iterations(s, BUILD) for label, s in sets.items()} == {
         "random-f0.1": 0, "highest-forgetting-f0.1": 46, "lowest-el2n-f0.1": 70, "ccs-grand-f0.1": 46}
+
+
+def test_a_trained_cep_build_charges_every_round_it_ran_and_each_probe_stage():
+    """By hand: rounds 40 + 10 = 50 iterations; EL2N's run 12 more for an EL2N rule; the probe stages 640 and 100
+    examples at batch 64: 10 + 2 (EL2N's 1438 scoring passes are not a probe). Mutations caught: only a stage named
+    dense charged (0); the probe charged over all stages at once (12 -> ceil(740 / 64) = 12 too: see the split)."""
+    stages = {"round-00": {"train_iterations": 40}, "round-01": {"train_iterations": 10},
+              "probe-01": {"probe_examples": 640}, "probe-02": {"probe_examples": 100},
+              "el2n-run-0": {"train_iterations": 12, "probe_examples": 1438}}
+    sets = CompareConfig(rules=("highest:forgetting", "highest:el2n"), fractions=(0.1,)).sets(SelectionConfig())
+    assert [set_iterations(s, stages) for s in sets.values()] == [50, 62]
+    assert statistics_iterations(stages) == 50 and probe_passes(stages, 64) == 12
+    assert probe_passes({"probe": {"probe_examples": 65}, "probe-01": {"probe_examples": 65}}, 64) == 4
 
 
 def _run(arch, method, accuracy, search):

@@ -4,14 +4,13 @@
 Every variant, and the pipeline's own PrAC-IMP, is set beside full-data IMP on the building architecture at
 every sparsity, as the headline is (:func:`~pracset.report.figures.iterations_saved`): the accuracy gap (mean
 over seeds, in points) and the search cost of the mask as a share of IMP's, probes charged. The ``fixed-set``
-variant is charged its set too: the build's dense run and its probe (``ceil(examples / batch size)``
-iterations per probe pass, as every probe in the report).
+variant is charged its set too: the build's dense run (every round with ``--cep trained``) and its probe
+(``ceil(examples / batch size)`` iterations per probe stage, as every probe in the report).
 """
 
 from __future__ import annotations
 
-import math
-
+from pracset.compare import probe_passes, statistics_iterations
 from pracset.manifest import read_manifest
 from pracset.report.figures import iterations_saved
 
@@ -20,11 +19,10 @@ AS_CONFIGURED = "prac-imp (as configured)"
 
 
 def build_set_iterations(manifest, batch_size: int) -> int:
-    """What the build's set cost: its dense run's iterations and its probe's forward passes (as iterations)."""
+    """What the build's set cost: the runs its statistics came from (the dense run, or every round of ``--cep
+    trained``) and its probe passes (as iterations); not the extra runs of EL2N or GraNd, which it does not read."""
     stages = read_manifest(manifest).provenance.get("ledger", {}).get("stages", {})
-    dense = stages.get("dense", {}).get("train_iterations", 0)
-    probe = stages.get("probe", {}).get("probe_examples", 0)
-    return int(dense + math.ceil(probe / batch_size))
+    return statistics_iterations(stages) + probe_passes(stages, batch_size)
 
 
 def ablation_rows(by_method: dict, arch: str, variants, tolerance: float, batch_size: int, *, set_iterations: int = 0,
@@ -47,6 +45,7 @@ def ablation_rows(by_method: dict, arch: str, variants, tolerance: float, batch_
             continue
         runs = by_method.get((arch, label))
         if not runs:
+            rows.append({"variant": name, "changes": changes, "seeds": 0, "stopped": ["no finished run"]})
             continue
         saved = iterations_saved(imp, runs, tolerance, batch_size)
         per = []
@@ -56,6 +55,8 @@ def ablation_rows(by_method: dict, arch: str, variants, tolerance: float, batch_
                         "imp_std": p["imp_std"], "within": p["within"], "search": search,
                         "imp_search": p["imp_search"], "cost_share": search / p["imp_search"]})
         if not per:
+            rows.append({"variant": name, "changes": changes, "seeds": 0,
+                         "stopped": ["no ticket of it was trained on the full split"]})
             continue
         matches = next((p for p in reversed(per) if all(q["within"] for q in per[:per.index(p) + 1])), None)
         rows.append({"variant": name, "changes": changes, "seeds": len(runs), "set_iterations": charged,
@@ -99,14 +100,15 @@ def ablation_markdown(rows: list[dict]) -> list[str]:
     rows = [row for row in rows if not row.get("stopped")]
     if not rows:
         return lines + [""]
-    sparsities = [p["sparsity"] for p in rows[0]["per_sparsity"]]
+    sparsities = sorted({p["sparsity"] for row in rows for p in row["per_sparsity"]})
     lines += ["", "Gap to full-data IMP in points (cost as a share of IMP's search) at each sparsity; * within IMP's "
                   "standard deviation:", "",
               "| variant | " + " | ".join(f"{100 * s:.1f}%" for s in sparsities) + " |",
               "|---|" + "---:|" * len(sparsities)]
     for row in rows:
-        cells = [f"{_points(p['gap'])}{'*' if p['within'] else ''} ({100 * p['cost_share']:.0f}%)"
-                 for p in row["per_sparsity"]]
+        at = {p["sparsity"]: p for p in row["per_sparsity"]}
+        cells = [f"{_points(p['gap'])}{'*' if p['within'] else ''} ({100 * p['cost_share']:.0f}%)" if p else "-"
+                 for p in map(at.get, sparsities)]
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + " |")
     lines += ["", "What it does not show: one architecture and one recipe; each variant changes one part, so two "
                   "parts that matter only together are not seen; a gap inside the seeds' spread is not a "

@@ -39,6 +39,8 @@ frequencies in the training split (largest-remainder rounding) at the same
 total size: within each class the highest-scored examples are kept, classes
 short of critical examples are filled with their next-highest-scored ones
 (reason ``balance``), and classes with a surplus keep only their quota.
+``ccs`` instead draws each class's quota by coverage-centric sampling over
+that class's own examples (:func:`~pracset.selection.by_score.select_ccs`).
 """
 
 from __future__ import annotations

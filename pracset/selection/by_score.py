@@ -93,17 +93,18 @@ def strata_of(values: np.ndarray, count: int) -> np.ndarray:
     return np.minimum(np.floor((values - low) / (high - low) * count).astype(np.int64), count - 1)
 
 
-def _ccs_draw(ids: np.ndarray, values: np.ndarray, k: int, config: SelectionConfig, rng,
-              where: str) -> tuple[np.ndarray, int, int]:
-    """CCS over the measured examples ``ids``: the hardest ``ccs_cutoff`` of them dropped, the rest split into
-    equal-width strata filled from the smallest. Returns the ``k`` ids drawn, the count dropped and the strata."""
+def _ccs_draw(ids: np.ndarray, values: np.ndarray, k: int, config: SelectionConfig, rng, where: str,
+              unmeasured: int) -> tuple[np.ndarray, int, int]:
+    """CCS over the measured examples ``ids`` (``unmeasured`` others left out): the hardest ``ccs_cutoff`` of them
+    dropped, the rest split into equal-width strata filled from the smallest. Returns the ``k`` ids drawn, the
+    count dropped and the number of non-empty strata."""
     hardness = values if SCORES[config.score] == "high" else -values
     hardest_first = ids[np.lexsort((ids, -hardness[ids]))]
     dropped = int(config.ccs_cutoff * len(ids))
     pool = np.sort(hardest_first[dropped:])
     if k > len(pool):
         raise ConfigError(f"ccs keeps {k} examples{where}, but only {len(pool)} remain once the hardest {dropped} "
-                          f"(ccs_cutoff {config.ccs_cutoff}) and the unmeasured ones are left out")
+                          f"(ccs_cutoff {config.ccs_cutoff}) and the {unmeasured} unmeasured ones are left out")
     if k == 0:
         return pool[:0], dropped, 0
     stratum = strata_of(values[pool], config.ccs_strata)
@@ -121,17 +122,19 @@ def _ccs_draw(ids: np.ndarray, values: np.ndarray, k: int, config: SelectionConf
 def select_ccs(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
     """Coverage-centric coreset selection (Zheng et al. 2023) over ``score`` (see the module). With
     ``class_balance`` each class draws its share of the budget (proportional to its frequency) by CCS over its own
-    examples: the cutoff and the strata are taken within the class."""
+    examples: the cutoff and the strata are taken within the class, and a class with too few examples for its
+    share is refused (its share is not moved to other classes). The description records ``dropped_hardest``
+    (summed over the classes) and ``strata`` (the most non-empty strata of any class)."""
     values = score_values(inputs, config.score, config.never_learned)
     k = _budget(inputs, config)
     measured = ~np.isnan(values)
     rng = np.random.default_rng(config.random_seed)
     if config.class_balance:
         labels = np.asarray(inputs.labels)
-        picked = [_ccs_draw(np.flatnonzero(measured & (labels == c)), values, quota, config, rng, f" of class {c}")
-                  for c, quota in _quotas(labels, k).items()]
+        picked = [_ccs_draw(np.flatnonzero(measured & (labels == c)), values, quota, config, rng, f" of class {c}",
+                            int((~measured & (labels == c)).sum())) for c, quota in _quotas(labels, k).items()]
     else:
-        picked = [_ccs_draw(np.flatnonzero(measured), values, k, config, rng, "")]
+        picked = [_ccs_draw(np.flatnonzero(measured), values, k, config, rng, "", int((~measured).sum()))]
     selected = np.zeros(len(inputs), dtype=bool)
     selected[np.concatenate([ids for ids, _, _ in picked])] = True
     return _finish("ccs", config, inputs, selected, np.where(np.isnan(values), -np.inf, values),

@@ -83,7 +83,9 @@ class IMPConfig(ConfigBase):
     tolerance: float = option(0.005, "a ticket matches dense when its accuracy is at most this much lower")
     budget: str = option("official", "PrAC-IMP round budget on a subset P: official = epochs x |P|/N "
                                      "(iterations fall as (|P|/N)^2), linear = the full epochs (iterations "
-                                     "fall as |P|/N)", choices=BUDGET_RULES)
+                                     "fall as |P|/N), full = epochs x N/|P| (about a full-data round's "
+                                     "iterations: no saving, a control for the set alone; Early-Bird, which "
+                                     "counts epochs, may stop it first)", choices=BUDGET_RULES)
     early_bird: bool = option(True, "PrAC-IMP: stop every round early once its mask settles (settings: --early-bird-*)")
     pack_controls: str = option("auto", "train models that share a recipe and a step count as one packed job (one "
                                         "vmap-ed network; equal to one by one up to float rounding): a ticket with "
@@ -185,12 +187,16 @@ def round_budget(train: TrainConfig, fraction: float, rule: str) -> TrainConfig:
     ``official`` scales the epochs by the fraction (the official code; with
     fewer iterations per epoch too, iterations fall as the fraction squared),
     ``linear`` keeps the epochs (iterations fall as the fraction), ``full``
-    scales them by ``1 / fraction``, rounded (about as many iterations as a
-    round on the full split: an ablation control that shows what the smaller
-    set costs in accuracy when it saves nothing).
+    scales them by ``1 / fraction``, halves rounded up (about as many
+    iterations as a round on the full split: an ablation control that shows
+    what the smaller set costs in accuracy when it saves nothing); it
+    evaluates on the test split as often as the recipe does in full-data
+    epochs (``eval_every`` scaled alike), not after every short epoch.
     """
     if rule == "linear":
         return train
     if rule == "full":
-        return replace(train, epochs=max(1, round(train.epochs / fraction)))
+        scale = 1 / fraction
+        return replace(train, epochs=max(1, math.floor(train.epochs * scale + 0.5)),
+                       eval_every=max(1, math.floor(train.eval_every * scale + 0.5)))
     return replace(train, epochs=max(1, int(train.epochs * fraction)))

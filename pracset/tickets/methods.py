@@ -145,6 +145,9 @@ class PracIMP(IMP):
                               "rank by forgetting, aum, confidence, variability or margin (or build the set with "
                               f"pracset build --scores {selection.score} and pass it as --manifest)")
         imp = settings.imp
+        if selection.rule == "cep" and fixed_ids is None and imp.num_rounds < 2:
+            raise ConfigError("PrAC-IMP with the cep rule selects its first set after round 1 (round 0 has no sparse "
+                              "model to compare): give 2 or more rounds")
         if fixed_ids is not None:  # round 0 on the fixed subset is shorter: the scaled rewind step must fit it
             n0 = len(fixed_ids)
             k0 = imp.rewind_step_on(n0, num_examples, train)

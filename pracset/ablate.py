@@ -40,8 +40,10 @@ ABLATIONS: Registry[Ablation] = Registry("ablation", {
     "budget-official": Ablation("a round on P runs epochs x |P|/N (the official code: iterations fall as (|P|/N)^2)",
                                 imp={"budget": "official"}),
     "budget-linear": Ablation("a round on P runs all the epochs (iterations fall as |P|/N)", imp={"budget": "linear"}),
-    "budget-full": Ablation("a round on P runs epochs x N/|P| (as many iterations as on the full split, unless "
-                            "Early-Bird, which counts epochs, stops it first)", imp={"budget": "full"}),
+    # Early-Bird counts epochs: left on, it would stop these rounds after about as many (short) epochs as the
+    # linear budget's, so the variant would test a stretched learning-rate schedule, not the full-data budget.
+    "budget-full": Ablation("a round on P runs as many iterations as a full-data IMP round: epochs x N/|P|, without "
+                            "Early-Bird (full-data IMP has none)", imp={"budget": "full", "early_bird": False}),
     "fixed-set": Ablation("one set for every round: the build's (CET of its dense run union its CEP), selected once, "
                           "not re-selected; the build's runs and probe are charged", fixed_set=True),
     "cet-only": Ablation("each round's set is CET alone (examples forgotten more than E_F times that round)",

@@ -14,7 +14,7 @@ from pracset.errors import ConfigError
 from pracset.manifest import read_manifest
 from pracset.pipeline import pipeline_from_dict, run_pipeline
 from pracset.report.ablate import AS_CONFIGURED, ablation_markdown, ablation_rows
-from pracset.selection import SelectionConfig
+from pracset.selection import SelectionConfig, reads_cep
 from pracset.tickets import IMPConfig, find_tickets, round_budget
 from pracset.train.config import TrainConfig
 
@@ -172,3 +172,19 @@ def test_an_ablate_pipeline_runs_each_variant_and_reports_it(tmp_path, monkeypat
         assert full["epochs"] == round(2 * 1438 / n)
     text = (root / "report.md").read_text()
     assert "## Which part of PrAC-IMP costs accuracy" in text and (root / "ablation.png").is_file()
+
+
+def test_only_rules_that_read_cep_pay_for_prac_imp_s_probes(tmp_path, digits):
+    """CET alone reads no disagreement: its rounds run no probe and book none (the ablation would otherwise charge
+    it for work it does not use). A sized rule given no size keeps PrAC's count, which counts CEP: it probes.
+    Mutation caught: the probe run for every rule (a probe-01 stage appears)."""
+    assert [reads_cep(SelectionConfig(rule=r)) for r in ("prac", "cep", "cet", "random")] == [True, True, False, True]
+    assert not reads_cep(SelectionConfig(rule="random", size=10))
+    assert not reads_cep(SelectionConfig(rule="highest", score="aum", fraction=0.1))
+    train = TrainConfig(epochs=2, batch_size=64, lr=0.05)
+    summary = find_tickets("prac-imp", DataConfig(name="digits"), "mlp", tmp_path / "run", train=train, device=CPU,
+                           dataset=digits, selection=SelectionConfig(rule="cet"),
+                           imp=IMPConfig(rounds=3, rewind="1ep", early_bird=False, budget="linear", evaluate="none"))
+    assert not [s for s in summary["ledger"]["stages"] if s.startswith("probe")]
+    chosen = read_manifest(tmp_path / "run" / "round-01" / "prac-set.parquet")
+    assert chosen.provenance["cep"] == "none" and not chosen.column("cep_disagreements").any()

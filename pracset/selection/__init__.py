@@ -50,6 +50,7 @@ from typing import Callable
 from pracset.registry import Registry
 from pracset.selection.by_score import score_values, select_ccs, select_highest, select_lowest
 from pracset.selection.core import (NEVER_LEARNED_POLICIES, REASONS, SCORES, SIZED_RULES, EmptySelectionError, Selection,
+                                    reads_cep,
                                     SelectionConfig, SelectionInputs, check_size, forgetting_scores, select_cep,
                                     select_cet, select_prac, select_random, select_topk_forgetting)
 
@@ -70,6 +71,6 @@ def select(inputs: SelectionInputs, config: SelectionConfig) -> Selection:
     return SELECTION_RULES.get(config.rule)(inputs, config)
 
 
-__all__ = ["EmptySelectionError", "NEVER_LEARNED_POLICIES", "REASONS", "SCORES", "SELECTION_RULES", "SIZED_RULES",
+__all__ = ["reads_cep", "EmptySelectionError", "NEVER_LEARNED_POLICIES", "REASONS", "SCORES", "SELECTION_RULES", "SIZED_RULES",
            "Selection", "SelectionConfig", "SelectionInputs", "check_size", "forgetting_scores", "score_values",
            "select"]

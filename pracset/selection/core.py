@@ -24,6 +24,12 @@ SCORES = {"forgetting": "high", "aum": "low", "confidence": "low", "variability"
           "el2n": "high", "grand": "high"}
 
 
+def reads_cep(config: "SelectionConfig") -> bool:
+    """Whether the rule reads the pruning probe's disagreements: ``prac`` and ``cep``, and a sized rule given no size
+    (it keeps PrAC's number of examples, which counts CEP). PrAC-IMP runs its probes only then."""
+    return config.rule in ("prac", "cep") or (config.rule in SIZED_RULES and config.size_for(1) is None)
+
+
 class EmptySelectionError(ConfigError):
     """A rule selected no example."""
 

@@ -34,7 +34,7 @@ from pracset.manifest import write_manifest
 from pracset.manifest.assemble import dataset_metadata, manifest_columns
 from pracset.mask import Mask
 from pracset.runs import StageFiles, StageMetrics
-from pracset.selection import SelectionConfig, SelectionInputs, select
+from pracset.selection import SelectionConfig, SelectionInputs, reads_cep, select
 from pracset.sparse.early_bird import EarlyBirdConfig, EarlyBirdStop
 from pracset.stats import ExampleRecorder, pruning_probe
 from pracset.tickets.accounting import ticket_files
@@ -232,7 +232,7 @@ class PracSetPolicy(RoundPolicy):
                 atomic_np_save(stage.next_ids, np.arange(self.ctx.num_examples, dtype=np.int64))
                 extra["next_set"] = self.ctx.num_examples
                 return extra, probe_ledger
-        else:
+        elif reads_cep(self.selection):  # a rule that does not read CEP (cet, a score's) pays for no probe
             # The probe's cost is booked as a stage of its own, merged by replacement: a resume that probes
             # again (killed before metrics.json) counts it once.
             probe = pruning_probe(self.dense_model(), self.ctx.full_split_loader(), [], pruned_models=[model],
@@ -253,15 +253,16 @@ class PracSetPolicy(RoundPolicy):
         """Write the set this round selected as a manifest (``round-RR/prac-set.parquet``): the paper's PrAC set.
 
         Its CEP compares the dense model with this round's *trained* sparse
-        model (the paper's definition; round 0 has no CEP), unlike ``pracset
-        build``'s one-shot probe; the provenance says which, with the round
-        and its sparsity.
+        model (the paper's definition; round 0, and a rule that reads no CEP, have
+        none), unlike ``pracset build``'s one-shot probe; the provenance says
+        which, with the round and its sparsity.
         """
         ctx = self.ctx
         write_manifest(stage.prac_set, manifest_columns(ctx.dataset, statistics, disagreements, chosen), {
             "dataset": dataset_metadata(ctx.dataset),
             "selection": chosen.describe(),
-            "provenance": {"command": "ticket --method prac-imp", "cep": "trained-round" if r > 0 else "none",
+            "provenance": {"command": "ticket --method prac-imp",
+                           "cep": "trained-round" if disagreements is not None else "none",
                            "arch": ctx.arch.name, "seed": ctx.train.seed, "train": to_dict(ctx.train),
                            "imp": to_dict(self.config), "round": r, "sparsity": round(mask.sparsity(), 6),
                            "pracset_version": __version__, "torch_version": torch.__version__},

@@ -589,7 +589,7 @@ CASES: list[Case] = [
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, "
-                 + ", ".join(METHOD_SECTIONS) + ", report, compare"),  # each ticket method's own table, from the registry
+                 + ", ".join(METHOD_SECTIONS) + ", report, compare, ablate"),  # each ticket method's own table, from the registry
     Case("pipeline-unknown-section-key", "a pipeline with an unknown key in [train]",
          ["run", "p.toml", "-q"], setup=_toml(replace=("epochs = 1", "epoch = 1")),
          message="p.toml: unknown key train.epoch; valid keys: epochs, batch_size, optimizer, lr, momentum, weight_decay, "
@@ -600,7 +600,7 @@ CASES: list[Case] = [
          message="p.toml: unknown key 'reporting'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, "
-                 + ", ".join(METHOD_SECTIONS) + ", report, compare"),  # each ticket method's own table, from the registry
+                 + ", ".join(METHOD_SECTIONS) + ", report, compare, ablate"),  # each ticket method's own table, from the registry
     Case("hf-text-labels", "a Hugging Face folder whose labels are text, not class indices",
          ["train", "--data", "hf", "--data-dir", "hfstr", "--arch", "mlp", "--out", "o", *TINY],
          setup=lambda c, s: _hf_with_text_labels(c / "hfstr"),
@@ -641,7 +641,7 @@ CASES: list[Case] = [
     Case("pipeline-choice-typo-imp", "a pipeline whose [imp] budget is not one of its choices",
          ["run", "p.toml", "--device", "cpu", "-q"],
          setup=_write("p.toml", TOML_LONG.replace("[imp]", '[imp]\nbudget = "Linear"')), timeout=30,
-         message="p.toml: [imp] budget must be one of official, linear, got 'Linear'"),
+         message="p.toml: [imp] budget must be one of official, linear, full, got 'Linear'"),
     Case("build-config-choice-typo", "build --config whose [build] probe_ranking is misspelt",
          ["build", "--config", "b.toml", "--arch", "mlp", "--out", "m.parquet", "--device", "cpu", "-q"],
          setup=_write("b.toml", '[train]\nepochs = 100000\nbatch_size = 64\n[build]\nprobe_ranking = "Global"\n'),
@@ -732,7 +732,7 @@ CASES: list[Case] = [
          message="p.toml: unknown key 'colour'; valid keys: name, arch, methods, transfer, seeds, transfer_seeds, "
                  "transfer_sets, description, "
                  "controls_on, tensorboard, data, train, build, selection, imp, early_bird, "
-                 + ", ".join(METHOD_SECTIONS) + ", report, compare"),  # each ticket method's own table, from the registry
+                 + ", ".join(METHOD_SECTIONS) + ", report, compare, ablate"),  # each ticket method's own table, from the registry
     Case("api-load-unknown-data-set", "load_dataset of an unknown name", call=_load_data(name="svhn"),
          error=UnknownNameError, message="unknown data set 'svhn'; valid names: cifar10, cifar100, digits, "
                                          "fashion-mnist, hf, imagefolder, mnist, tiny-imagenet"),

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pracset.ablate import AblateConfig
+from pracset.ablate import AblateConfig, AblationRun
 from pracset.build import BuildConfig
 from pracset.compare import CompareConfig
 from pracset.config import ConfigBase, from_dict, option, require, to_dict
@@ -115,7 +115,7 @@ class Pipeline:
         return self.seeds if self.transfer_seeds is None else self.transfer_seeds
 
     @property
-    def ablation_runs(self):
+    def ablation_runs(self) -> list[AblationRun]:
         """The ``[ablate]`` variants' settings (:meth:`~pracset.ablate.AblateConfig.runs`); none without the table."""
         return self.ablate.runs(self.imp, self.selection) if self.ablate is not None else []
 

@@ -58,7 +58,8 @@ def ablation_rows(by_method: dict, arch: str, variants, tolerance: float, batch_
             rows.append({"variant": name, "changes": changes, "seeds": 0,
                          "stopped": ["no ticket of it was trained on the full split"]})
             continue
-        matches = next((p for p in reversed(per) if all(q["within"] for q in per[:per.index(p) + 1])), None)
+        # iterations_saved's "at": the highest sparsity up to which it matches at every sparsity
+        matches = per[saved["per_round"].index(saved["at"])] if saved["at"] else None
         rows.append({"variant": name, "changes": changes, "seeds": len(runs), "set_iterations": charged,
                      "per_sparsity": per, "matches_up_to": matches, "final": per[-1]})
     return rows
